@@ -1,0 +1,180 @@
+"""The ``insights`` command line: one subcommand per pipeline step, plus sample data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+# implicit's ALS is many times slower with threaded OpenBLAS; must be set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from insights.config import Config, ConfigError, load_config  # noqa: E402
+
+
+def _console():  # noqa: ANN202 - rich is imported lazily to keep --help fast
+    from rich.console import Console
+
+    console = Console(stderr=False, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    return console
+
+
+def _print_ingest(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Ingest", show_lines=False)
+    for column in (
+        "source",
+        "files",
+        "lines read",
+        "loaded",
+        "duplicates",
+        "quarantined",
+        "control",
+        "replaced",
+        "status",
+    ):
+        table.add_column(column, justify="right" if column not in ("source", "status") else "left")
+    for load in summary["loads"]:
+        table.add_row(
+            load["source_name"],
+            str(load["files"]),
+            f"{load['lines_read']:,}",
+            f"{load['loaded']:,}",
+            f"{load['duplicates']:,}",
+            f"{load['quarantined']:,}",
+            f"{load['control_messages']:,}",
+            f"{load['replaced']:,}",
+            load["status"],
+        )
+    console = _console()
+    if summary["loads"]:
+        console.print(table)
+    else:
+        console.print("Ingest: nothing new to load.")
+    for load in summary["loads"]:
+        if load["warnings"]:
+            console.print(f"[yellow]validation warnings[/yellow] {load['load_id']}: {'; '.join(load['warnings'])}")
+    console.print(
+        f"Warehouse now holds {summary['warehouse_events']:,} events; "
+        f"{summary['warehouse_quarantined']:,} lines in ingest.quarantine."
+    )
+
+
+def cmd_ingest(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+
+    _print_ingest(steps.ingest(config, args.source or None))
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> None:
+    """Every step that exists, in order, with per-step timing and a final summary."""
+    from insights import steps
+
+    console = _console()
+    plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("ingest", lambda: steps.ingest(config)),
+    ]
+    done: list[tuple[str, float, str]] = []
+    for name, step in plan:
+        started = time.perf_counter()
+        with console.status(f"[bold]{name}[/bold] running..."):
+            try:
+                outcome = step()
+            except Exception as exc:
+                raise RuntimeError(f"step '{name}' failed: {exc}") from exc
+        elapsed = time.perf_counter() - started
+        if name == "ingest":
+            _print_ingest(outcome)
+            totals = outcome["totals"]
+            detail = f"{totals['loaded']:,} loaded, {totals['duplicates']:,} duplicates, {totals['quarantined']:,} quarantined"
+        else:
+            detail = ""
+        done.append((name, elapsed, detail))
+        console.print(f"[green]done[/green] {name} in {elapsed:.1f}s {detail}")
+    console.print("\n[bold]Outputs[/bold]")
+    console.print(f"  warehouse (DuckDB): {config.resolve(config.warehouse.path)}")
+    console.print("    raw.events, raw.catalog_items, ingest.loads, ingest.quarantine, ingest.validation_results")
+
+
+def cmd_sample(args: argparse.Namespace, config: Config) -> None:
+    from insights.sample import generate
+
+    out = args.out or config.sample.out
+    started = time.perf_counter()
+    summary = generate(
+        out,
+        users=args.users or config.sample.users,
+        days=args.days or config.sample.days,
+        seed=config.sample.seed if args.seed is None else args.seed,
+    )
+    elapsed = time.perf_counter() - started
+    _console().print(
+        f"Sample site written to {out} in {elapsed:.1f}s: {summary['web_events']:,} web events (enriched TSV), "
+        f"{summary['app_events']:,} app events (Singer), {summary['items']:,} catalog items, "
+        f"{summary['orders']:,} orders; dirt: {summary['duplicates']:,} duplicates, {summary['late']:,} late, "
+        f"{summary['malformed']:,} malformed. Planted truth in {out}/truth/."
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="insights", description="Per-user insights from clickstream and catalog.")
+    parser.add_argument("--config", help="YAML config (default: $INSIGHTS_CONFIG or ./insights.yml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="load new input files into the warehouse")
+    p.add_argument("--source", action="append", help="only this source (repeatable)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("run", help="the whole pipeline once")
+    p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sample", help="generate a synthetic sample site")
+    p.add_argument("--users", type=int)
+    p.add_argument("--days", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+        func: Callable[[argparse.Namespace, Config], None] = args.func
+        func(args, config)
+    except ConfigError as exc:
+        print(f"insights: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("insights: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract is a one-line reason
+        from insights.ingest import IngestError
+
+        kind = "ingest failed" if isinstance(exc, IngestError) else f"{args.command} failed"
+        if isinstance(exc, RuntimeError) and exc.__cause__ is not None:
+            kind = "run failed"
+        if args.verbose:
+            logging.exception("failure")
+        print(f"insights: {kind}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

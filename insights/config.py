@@ -1,0 +1,343 @@
+"""Configuration: one YAML file with documented defaults, every key overridable by environment.
+
+Lookup order for the file: ``--config`` argument, then ``INSIGHTS_CONFIG``, then
+``insights.yml`` in the working directory; with none of them the embedded defaults apply.
+Any key can be overridden with ``INSIGHTS__<SECTION>__<KEY>=value`` (``__`` separates
+levels, list items are addressed by index: ``INSIGHTS__SOURCES__0__PATH``). Values from the
+environment are read as YAML scalars, so ``8`` is an integer and ``false`` a boolean.
+
+Secrets never live here: AWS keys and the Segment write key come from the environment
+(or Airflow connections); a secret-looking key in the file is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "INSIGHTS__"
+DEFAULT_CONFIG_FILE = "insights.yml"
+CANONICAL_EVENT_TYPES = (
+    "page_view",
+    "product_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "page_ping",
+    "custom",
+)
+SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "write_key", "api_token", "password"}
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class WarehouseConfig(_Strict):
+    path: str = Field("./warehouse/insights.duckdb", description="DuckDB file of the warehouse.")
+    threads: int = Field(2, ge=1, description="DuckDB worker threads.")
+    memory_limit: str = Field("4GB", description="DuckDB memory limit (spills to disk above).")
+
+
+class S3Config(_Strict):
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; AWS when unset.")
+    region: str = "us-east-1"
+
+
+class _SourceBase(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Unique source name.")
+    path: str = Field(..., description="Local folder/file or s3://bucket/prefix.")
+    pattern: str = Field("**/*", description="Glob of files below path.")
+    enabled: bool = True
+
+
+class SnowplowEnrichedSource(_SourceBase):
+    kind: Literal["snowplow_enriched"]
+    pattern: str = "**/*.tsv*"
+    app_ids: list[str] = Field(default_factory=list, description="Keep only these app_ids.")
+
+
+class SnowplowAtomicSource(_SourceBase):
+    kind: Literal["snowplow_atomic"]
+    pattern: str = "**/*.[cp][sa][vr]*"
+    app_ids: list[str] = Field(default_factory=list)
+
+
+class StreamMapping(_Strict):
+    """How one Singer stream (or an events file) maps onto the canonical event schema."""
+
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="canonical name -> source column (dots for nesting)"
+    )
+    event_types: dict[str, str] = Field(default_factory=dict, description="source value -> canonical event type")
+    event_type: str | None = Field(None, description="Fixed event type for every record.")
+
+    @field_validator("event_types")
+    @classmethod
+    def _known_types(cls, value: dict[str, str]) -> dict[str, str]:
+        for source_value, canonical in value.items():
+            if canonical not in CANONICAL_EVENT_TYPES:
+                raise ValueError(
+                    f"'{source_value}' maps to unknown event type '{canonical}'; "
+                    f"expected one of {', '.join(CANONICAL_EVENT_TYPES)}"
+                )
+        return value
+
+
+class SingerSource(_SourceBase):
+    kind: Literal["singer_jsonl"]
+    pattern: str = "**/*.jsonl*"
+    streams: dict[str, StreamMapping] = Field(
+        default_factory=dict,
+        description="Streams that carry events; other streams are kept raw only.",
+    )
+
+
+class EventsFileSource(_SourceBase, StreamMapping):
+    kind: Literal["events_file"]
+    pattern: str = "**/*.[cp][sa][vr]*"
+
+
+class CatalogSource(_SourceBase):
+    kind: Literal["catalog"]
+    columns: dict[str, str] = Field(default_factory=dict)
+
+
+Source = Annotated[
+    SnowplowEnrichedSource | SnowplowAtomicSource | SingerSource | EventsFileSource | CatalogSource,
+    Field(discriminator="kind"),
+]
+
+
+class IngestConfig(_Strict):
+    batch_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Uncompressed bytes per load batch (one transaction, one validation).",
+    )
+    parse_threads: int = Field(2, ge=1)
+
+
+class ValidationConfig(_Strict):
+    enabled: bool = True
+    min_timestamp: date = Field(date(2000, 1, 1), description="Older events are implausible.")
+    max_future_hours: float = Field(24.0, ge=0, description="Clock-skew allowance.")
+    max_price: float = Field(1_000_000.0, gt=0)
+    warn_only: list[str] = Field(default_factory=list, description="Expectation names demoted from error to warning.")
+
+
+class WindowsConfig(_Strict):
+    purchase_days: int = Field(14, ge=1)
+    churn_days: int = Field(30, ge=1)
+    value_days: int = Field(30, ge=1)
+
+
+class DatastoreConfig(_Strict):
+    uri: str = "./datastore"
+    retention: int = Field(7, ge=1, description="Partitions kept per table.")
+
+
+class SegmentConfig(_Strict):
+    enabled: bool = True
+    dry_run: bool = True
+    dry_run_path: str = "./out/segment_dry_run.jsonl"
+    endpoint: str = "https://api.segment.io/v1/batch"
+
+
+class SampleConfig(_Strict):
+    users: int = Field(2000, ge=1)
+    days: int = Field(60, ge=1)
+    seed: int = 7
+    out: str = "./data_samples"
+
+
+class Config(_Strict):
+    warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    sources: list[Source] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    windows: WindowsConfig = Field(default_factory=WindowsConfig)
+    datastore: DatastoreConfig = Field(default_factory=DatastoreConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    # Where the config came from, for error messages and relative paths; not a YAML key.
+    source_file: str | None = Field(None, exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for src in value:
+            if src.name in seen:
+                raise ValueError(f"source name '{src.name}' is used twice")
+            seen.add(src.name)
+        return value
+
+    def resolve(self, path: str) -> str:
+        """A path from the config, relative to the config file's folder (URIs untouched)."""
+        if "://" in path or os.path.isabs(path) or not self.source_file:
+            return path
+        return str(Path(self.source_file).resolve().parent / path)
+
+
+def default_sources(sample_dir: str = "./data_samples") -> list[dict[str, Any]]:
+    """The sources of the committed sample site, used when a config names none."""
+    return [
+        {"name": "web", "kind": "snowplow_enriched", "path": f"{sample_dir}/snowplow_enriched"},
+        {
+            "name": "app",
+            "kind": "singer_jsonl",
+            "path": f"{sample_dir}/singer",
+            "streams": {"events": SAMPLE_APP_STREAM},
+        },
+        {"name": "catalog", "kind": "catalog", "path": f"{sample_dir}/catalog"},
+    ]
+
+
+# The sample's mobile app exports Amplitude-style events through a Meltano tap.
+SAMPLE_APP_STREAM: dict[str, Any] = {
+    "columns": {
+        "event_id": "insert_id",
+        "event_name": "event_type",
+        "occurred_at": "event_time",
+        "user_id": "user_id",
+        "anonymous_id": "device_id",
+        "session_id": "session_id",
+        "item_id": "event_properties.product_id",
+        "quantity": "event_properties.quantity",
+        "price": "event_properties.price",
+        "revenue": "event_properties.revenue",
+        "currency": "event_properties.currency",
+        "order_id": "event_properties.order_id",
+        "search_query": "event_properties.query",
+        "page_url": "event_properties.screen",
+    },
+    "event_types": {
+        "Screen Viewed": "page_view",
+        "Product Viewed": "product_view",
+        "Products Searched": "search",
+        "Product Added": "add_to_cart",
+        "Product Removed": "remove_from_cart",
+        "Checkout Started": "checkout",
+        "Product Purchased": "purchase",
+    },
+}
+
+
+def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(
+                        f"environment variable {name}: '{part}' is not an index of that list (it has {len(node)} items)"
+                    )
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            else:
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+    return raw
+
+
+def _find_secrets(node: Any, where: str = "") -> str | None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if str(key).lower() in SECRET_KEYS:
+                return path
+            found = _find_secrets(value, path)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _find_secrets(value, f"{where}.{i}")
+            if found:
+                return found
+    return None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    if kind == "union_tag_invalid":
+        return f"key '{key}': {error['msg']}"
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    return f"key '{key}': {error['msg']} (got {shown})"
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate the configuration.
+
+    Raises ConfigError naming the file, the key and what was expected.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    explicit = path or environ.get("INSIGHTS_CONFIG")
+    file = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    raw: dict[str, Any] = {}
+    if file.exists():
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+        raw = loaded
+    elif explicit:
+        raise ConfigError(f"config file not found: {file}")
+    origin = str(file) if file.exists() else "(embedded defaults)"
+
+    secret = _find_secrets(raw)
+    if secret:
+        raise ConfigError(
+            f"{origin}: key '{secret}' looks like a secret; secrets come from the environment "
+            "or an Airflow connection, never from the config file"
+        )
+    raw = _env_overrides(raw, environ)
+    if not raw.get("sources"):
+        sample_out = (raw.get("sample") or {}).get("out", SampleConfig().out)
+        raw["sources"] = default_sources(sample_out)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        env_keys = [k for k in environ if k.startswith(ENV_PREFIX)]
+        hint = f" (environment overrides in effect: {', '.join(env_keys)})" if env_keys else ""
+        raise ConfigError(f"{origin}: {problems}{hint}") from None
+    config.source_file = str(file) if file.exists() else None
+    return config

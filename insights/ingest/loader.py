@@ -1,0 +1,625 @@
+"""Incremental, idempotent loading of every configured source into the warehouse.
+
+For each source: list its files, skip those the load manifest already holds with the same
+size and modification time (or the same checksum), and load the rest in batches. One
+batch is one transaction: parse, quarantine bad lines, de-duplicate on ``event_id`` within
+the batch and against the warehouse (the earliest collector time wins, as Snowplow
+defines it), validate with Great Expectations, insert, and record the files in the
+manifest. A crash or a failed validation leaves the warehouse as it was before the batch.
+
+Counts reconcile per load: ``lines_read = loaded + duplicates + quarantined +
+control_messages`` (the last only for Singer's SCHEMA and STATE messages).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from insights.config import (
+    CatalogSource,
+    Config,
+    EventsFileSource,
+    SingerSource,
+    SnowplowAtomicSource,
+    SnowplowEnrichedSource,
+)
+from insights.ingest import mapped, snowplow
+from insights.ingest.textio import split_lines
+from insights.ingest.validate import VALIDATION_QUERY, validate_events
+from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
+from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, transaction
+
+log = logging.getLogger(__name__)
+
+
+class IngestError(Exception):
+    """A load that had to stop; the message names the source, the files and the cause."""
+
+
+@dataclass
+class LoadResult:
+    load_id: str
+    source_name: str
+    source_kind: str
+    files: int = 0
+    lines_read: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    control_messages: int = 0
+    replaced: int = 0
+    status: str = "ok"
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reconciles(self) -> bool:
+        return self.lines_read == self.loaded + self.duplicates + self.quarantined + self.control_messages
+
+
+@dataclass
+class PendingFile:
+    ref: FileRef
+    data: bytes
+    checksum: str
+    replaces: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _new_load_id(source_name: str) -> str:
+    return f"{_now():%Y%m%dT%H%M%S}-{source_name}-{uuid.uuid4().hex[:8]}"
+
+
+def pending_files(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -> list[FileRef]:
+    """The files of a source that are new or changed since their last load."""
+    known = {
+        row[0]: row[1:]
+        for row in con.execute(
+            "select path, size, mtime, checksum from ingest.load_manifest where source_name = ?",
+            [source.name],
+        ).fetchall()
+    }
+    todo: list[FileRef] = []
+    for ref in list_files(source.path, source.pattern, config):
+        seen = known.get(ref.path)
+        if seen and seen[0] == ref.size and seen[1] == ref.mtime:
+            continue
+        todo.append(ref)
+    return todo
+
+
+def _read(ref: FileRef, known: dict[str, str], config: Config) -> PendingFile | None:
+    data = read_bytes(ref, config)
+    digest = checksum(data)
+    if known.get(ref.path) == digest:
+        return None
+    return PendingFile(ref, data, digest, ref.path in known)
+
+
+def _batches(refs: list[FileRef], limit: int) -> list[list[FileRef]]:
+    batches: list[list[FileRef]] = []
+    current: list[FileRef] = []
+    size = 0
+    for ref in refs:
+        if current and size + ref.size > limit:
+            batches.append(current)
+            current, size = [], 0
+        current.append(ref)
+        size += ref.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -> list[LoadResult]:
+    """Load what is new in one source; returns one result per batch (none if up to date)."""
+    refs = pending_files(con, source, config)
+    known = dict(
+        con.execute("select path, checksum from ingest.load_manifest where source_name = ?", [source.name]).fetchall()
+    )
+    results = []
+    unchanged: list[FileRef] = []
+    with ThreadPoolExecutor(config.ingest.parse_threads) as pool:
+        for batch_refs in _batches(refs, config.ingest.batch_bytes):
+            files = []
+            for ref, pending in zip(batch_refs, pool.map(lambda r: _read(r, known, config), batch_refs)):
+                if pending is None:
+                    unchanged.append(ref)
+                else:
+                    files.append(pending)
+            if files:
+                results.append(_load_batch(con, source, files, config, pool))
+    if unchanged:
+        # Same content under a new modification time (a touch, a re-upload): remember the
+        # new time so the file is not read again, and load nothing.
+        con.executemany(
+            "update ingest.load_manifest set size = ?, mtime = ? where source_name = ? and path = ?",
+            [[r.size, r.mtime, source.name, r.path] for r in unchanged],
+        )
+    return results
+
+
+def _parse_snowplow(
+    source: Any, files: list[PendingFile], con: duckdb.DuckDBPyConnection, pool: ThreadPoolExecutor
+) -> tuple[str, int, dict[str, bytes]]:
+    if isinstance(source, SnowplowEnrichedSource):
+        texts = dict(zip((f.ref.path for f in files), pool.map(lambda f: decompress(f.data, f.ref.path), files)))
+        table = snowplow.read_enriched(list(texts.items()))
+        con.register("batch_enriched", table)
+        meta = {"source_file", "source_line", "raw_text", "shape_error"}
+        columns = [c for c in table.column_names if c not in meta]
+        sql = snowplow.canonical_sql("select * from batch_enriched", "enriched", columns, source.name)
+        return sql, table.num_rows, texts
+    tables = list(pool.map(lambda f: snowplow.read_atomic(decompress(f.data, f.ref.path), f.ref.path), files))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    con.register("batch_atomic", table)
+    meta = {"source_file", "source_line", "raw_text", "shape_error"}
+    columns = [c for c in table.column_names if c not in meta]
+    sql = snowplow.canonical_sql("select * from batch_atomic", "atomic", columns, source.name)
+    return sql, table.num_rows, {}
+
+
+def _parse_events_file(
+    source: EventsFileSource, files: list[PendingFile], con: duckdb.DuckDBPyConnection, pool: ThreadPoolExecutor
+) -> tuple[str, int]:
+    tables = list(pool.map(lambda f: mapped.read_table_file(decompress(f.data, f.ref.path), f.ref.path), files))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    con.register("batch_rows", table)
+    con.register("batch_event_types", mapped.event_types_table(source))
+    columns = [c for c in table.column_names if c not in mapped.META]
+    return mapped.mapped_sql("batch_rows", columns, source, "batch_event_types", source.name), table.num_rows
+
+
+@dataclass
+class _SingerBatch:
+    sql: str | None
+    event_lines: int
+    other_records: int
+    control: int
+    bad: list[tuple[str, int, str, str]]
+    finish: Callable[[duckdb.DuckDBPyConnection, str, datetime], None]
+    lines_read: int
+
+
+def _parse_singer(
+    source: SingerSource, files: list[PendingFile], con: duckdb.DuckDBPyConnection, pool: ThreadPoolExecutor
+) -> _SingerBatch:
+    def parse(f: PendingFile) -> mapped.SingerFile:
+        name = f.ref.path.rsplit("/", 1)[-1].split(".", 1)[0]
+        return mapped.parse_singer(decompress(f.data, f.ref.path).decode("utf-8", errors="replace"), f.ref.path, name)
+
+    parsed = list(pool.map(parse, files))
+    sqls = []
+    event_lines = other = control = lines_read = 0
+    bad: list[tuple[str, int, str, str]] = []
+    for stream in sorted({s for p in parsed for s in p.records}):
+        rows = [p.records[stream] for p in parsed if stream in p.records]
+        count = sum(r.n for r in rows)
+        mapping = source.streams.get(stream)
+        if mapping is None:
+            other += count
+            continue
+        event_lines += count
+        table = pa.concat_tables([r.to_arrow() for r in rows], promote_options="permissive")
+        view = f"batch_stream_{len(sqls)}"
+        con.register(view, table)
+        con.register(f"{view}_types", mapped.event_types_table(mapping))
+        columns = [c for c in table.column_names if c not in mapped.META]
+        sqls.append(mapped.mapped_sql(view, columns, mapping, f"{view}_types", source.name))
+    for p in parsed:
+        control += len(p.schemas) + len(p.states)
+        bad.extend(p.bad)
+        lines_read += p.lines_read
+
+    def finish(c: duckdb.DuckDBPyConnection, load_id: str, now: datetime) -> None:
+        records = [(source.name, *r[:3], r[3], r[4], load_id, now) for p in parsed for r in p.raw_records]
+        if records:
+            c.executemany("insert into raw.singer_records values (?, ?, ?, ?, ?, ?, ?, ?)", records)
+        schemas = [(source.name, *s, load_id, now) for p in parsed for s in p.schemas]
+        if schemas:
+            c.executemany("insert into raw.singer_schemas values (?, ?, ?, ?, ?, ?, ?, ?)", schemas)
+        states = [(source.name, *s, load_id, now) for p in parsed for s in p.states]
+        if states:
+            c.executemany("insert into raw.singer_state values (?, ?, ?, ?, ?, ?)", states)
+
+    sql = " union all by name ".join(f"({s})" for s in sqls) if sqls else None
+    return _SingerBatch(sql, event_lines, other, control, bad, finish, lines_read)
+
+
+def _insert_quarantine(
+    con: duckdb.DuckDBPyConnection, rows: list[tuple[str, int, str, str]], source_name: str, load_id: str, now: datetime
+) -> None:
+    if rows:
+        con.executemany(
+            "insert into ingest.quarantine values (?, ?, ?, ?, ?, ?, ?)",
+            [(load_id, source_name, f, n, raw, reason, now) for f, n, raw, reason in rows],
+        )
+
+
+def _forget_files(con: duckdb.DuckDBPyConnection, source_name: str, files: list[PendingFile], table: str) -> int:
+    """Remove what earlier loads of changed files put in the warehouse; returns rows removed."""
+    paths = [f.ref.path for f in files if f.replaces]
+    if not paths:
+        return 0
+    con.register("replaced_paths", pa.table({"path": pa.array(paths, pa.string())}))
+    removed = con.execute(
+        f"delete from {table} where source_file in (select path from replaced_paths) "
+        + ("and source = ?" if table == "raw.events" else "and source_name = ?"),
+        [source_name],
+    ).fetchone()[0]
+    for extra in ("ingest.quarantine", "raw.singer_records", "raw.singer_schemas", "raw.singer_state"):
+        con.execute(
+            f"delete from {extra} where source_name = ? and source_file in (select path from replaced_paths)",
+            [source_name],
+        )
+    return removed
+
+
+def _record_files(
+    con: duckdb.DuckDBPyConnection,
+    source_name: str,
+    files: list[PendingFile],
+    load_id: str,
+    now: datetime,
+    per_file: dict[str, int],
+) -> None:
+    con.executemany(
+        "insert or replace into ingest.load_manifest values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (source_name, f.ref.path, f.ref.size, f.ref.mtime, f.checksum, per_file.get(f.ref.path, 0), load_id, now)
+            for f in files
+        ],
+    )
+
+
+def _record_load(con: duckdb.DuckDBPyConnection, result: LoadResult, started: datetime) -> None:
+    con.execute(
+        "insert or replace into ingest.loads values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            result.load_id,
+            result.source_name,
+            result.source_kind,
+            result.files,
+            result.lines_read,
+            result.loaded,
+            result.duplicates,
+            result.quarantined,
+            result.control_messages,
+            result.replaced,
+            result.status,
+            result.message,
+            started,
+            _now(),
+        ],
+    )
+
+
+def _store_validation(
+    con: duckdb.DuckDBPyConnection, report: Any, source_name: str, load_id: str, now: datetime
+) -> None:
+    con.executemany(
+        "insert into ingest.validation_results values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                load_id,
+                source_name,
+                r.name,
+                r.column,
+                r.severity,
+                r.success,
+                r.unexpected_count,
+                r.element_count,
+                r.details,
+                now,
+            )
+            for r in report.results
+        ],
+    )
+
+
+EVENT_INSERT_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("source_kind", "load_id", "loaded_at")]
+
+
+def _load_events(
+    con: duckdb.DuckDBPyConnection,
+    stage_sql: str,
+    source: Any,
+    files: list[PendingFile],
+    result: LoadResult,
+    config: Config,
+    now: datetime,
+    extra_bad: list[tuple[str, int, str, str]],
+    texts: dict[str, bytes] | None = None,
+) -> dict[str, int]:
+    """De-duplicate, validate and insert one staged batch; fills the counts of ``result``."""
+    con.execute(f"create or replace temp table stage as {stage_sql}")
+    if texts:
+        # Parsed lines keep no raw text (it would double the batch in memory); the few
+        # that fail a later check get theirs back from the file contents.
+        missing = con.execute(
+            "select source_file, source_line from stage where reason is not null and raw_text is null"
+        ).fetchall()
+        if missing:
+            found = snowplow.raw_lines(texts, missing)
+            con.register(
+                "found_raw",
+                pa.table(
+                    {
+                        "source_file": pa.array([k[0] for k in found], pa.string()),
+                        "source_line": pa.array([k[1] for k in found], pa.int64()),
+                        "raw_text": pa.array(list(found.values()), pa.string()),
+                    }
+                ),
+            )
+            con.execute(
+                "update stage set raw_text = f.raw_text from found_raw f "
+                "where stage.source_file = f.source_file and stage.source_line = f.source_line"
+            )
+    result.replaced += _forget_files(con, source.name, files, "raw.events")
+    con.execute(
+        "insert into ingest.quarantine select ?, ?, source_file, source_line, raw_text, reason, ? "
+        "from stage where reason is not null",
+        [result.load_id, source.name, now],
+    )
+    _insert_quarantine(con, extra_bad, source.name, result.load_id, now)
+    # One row per good source line: the line's first event carries the base id.
+    con.execute(
+        """
+        create or replace temp table stage_lines as
+        select base_event_id, source_file, source_line, dedup_ts from stage
+        where reason is null and event_id = base_event_id
+        """
+    )
+    con.execute(
+        """
+        create or replace temp table winners as
+        select * from stage_lines
+        qualify row_number() over (
+            partition by base_event_id order by dedup_ts nulls last, source_file, source_line) = 1
+        """
+    )
+    # Against the warehouse: an existing copy stays unless the new one was collected earlier.
+    con.execute(
+        """
+        create or replace temp table existing as
+        select w.base_event_id,
+               (w.dedup_ts is not null and coalesce(e.collector_tstamp, e.occurred_at) is not null
+                and w.dedup_ts < coalesce(e.collector_tstamp, e.occurred_at)) as new_is_earlier
+        from winners w join raw.events e on e.event_id = w.base_event_id
+        """
+    )
+    superseded = con.execute(
+        """
+        delete from raw.events where event_id in (select base_event_id from existing where new_is_earlier)
+           or (contains(event_id, '#') and split_part(event_id, '#', 1) in
+               (select base_event_id from existing where new_is_earlier))
+        """
+    ).fetchone()[0]
+    if superseded:
+        log.info("%s: %d events replaced by earlier-collected duplicates", source.name, superseded)
+    con.execute(
+        """
+        create or replace temp table fresh as
+        select s.* from stage s
+        join winners w using (base_event_id, source_file, source_line)
+        where s.reason is null
+          and base_event_id not in (select base_event_id from existing where not new_is_earlier)
+        """
+    )
+    good_lines, quarantined, loaded_lines = con.execute(
+        """
+        select (select count(*) from stage_lines),
+               (select count(*) from stage where reason is not null),
+               (select count(distinct base_event_id) from fresh)
+        """
+    ).fetchone()
+    result.quarantined += quarantined + len(extra_bad)
+    result.loaded += loaded_lines
+    result.duplicates += good_lines - loaded_lines
+    if config.validation.enabled:
+        frame = con.execute(VALIDATION_QUERY.format(relation="fresh")).df()
+        report = validate_events(frame, config.validation)
+        _store_validation(con, report, source.name, result.load_id, now)
+        result.warnings += [f"{source.name}: {report.summary(report.warnings)}"] if report.warnings else []
+        if report.errors:
+            raise _ValidationFailed(report)
+    present = {row[0] for row in con.execute("describe fresh").fetchall()}
+    columns = ", ".join(EVENT_INSERT_COLUMNS)
+    values = ", ".join(c if c in present else f"null::{EVENT_COLUMNS[c]}" for c in EVENT_INSERT_COLUMNS)
+    con.execute(
+        f"insert into raw.events ({columns}, source_kind, load_id, loaded_at) select {values}, ?, ?, ? from fresh",
+        [source.kind, result.load_id, now],
+    )
+    return dict(con.execute("select source_file, count(*) from fresh group by all").fetchall())
+
+
+class _ValidationFailed(Exception):
+    def __init__(self, report: Any) -> None:
+        super().__init__(report.summary(report.errors))
+        self.report = report
+
+
+def _load_catalog(
+    con: duckdb.DuckDBPyConnection, source: CatalogSource, files: list[PendingFile], result: LoadResult, now: datetime
+) -> dict[str, int]:
+    rows = mapped.TextRows()
+    for f in files:
+        data = decompress(f.data, f.ref.path)
+        if data[:4] == b"PAR1" or not f.ref.path.split(".gz")[0].endswith((".jsonl", ".json", ".ndjson")):
+            table = mapped.read_table_file(data, f.ref.path)
+            for record in table.to_pylist():
+                meta = {k: record.pop(k) for k in mapped.META}
+                rows.add(record, meta["source_file"], meta["source_line"], meta["raw_text"], meta["shape_error"])
+            for name in table.column_names:
+                if name not in mapped.META:
+                    rows.columns.setdefault(name, [None] * rows.n)
+            continue
+        for number, line in enumerate(split_lines(data.decode("utf-8", errors="replace")), start=1):
+            try:
+                record = json.loads(line)
+                error = None if isinstance(record, dict) else "expected a JSON object"
+            except json.JSONDecodeError as exc:
+                record, error = {}, f"invalid JSON: {exc.msg} at column {exc.colno}"
+            rows.add(mapped.flatten(record) if not error else {}, f.ref.path, number, line, error)
+    con.register("batch_catalog", rows.to_arrow())
+    available = set(rows.columns)
+
+    def col(name: str) -> str:
+        src = source.columns.get(name, name)
+        if src not in available:
+            if name in source.columns or name == "item_id":
+                raise IngestError(
+                    f"source '{source.name}': catalog column '{src}' (for {name}) not found; "
+                    f"columns present: {', '.join(sorted(available)) or 'none'}"
+                )
+            return "null::varchar"
+        return f"nullif(trim({mapped._q(src)}), '')"
+
+    bool_sql = (
+        "case when lower({c}) in ('true', 't', '1', 'yes', 'y') then true "
+        "when lower({c}) in ('false', 'f', '0', 'no', 'n') then false end"
+    )
+    typed = {
+        "item_id": col("item_id"),
+        "title": col("title"),
+        "description": col("description"),
+        "category": col("category"),
+        "brand": col("brand"),
+        "price": f"try_cast({col('price')} as double)",
+        "currency": col("currency"),
+        "in_stock": bool_sql.format(c=col("in_stock")),
+        "created_at": f"try_cast({col('created_at')} as timestamptz)::timestamp",
+    }
+    checks = [
+        f"case when {typed['item_id']} is null then 'item_id is empty' end",
+        f"case when {col('price')} is not null and {typed['price']} is null then 'price: not a number' end",
+        f"case when {col('price')} is not null and {typed['price']} < 0 then 'price: negative' end",
+        f"case when {col('in_stock')} is not null and {typed['in_stock']} is null then 'in_stock: not a boolean' end",
+        f"case when {col('created_at')} is not null and {typed['created_at']} is null then 'created_at: not a timestamp' end",
+    ]
+    select = ", ".join(f"{expr} as {name}" for name, expr in typed.items())
+    con.execute(
+        f"""
+        create or replace temp table stage_catalog as
+        select {select}, source_file, source_line, raw_text,
+               coalesce(shape_error, nullif(concat_ws('; ', {", ".join(checks)}), '')) as reason
+        from batch_catalog
+        """
+    )
+    result.replaced += _forget_files(con, source.name, files, "raw.catalog_items")
+    con.execute(
+        "insert into ingest.quarantine select ?, ?, source_file, source_line, raw_text, reason, ? "
+        "from stage_catalog where reason is not null",
+        [result.load_id, source.name, now],
+    )
+    # A catalog file is a snapshot: the last row seen for an item is its current state.
+    con.execute(
+        """
+        create or replace temp table latest_catalog as
+        select * from stage_catalog where reason is null
+        qualify row_number() over (partition by item_id order by source_file desc, source_line desc) = 1
+        """
+    )
+    con.execute("delete from raw.catalog_items where item_id in (select item_id from latest_catalog)")
+    columns = ", ".join(CATALOG_COLUMNS)
+    con.execute(
+        f"insert into raw.catalog_items select {columns}, ?, source_file, source_line, ?, ? from latest_catalog",
+        [source.name, result.load_id, now],
+    )
+    good, bad, loaded = con.execute(
+        "select count(*) filter (where reason is null), count(*) filter (where reason is not null), "
+        "(select count(*) from latest_catalog) from stage_catalog"
+    ).fetchone()
+    result.lines_read += good + bad
+    result.quarantined += bad
+    result.loaded += loaded
+    result.duplicates += good - loaded
+    return dict(con.execute("select source_file, count(*) from latest_catalog group by all").fetchall())
+
+
+def _load_batch(
+    con: duckdb.DuckDBPyConnection, source: Any, files: list[PendingFile], config: Config, pool: ThreadPoolExecutor
+) -> LoadResult:
+    started = _now()
+    result = LoadResult(_new_load_id(source.name), source.name, source.kind, files=len(files))
+    paths = ", ".join(f.ref.path for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    try:
+        with transaction(con):
+            if isinstance(source, CatalogSource):
+                per_file = _load_catalog(con, source, files, result, started)
+            elif isinstance(source, SingerSource):
+                batch = _parse_singer(source, files, con, pool)
+                result.lines_read = batch.lines_read
+                result.control_messages = batch.control
+                result.loaded += batch.other_records
+                if batch.sql is None:
+                    result.replaced += _forget_files(con, source.name, files, "raw.events")
+                    result.quarantined += len(batch.bad)
+                    _insert_quarantine(con, batch.bad, source.name, result.load_id, started)
+                    per_file = {}
+                else:
+                    per_file = _load_events(con, batch.sql, source, files, result, config, started, batch.bad)
+                batch.finish(con, result.load_id, started)
+            else:
+                texts: dict[str, bytes] = {}
+                if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
+                    sql, lines, texts = _parse_snowplow(source, files, con, pool)
+                else:
+                    sql, lines = _parse_events_file(source, files, con, pool)
+                result.lines_read = lines
+                per_file = _load_events(con, sql, source, files, result, config, started, [], texts)
+            if not result.reconciles:
+                raise IngestError(
+                    f"source '{source.name}': counts do not reconcile for {paths}: read {result.lines_read}, "
+                    f"loaded {result.loaded} + duplicates {result.duplicates} + quarantined "
+                    f"{result.quarantined} + control {result.control_messages}"
+                )
+            result.message = "; ".join(result.warnings)
+            _record_files(con, source.name, files, result.load_id, started, per_file)
+            _record_load(con, result, started)
+    except _ValidationFailed as failed:
+        result.status = "failed"
+        result.message = f"validation failed: {failed}"
+        with transaction(con):
+            _store_validation(con, failed.report, source.name, result.load_id, started)
+            _record_load(con, result, started)
+        raise IngestError(f"source '{source.name}': batch of {paths} not loaded, {result.message}") from None
+    except (ValueError, duckdb.Error) as exc:
+        result.status = "failed"
+        result.message = str(exc).splitlines()[0]
+        with transaction(con):
+            _record_load(con, result, started)
+        raise IngestError(f"source '{source.name}': batch of {paths} not loaded: {result.message}") from exc
+    return result
+
+
+def run_ingest(con: duckdb.DuckDBPyConnection, config: Config, sources: list[str] | None = None) -> list[LoadResult]:
+    """Load every enabled source (or the named ones); raises IngestError on the first failure."""
+    results = []
+    selected = [s for s in config.sources if s.enabled and (not sources or s.name in sources)]
+    if sources:
+        unknown = set(sources) - {s.name for s in config.sources}
+        if unknown:
+            raise IngestError(
+                f"unknown source(s) {', '.join(sorted(unknown))}; configured: "
+                f"{', '.join(s.name for s in config.sources)}"
+            )
+    for source in selected:
+        try:
+            results.extend(ingest_source(con, source, config))
+        except FileNotFoundError as exc:
+            raise IngestError(f"source '{source.name}': {exc}") from None
+    return results

@@ -1,0 +1,282 @@
+"""Sources mapped onto the canonical schema by configuration: events files and Singer streams.
+
+An events file (CSV or Parquet) or a Singer stream's records are read as text columns;
+the source's ``columns:`` map (canonical name -> source column, dots reaching into nested
+JSON) and ``event_types:`` map (source value -> canonical type) turn them into canonical
+events. Values that do not parse as their canonical type send the row to quarantine with
+the column named, never a silent null.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
+from insights.ingest.textio import csv_rows, split_lines
+from insights.warehouse import CANONICAL_EVENT_COLUMNS
+
+META = ("source_file", "source_line", "raw_text", "shape_error")
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _to_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = str(value)
+    return text if text != "" else None
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, str | None]:
+    """Nested objects become dotted keys (``event_properties.price``); lists stay JSON text."""
+    flat: dict[str, str | None] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat[name] = _to_text(value)
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = _to_text(value)
+    return flat
+
+
+@dataclass
+class TextRows:
+    """Rows of text columns with their origin, the common input of the mapping SQL."""
+
+    columns: dict[str, list[str | None]] = field(default_factory=dict)
+    meta: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in META})
+    n: int = 0
+
+    def add(
+        self, values: dict[str, str | None], source_file: str, line: int, raw: str | None, error: str | None
+    ) -> None:
+        for name in values.keys() - self.columns.keys():
+            self.columns[name] = [None] * self.n
+        for name, column in self.columns.items():
+            column.append(values.get(name))
+        for key, value in zip(META, (source_file, line, raw, error)):
+            self.meta[key].append(value)
+        self.n += 1
+
+    def to_arrow(self) -> pa.Table:
+        arrays = {name: pa.array(values, pa.string()) for name, values in self.columns.items()}
+        arrays["source_file"] = pa.array(self.meta["source_file"], pa.string())
+        arrays["source_line"] = pa.array(self.meta["source_line"], pa.int64())
+        arrays["raw_text"] = pa.array(self.meta["raw_text"], pa.string())
+        arrays["shape_error"] = pa.array(self.meta["shape_error"], pa.string())
+        return pa.table(arrays)
+
+
+def read_table_file(data: bytes, source_file: str) -> pa.Table:
+    """A CSV (header row) or Parquet file as text columns with row origins."""
+    rows = TextRows()
+    if data[:4] == b"PAR1":
+        table = pq.read_table(io.BytesIO(data))
+        rows.columns = {name: [] for name in table.column_names}
+        for i, record in enumerate(table.to_pylist(), start=1):
+            values = {k: _to_text(v) for k, v in record.items()}
+            rows.add(values, source_file, i, json.dumps(values), None)
+        return rows.to_arrow()
+    header, records = csv_rows(data.decode("utf-8", errors="replace"))
+    rows.columns = {name: [] for name in header}
+    for start, raw, row in records:
+        if not row:
+            rows.add({}, source_file, start, raw, "empty line")
+        elif len(row) != len(header):
+            error = f"expected {len(header)} comma-separated fields, found {len(row)}"
+            rows.add({}, source_file, start, raw, error)
+        else:
+            values = dict(zip(header, (v if v != "" else None for v in row)))
+            rows.add(values, source_file, start, raw, None)
+    return rows.to_arrow()
+
+
+_CASTS = {"TIMESTAMP": "timestamp", "DOUBLE": "double"}
+
+
+def mapped_sql(view: str, columns: list[str], mapping: StreamMapping, types_view: str, source_name: str) -> str:
+    """Canonical rows from a text-column view, by the source's maps.
+
+    Output columns as :func:`insights.ingest.snowplow.canonical_sql`.
+    """
+    available = set(columns)
+    exprs: dict[str, str] = {}
+    problems: list[str] = []
+    for canonical, kind in CANONICAL_EVENT_COLUMNS.items():
+        if canonical in ("event_type", "source"):
+            continue
+        source_col = mapping.columns.get(canonical, canonical)
+        if source_col not in available:
+            if canonical in mapping.columns:
+                raise ValueError(
+                    f"source '{source_name}': column '{source_col}' (mapped to {canonical}) is not in "
+                    f"the data; columns present: {', '.join(sorted(available)) or 'none'}"
+                )
+            exprs[canonical] = f"null::{kind}"
+            continue
+        raw = f"nullif(trim({_q(source_col)}), '')"
+        if kind == "TIMESTAMP":
+            cast = f"try_cast({raw} as timestamptz)::timestamp"
+        elif kind == "DOUBLE":
+            cast = f"try_cast({raw} as double)"
+        else:
+            cast = raw
+        exprs[canonical] = cast
+        if kind in _CASTS:
+            label = f"{canonical} ({source_col})" if source_col != canonical else canonical
+            problems.append(
+                f"case when {raw} is not null and {cast} is null then "
+                f"{_lit(label + ': not a ' + _CASTS[kind] + ' ')} || '''' || left({raw}, 40) || '''' end"
+            )
+    name_col = mapping.columns.get("event_name", "event_name")
+    type_col = mapping.columns.get("event_type", "event_type")
+    if mapping.event_type:
+        event_type = _lit(mapping.event_type)
+    else:
+        candidates = [c for c in (type_col, name_col) if c in available]
+        # Qualified: the lookup table has an `event_type` column of its own.
+        value = f"coalesce({', '.join('src.' + _q(c) for c in candidates)})" if candidates else "null"
+        known = ", ".join(_lit(t) for t in CANONICAL_EVENT_TYPES)
+        event_type = (
+            f"coalesce((select t.event_type from {types_view} t where t.source_value = {value}), "
+            f"case when {value} in ({known}) then {value} end, 'custom')"
+        )
+    if "event_name" not in exprs or exprs["event_name"] == "null::VARCHAR":
+        first = next((c for c in (type_col, name_col) if c in available), None)
+        exprs["event_name"] = _q(first) if first else "null::varchar"
+    derived_id = (
+        "md5(concat_ws('|', "
+        + _lit(source_name)
+        + ", "
+        + ", ".join(f"coalesce({_q(c)}, '')" for c in sorted(available))
+        + "))"
+    )
+    exprs["event_id"] = f"coalesce({exprs['event_id']}, {derived_id})" if available else exprs["event_id"]
+    checks = ", ".join(
+        [
+            "case when occurred_at_chk is null and occurred_at_raw is null then 'occurred_at is empty' end",
+            "case when user_id_chk is null and anonymous_id_chk is null then 'no user_id or anonymous_id' end",
+            *problems,
+        ]
+    )
+    occurred_raw = (
+        f"nullif(trim({_q(mapping.columns.get('occurred_at', 'occurred_at'))}), '')"
+        if mapping.columns.get("occurred_at", "occurred_at") in available
+        else "null"
+    )
+    select_list = ",\n        ".join(f"{expr} as {name}" for name, expr in exprs.items())
+    src = _lit(source_name)
+    return f"""
+    with base as (
+        select *, {exprs["occurred_at"]} as occurred_at_chk, {occurred_raw} as occurred_at_raw,
+               {exprs["user_id"]} as user_id_chk, {exprs["anonymous_id"]} as anonymous_id_chk
+        from {view}
+    ),
+    checked as (
+        select *, coalesce(shape_error, nullif(concat_ws('; ', {checks}), '')) as reason from base
+    )
+    select {select_list},
+        {event_type} as event_type,
+        {src} as source,
+        source_file, source_line, null::varchar as raw_text, null::varchar as reason,
+        {exprs["event_id"]} as base_event_id,
+        {exprs["occurred_at"]} as dedup_ts
+    from checked src where reason is null
+    union all by name
+    select source_file, source_line, raw_text, reason
+    from checked where reason is not null
+    """
+
+
+def event_types_table(mapping: StreamMapping) -> pa.Table:
+    return pa.table(
+        {
+            "source_value": pa.array(list(mapping.event_types), pa.string()),
+            "event_type": pa.array(list(mapping.event_types.values()), pa.string()),
+        }
+    )
+
+
+@dataclass
+class SingerFile:
+    """What one Singer file holds, split by message type; bad lines carry their reason."""
+
+    records: dict[str, TextRows] = field(default_factory=dict)
+    raw_records: list[tuple[str, str, str | None, str, int]] = field(default_factory=list)
+    schemas: list[tuple[str, str, str, str, int]] = field(default_factory=list)
+    states: list[tuple[str, str, int]] = field(default_factory=list)
+    bad: list[tuple[str, int, str, str]] = field(default_factory=list)
+    lines_read: int = 0
+
+
+def parse_singer(text: str, source_file: str, stream_default: str) -> SingerFile:
+    """Split Singer output into SCHEMA, RECORD and STATE messages.
+
+    Lines without a ``type`` are taken as bare records of the stream named by the file
+    (as target-jsonl writes them).
+    """
+    out = SingerFile()
+    for number, line in enumerate(split_lines(text), start=1):
+        out.lines_read += 1
+        if not line.strip():
+            out.bad.append((source_file, number, line, "empty line"))
+            continue
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError as exc:
+            out.bad.append((source_file, number, line, f"invalid JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        if not isinstance(message, dict):
+            out.bad.append((source_file, number, line, "expected a JSON object"))
+            continue
+        kind = message.get("type")
+        if kind is None:
+            message = {"type": "RECORD", "stream": stream_default, "record": message}
+            kind = "RECORD"
+        if kind == "RECORD":
+            record, stream = message.get("record"), message.get("stream")
+            if not isinstance(record, dict) or not isinstance(stream, str):
+                out.bad.append((source_file, number, line, "RECORD without an object 'record' and a 'stream' name"))
+                continue
+            out.records.setdefault(stream, TextRows()).add(flatten(record), source_file, number, line, None)
+            out.raw_records.append((stream, json.dumps(record), message.get("time_extracted"), source_file, number))
+        elif kind == "SCHEMA":
+            if not isinstance(message.get("stream"), str) or not isinstance(message.get("schema"), dict):
+                out.bad.append((source_file, number, line, "SCHEMA without a 'stream' and an object 'schema'"))
+                continue
+            out.schemas.append(
+                (
+                    message["stream"],
+                    json.dumps(message["schema"]),
+                    json.dumps(message.get("key_properties", [])),
+                    source_file,
+                    number,
+                )
+            )
+        elif kind == "STATE":
+            if "value" not in message:
+                out.bad.append((source_file, number, line, "STATE without a 'value'"))
+                continue
+            out.states.append((json.dumps(message["value"]), source_file, number))
+        elif kind in ("ACTIVATE_VERSION", "BATCH"):
+            out.states.append((json.dumps(message), source_file, number))
+        else:
+            out.bad.append((source_file, number, line, f"unknown Singer message type {kind!r}"))
+    return out

@@ -1,0 +1,407 @@
+"""Snowplow events: enriched TSV (what enrich and the S3 loader write) and atomic-table exports.
+
+Both are the same data model. The enriched TSV carries 131 tab-separated fields with the
+self-describing JSON columns ``contexts``, ``unstruct_event`` and ``derived_contexts``; an
+atomic export (CSV or Parquet) has named columns, with each context shredded into its own
+``contexts_<vendor>_<name>_<version>`` column. Both are turned into one typed "atomic"
+relation and then into canonical events by the same SQL.
+
+Event typing follows Snowplow's trackers: ``page_view``/``page_ping`` by ``event``; the
+e-commerce plugin's ``snowplow_ecommerce_action`` by its ``type`` (product_view,
+add_to_cart, remove_from_cart, checkout_step, transaction); ``site_search``; the legacy
+``transaction_item``. A transaction with several product entities becomes one purchase
+row per product (ids ``<event_id>#<n>`` after the first), so item-level revenue is exact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from insights.ingest.textio import csv_rows
+
+ENRICHED_FIELDS: tuple[str, ...] = (
+    "app_id platform etl_tstamp collector_tstamp dvce_created_tstamp event event_id txn_id "
+    "name_tracker v_tracker v_collector v_etl user_id user_ipaddress user_fingerprint "
+    "domain_userid domain_sessionidx network_userid geo_country geo_region geo_city "
+    "geo_zipcode geo_latitude geo_longitude geo_region_name ip_isp ip_organization ip_domain "
+    "ip_netspeed page_url page_title page_referrer page_urlscheme page_urlhost page_urlport "
+    "page_urlpath page_urlquery page_urlfragment refr_urlscheme refr_urlhost refr_urlport "
+    "refr_urlpath refr_urlquery refr_urlfragment refr_medium refr_source refr_term mkt_medium "
+    "mkt_source mkt_term mkt_content mkt_campaign contexts se_category se_action se_label "
+    "se_property se_value unstruct_event tr_orderid tr_affiliation tr_total tr_tax "
+    "tr_shipping tr_city tr_state tr_country ti_orderid ti_sku ti_name ti_category ti_price "
+    "ti_quantity pp_xoffset_min pp_xoffset_max pp_yoffset_min pp_yoffset_max useragent "
+    "br_name br_family br_version br_type br_renderengine br_lang br_features_pdf "
+    "br_features_flash br_features_java br_features_director br_features_quicktime "
+    "br_features_realplayer br_features_windowsmedia br_features_gears "
+    "br_features_silverlight br_cookies br_colordepth br_viewwidth br_viewheight os_name "
+    "os_family os_manufacturer os_timezone dvce_type dvce_ismobile dvce_screenwidth "
+    "dvce_screenheight doc_charset doc_width doc_height tr_currency tr_total_base "
+    "tr_tax_base tr_shipping_base ti_currency ti_price_base base_currency geo_timezone "
+    "mkt_clickid mkt_network etl_tags dvce_sent_tstamp refr_domain_userid refr_device_tstamp "
+    "derived_contexts domain_sessionid derived_tstamp event_vendor event_name event_format "
+    "event_version event_fingerprint true_tstamp"
+).split()
+assert len(ENRICHED_FIELDS) == 131
+
+# The atomic fields the canonical projection reads, with the type each must parse as.
+# A non-empty value that does not parse sends the line to quarantine with the field named.
+TYPED_FIELDS: dict[str, str] = {
+    "collector_tstamp": "timestamp",
+    "dvce_created_tstamp": "timestamp",
+    "derived_tstamp": "timestamp",
+    "domain_sessionidx": "integer",
+    "pp_yoffset_max": "integer",
+    "doc_height": "integer",
+    "br_viewheight": "integer",
+    "ti_price": "double",
+    "ti_quantity": "double",
+    "tr_total": "double",
+}
+TEXT_FIELDS = (
+    "app_id platform event event_id user_id user_ipaddress domain_userid network_userid "
+    "page_url page_title page_referrer page_urlhost page_urlpath refr_medium refr_source "
+    "mkt_medium mkt_source mkt_campaign useragent domain_sessionid event_name se_category "
+    "se_action tr_orderid ti_orderid ti_sku ti_currency tr_currency"
+).split()
+JSON_FIELDS = ("contexts", "unstruct_event", "derived_contexts")
+NEEDED_FIELDS = (*TEXT_FIELDS, *TYPED_FIELDS, *JSON_FIELDS)
+
+SCHEMA_WEB_PAGE = "iglu:com.snowplowanalytics.snowplow/web_page/%"
+SCHEMA_PRODUCT = "iglu:com.snowplowanalytics.snowplow.ecommerce/product/%"
+SCHEMA_TRANSACTION = "iglu:com.snowplowanalytics.snowplow.ecommerce/transaction/%"
+SCHEMA_IAB = "iglu:com.iab.snowplow/spiders_and_robots/%"
+SCHEMA_YAUAA = "iglu:nl.basjes/yauaa_context/%"
+SCHEMA_ECOMMERCE_ACTION = "iglu:com.snowplowanalytics.snowplow.ecommerce/snowplow_ecommerce_action/%"
+SCHEMA_SITE_SEARCH = "iglu:com.snowplowanalytics.snowplow/site_search/%"
+
+# Shredded column prefixes of an atomic export, for the same entities.
+PREFIX = {
+    "web_page": "contexts_com_snowplowanalytics_snowplow_web_page_1",
+    "product": "contexts_com_snowplowanalytics_snowplow_ecommerce_product_1",
+    "transaction": "contexts_com_snowplowanalytics_snowplow_ecommerce_transaction_1",
+    "iab": "contexts_com_iab_snowplow_spiders_and_robots_1",
+    "yauaa": "contexts_nl_basjes_yauaa_context_1",
+    "ecommerce_action": "unstruct_event_com_snowplowanalytics_snowplow_ecommerce_snowplow_ecommerce_action_1",
+    "site_search": "unstruct_event_com_snowplowanalytics_snowplow_site_search_1",
+}
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def read_enriched(files: list[tuple[str, bytes]]) -> pa.Table:
+    """Parse enriched TSV files into the needed atomic fields, one row per line.
+
+    Lines without exactly 131 fields become rows with a ``shape_error`` and their raw
+    text; the others are parsed by polars' native reader in one pass (raw text is not
+    kept for them; :func:`raw_lines` recovers it for the few that fail a later check).
+    """
+    pieces: list[bytes] = []
+    line_files: list[np.ndarray] = []
+    line_numbers: list[np.ndarray] = []
+    bad_rows: dict[str, list] = {"source_file": [], "source_line": [], "raw_text": [], "shape_error": []}
+    names: list[str] = []
+    for path, text in files:
+        if not text:
+            continue
+        names.append(path)
+        if text[-1:] != b"\n":
+            text += b"\n"
+        arr = np.frombuffer(text, np.uint8)
+        ends = np.flatnonzero(arr == 10)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        tabs = np.flatnonzero(arr == 9)
+        fields = np.searchsorted(tabs, ends) - np.searchsorted(tabs, starts) + 1
+        good = fields == 131
+        numbers = np.arange(1, len(ends) + 1, dtype=np.int64)
+        if good.all():
+            pieces.append(text)
+        else:
+            for i in np.flatnonzero(~good):
+                raw = text[starts[i] : ends[i]].decode("utf-8", errors="replace").rstrip("\r")
+                bad_rows["source_file"].append(path)
+                bad_rows["source_line"].append(int(numbers[i]))
+                bad_rows["raw_text"].append(raw)
+                bad_rows["shape_error"].append(
+                    "empty line" if not raw.strip() else f"expected 131 tab-separated fields, found {fields[i]}"
+                )
+            pieces.extend(text[starts[i] : ends[i] + 1] for i in np.flatnonzero(good))
+        line_files.append(np.full(int(good.sum()), len(names) - 1, dtype=np.int64))
+        line_numbers.append(numbers[good])
+    wanted = [ENRICHED_FIELDS.index(n) for n in NEEDED_FIELDS]
+    blob = b"".join(pieces)
+    if blob:
+        frame = pl.read_csv(
+            blob,
+            separator="\t",
+            quote_char=None,
+            has_header=False,
+            infer_schema=False,
+            columns=[f"column_{i}" for i in wanted],
+            encoding="utf8-lossy",
+        ).rename({f"column_{i}": ENRICHED_FIELDS[i] for i in wanted})
+    else:
+        frame = pl.DataFrame({n: pl.Series([], dtype=pl.String) for n in NEEDED_FIELDS})
+    file_index = np.concatenate(line_files) if line_files else np.array([], np.int64)
+    frame = frame.with_columns(
+        pl.Series("source_file", names, dtype=pl.String).gather(file_index)
+        if len(file_index)
+        else pl.Series("source_file", [], dtype=pl.String),
+        pl.Series("source_line", np.concatenate(line_numbers) if line_numbers else [], dtype=pl.Int64),
+        pl.lit(None, pl.String).alias("raw_text"),
+        pl.lit(None, pl.String).alias("shape_error"),
+    )
+    if bad_rows["source_file"]:
+        bad = pl.DataFrame(
+            bad_rows,
+            schema={"source_file": pl.String, "source_line": pl.Int64, "raw_text": pl.String, "shape_error": pl.String},
+        )
+        frame = pl.concat([frame, bad], how="diagonal")
+    return frame.to_arrow()
+
+
+def raw_lines(files: dict[str, bytes], wanted: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    """The raw text of given (file, line) pairs, for quarantining rows found bad after parsing."""
+    by_file: dict[str, set[int]] = {}
+    for path, line in wanted:
+        by_file.setdefault(path, set()).add(line)
+    found = {}
+    for path, lines in by_file.items():
+        for number, text in enumerate(files[path].split(b"\n"), start=1):
+            if number in lines:
+                found[(path, number)] = text.decode("utf-8", errors="replace").rstrip("\r")
+    return found
+
+
+def read_atomic(data: bytes, source_file: str) -> pa.Table:
+    """An atomic export as strings: Parquet as stored, CSV with exact line numbers.
+
+    CSV rows whose field count differs from the header keep their raw text and get a
+    shape error instead of being guessed at.
+    """
+    if data[:4] == b"PAR1":
+        table = pq.read_table(io.BytesIO(data))
+        table = table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
+        n = table.num_rows
+        raws = [json.dumps(row, ensure_ascii=False) for row in table.to_pylist()]
+        return (
+            table.append_column("source_file", pa.array([source_file] * n, pa.string()))
+            .append_column("source_line", pa.array(range(1, n + 1), pa.int64()))
+            .append_column("raw_text", pa.array(raws, pa.string()))
+            .append_column("shape_error", pa.nulls(n, pa.string()))
+        )
+    header, rows = csv_rows(data.decode("utf-8", errors="replace"))
+    columns: dict[str, list[str | None]] = {name: [] for name in header}
+    meta: dict[str, list] = {"source_line": [], "raw_text": [], "shape_error": []}
+    for start, raw, row in rows:
+        ok = len(row) == len(header)
+        for name, value in zip(header, row if ok else [None] * len(header)):
+            columns[name].append(value if value != "" else None)
+        meta["source_line"].append(start)
+        meta["raw_text"].append(raw)
+        meta["shape_error"].append(None if ok else f"expected {len(header)} comma-separated fields, found {len(row)}")
+    table = pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
+    n = len(meta["source_line"])
+    return (
+        table.append_column("source_file", pa.array([source_file] * n, pa.string()))
+        .append_column("source_line", pa.array(meta["source_line"], pa.int64()))
+        .append_column("raw_text", pa.array(meta["raw_text"], pa.string()))
+        .append_column("shape_error", pa.array(meta["shape_error"], pa.string()))
+    )
+
+
+def _context_list(json_col: str) -> str:
+    return f"coalesce(case when json_valid({json_col}) then json_extract({json_col}, '$.data[*]') end, []::json[])"
+
+
+def _entities_sd(ctx_list: str, pattern: str) -> str:
+    return (
+        f"list_transform(list_filter({ctx_list}, lambda x: json_extract_string(x, '$.schema') "
+        f"like '{pattern}'), lambda x: json_extract(x, '$.data'))"
+    )
+
+
+def extraction_exprs(kind: str, columns: list[str]) -> dict[str, str]:
+    """SQL for the entities the canonical projection needs, per input shape."""
+    if kind == "enriched":
+        ctx = _context_list("contexts")
+        derived = _context_list("derived_contexts")
+        unstruct = "case when json_valid(unstruct_event) then json_extract(unstruct_event, '$.data') end"
+        return {
+            "page_view_id": f"json_extract_string(({_entities_sd(ctx, SCHEMA_WEB_PAGE)})[1], '$.id')",
+            "products": _entities_sd(ctx, SCHEMA_PRODUCT),
+            "transaction": f"({_entities_sd(ctx, SCHEMA_TRANSACTION)})[1]",
+            "iab": f"({_entities_sd(derived, SCHEMA_IAB)})[1]",
+            "yauaa": f"({_entities_sd(derived, SCHEMA_YAUAA)} || {_entities_sd(ctx, SCHEMA_YAUAA)})[1]",
+            "unstruct_schema": f"json_extract_string({unstruct}, '$.schema')",
+            "unstruct_data": f"json_extract({unstruct}, '$.data')",
+        }
+
+    def col(key: str) -> str | None:
+        return next((c for c in columns if c.startswith(PREFIX[key])), None)
+
+    def first(key: str) -> str:
+        name = col(key)
+        return f"case when json_valid({_q(name)}) then json_extract({_q(name)}, '$[0]') end" if name else "null::json"
+
+    product_col = col("product")
+    products = (
+        f"coalesce(case when json_valid({_q(product_col)}) then "
+        f"json_extract({_q(product_col)}, '$[*]') end, []::json[])"
+        if product_col
+        else "[]::json[]"
+    )
+    action_col, search_col = col("ecommerce_action"), col("site_search")
+    unstruct_schema = "null::varchar"
+    unstruct_data = "null::json"
+    if action_col or search_col:
+        branches_schema, branches_data = [], []
+        for name, schema in ((action_col, SCHEMA_ECOMMERCE_ACTION), (search_col, SCHEMA_SITE_SEARCH)):
+            if name:
+                branches_schema.append(f"when json_valid({_q(name)}) then '{schema}'")
+                branches_data.append(f"when json_valid({_q(name)}) then {_q(name)}::json")
+        unstruct_schema = f"case {' '.join(branches_schema)} end"
+        unstruct_data = f"case {' '.join(branches_data)} end"
+    return {
+        "page_view_id": f"json_extract_string({first('web_page')}, '$.id')",
+        "products": products,
+        "transaction": first("transaction"),
+        "iab": first("iab"),
+        "yauaa": first("yauaa"),
+        "unstruct_schema": unstruct_schema,
+        "unstruct_data": unstruct_data,
+    }
+
+
+def _field_problem(name: str, kind: str) -> str:
+    cast = {
+        "timestamp": f"try_cast({name} as timestamptz)",
+        "integer": f"try_cast({name} as bigint)",
+        "double": f"try_cast({name} as double)",
+    }[kind]
+    return f"case when {name} is not null and {cast} is null then '{name}: not a {kind} ''' || left({name}, 40) || '''' end"
+
+
+def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: str) -> str:
+    """Typed, checked and canonical rows (one per event, quarantined lines included).
+
+    Output columns: every raw.events column except load metadata, plus ``reason``
+    (non-null for quarantined lines), ``raw_text``, ``base_event_id`` and ``dedup_ts``.
+    """
+    if kind == "atomic":
+        missing = [f for f in NEEDED_FIELDS if f not in columns and f not in JSON_FIELDS]
+        pad = ", ".join(f"null::varchar as {f}" for f in missing)
+        fields_sql = f"select *{', ' + pad if pad else ''}, null::varchar as contexts, null::varchar as unstruct_event, null::varchar as derived_contexts from ({fields_sql})"
+    ex = extraction_exprs(kind, columns)
+    problems = ", ".join(_field_problem(n, k) for n, k in TYPED_FIELDS.items())
+    json_problems = ", ".join(
+        f"case when {n} is not null and not json_valid({n}) then '{n}: invalid JSON' end" for n in JSON_FIELDS
+    )
+    ts = "try_cast({} as timestamptz)::timestamp"
+    src = source_name.replace("'", "''")
+    return f"""
+    with fields as ({fields_sql}),
+    checked as (
+        select *,
+            coalesce(shape_error, nullif(concat_ws('; ',
+                case when event_id is null then 'event_id is empty' end,
+                case when collector_tstamp is null then 'collector_tstamp is empty' end,
+                case when event is null then 'event is empty' end,
+                case when user_id is null and domain_userid is null and network_userid is null
+                     then 'no user_id, domain_userid or network_userid' end,
+                {problems}, {json_problems}), '')) as reason
+        from fields
+    ),
+    good as (
+        select *,
+            {ex["page_view_id"]} as x_page_view_id,
+            {ex["products"]} as x_products,
+            {ex["transaction"]} as x_transaction,
+            {ex["iab"]} as x_iab,
+            {ex["yauaa"]} as x_yauaa,
+            {ex["unstruct_schema"]} as x_unstruct_schema,
+            {ex["unstruct_data"]} as x_unstruct_data
+        from checked where reason is null
+    ),
+    typed as (
+        select *,
+            case
+                when event = 'page_view' then 'page_view'
+                when event = 'page_ping' then 'page_ping'
+                when event = 'transaction_item' then 'purchase'
+                when x_unstruct_schema like '{SCHEMA_ECOMMERCE_ACTION}' then
+                    case json_extract_string(x_unstruct_data, '$.type')
+                        when 'product_view' then 'product_view'
+                        when 'add_to_cart' then 'add_to_cart'
+                        when 'remove_from_cart' then 'remove_from_cart'
+                        when 'checkout_step' then 'checkout'
+                        when 'transaction' then 'purchase'
+                        else 'custom' end
+                when x_unstruct_schema like '{SCHEMA_SITE_SEARCH}' then 'search'
+                else 'custom'
+            end as x_event_type
+        from good
+    ),
+    exploded as (
+        select *, unnest(case when x_event_type = 'purchase' and len(x_products) > 1
+                              then list_transform(x_products, lambda p, i: {{'i': i, 'p': p}})
+                              else [{{'i': 1, 'p': x_products[1]}}] end) as x_line
+        from typed
+    )
+    select
+        case when x_line.i = 1 then event_id else event_id || '#' || x_line.i end as event_id,
+        x_event_type as event_type,
+        coalesce(event_name, event) as event_name,
+        coalesce({ts.format("derived_tstamp")}, {ts.format("collector_tstamp")}) as occurred_at,
+        user_id,
+        coalesce(domain_userid, network_userid) as anonymous_id,
+        domain_sessionid as session_id,
+        coalesce(json_extract_string(x_line.p, '$.id'), ti_sku) as item_id,
+        coalesce(try_cast(json_extract_string(x_line.p, '$.quantity') as double), ti_quantity::double,
+                 case when x_line.p is not null then 1.0 end) as quantity,
+        coalesce(try_cast(json_extract_string(x_line.p, '$.price') as double), ti_price::double) as price,
+        case when x_event_type = 'purchase' then
+            coalesce(try_cast(json_extract_string(x_line.p, '$.price') as double), ti_price::double)
+            * coalesce(try_cast(json_extract_string(x_line.p, '$.quantity') as double), ti_quantity::double, 1.0)
+        end as revenue,
+        coalesce(json_extract_string(x_line.p, '$.currency'),
+                 json_extract_string(x_transaction, '$.currency'), ti_currency, tr_currency) as currency,
+        coalesce(json_extract_string(x_transaction, '$.transaction_id'), ti_orderid, tr_orderid) as order_id,
+        case when x_event_type = 'search' then
+            coalesce(array_to_string(json_extract_string(x_unstruct_data, '$.terms[*]'), ' '),
+                     json_extract_string(x_unstruct_data, '$.terms')) end as search_query,
+        page_url,
+        page_referrer as referrer,
+        '{src}' as source,
+        app_id, platform,
+        {ts.format("collector_tstamp")} as collector_tstamp,
+        {ts.format("dvce_created_tstamp")} as dvce_created_tstamp,
+        x_page_view_id as page_view_id,
+        domain_sessionidx::integer as session_index,
+        page_title, page_urlhost, page_urlpath, refr_medium, refr_source,
+        mkt_medium, mkt_source, mkt_campaign, useragent,
+        json_extract_string(x_yauaa, '$.deviceClass') as device_class,
+        user_ipaddress, network_userid,
+        try_cast(json_extract_string(x_iab, '$.spiderOrRobot') as boolean) as is_flagged_bot,
+        try_cast(pp_yoffset_max as integer) as pp_yoffset_max,
+        try_cast(doc_height as integer) as doc_height,
+        try_cast(br_viewheight as integer) as br_viewheight,
+        source_file, source_line,
+        null::varchar as raw_text, null::varchar as reason,
+        event_id as base_event_id,
+        {ts.format("collector_tstamp")} as dedup_ts
+    from exploded
+    union all by name
+    select source_file, source_line,
+           raw_text,
+           reason
+    from checked where reason is not null
+    """

@@ -1,0 +1,164 @@
+"""Great Expectations checks on each loaded batch of canonical events.
+
+Error-level failures stop the load (the batch's transaction is rolled back and the files
+are retried next run); warning-level ones are stored and printed. Every result, passing
+or not, lands in ``ingest.validation_results``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+
+from insights.config import CANONICAL_EVENT_TYPES, ValidationConfig
+
+log = logging.getLogger(__name__)
+
+# The frame validated: canonical columns plus `has_identity`, which GX checks row by row.
+VALIDATION_QUERY = """
+    select event_id, event_type, occurred_at, user_id, anonymous_id,
+           (user_id is not null or anonymous_id is not null) as has_identity,
+           price, quantity, revenue
+    from {relation}
+"""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    column: str | None
+    severity: str
+    success: bool
+    unexpected_count: int | None
+    element_count: int | None
+    details: str
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    results: list[CheckResult]
+
+    @property
+    def errors(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.success and r.severity == "error"]
+
+    @property
+    def warnings(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.success and r.severity == "warning"]
+
+    def summary(self, failed: list[CheckResult]) -> str:
+        return "; ".join(
+            f"{r.name}"
+            + (f" on {r.column}" if r.column else "")
+            + (f": {r.unexpected_count} of {r.element_count} rows" if r.unexpected_count is not None else "")
+            + (f" ({r.details})" if r.details else "")
+            for r in failed
+        )
+
+
+@lru_cache(maxsize=1)
+def _batch_definition() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_pandas("ingest")
+    asset = source.add_dataframe_asset("events_batch")
+    return asset.add_batch_definition_whole_dataframe("whole_batch")
+
+
+def _expectations(config: ValidationConfig, now: datetime) -> list[tuple[str, str, Any]]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    earliest = datetime.combine(config.min_timestamp, datetime.min.time())
+    latest = now.replace(tzinfo=None) + timedelta(hours=config.max_future_hours)
+    checks = [
+        (
+            "schema",
+            "error",
+            e.ExpectTableColumnsToMatchSet(
+                column_set=[
+                    "event_id",
+                    "event_type",
+                    "occurred_at",
+                    "user_id",
+                    "anonymous_id",
+                    "has_identity",
+                    "price",
+                    "quantity",
+                    "revenue",
+                ],
+                exact_match=True,
+            ),
+        ),
+        ("event_id_not_null", "error", e.ExpectColumnValuesToNotBeNull(column="event_id")),
+        ("event_id_unique", "error", e.ExpectColumnValuesToBeUnique(column="event_id")),
+        (
+            "event_type_allowed",
+            "error",
+            e.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(CANONICAL_EVENT_TYPES)),
+        ),
+        ("has_identity", "error", e.ExpectColumnValuesToBeInSet(column="has_identity", value_set=[True])),
+        ("occurred_at_not_null", "error", e.ExpectColumnValuesToNotBeNull(column="occurred_at")),
+        # A few clock-skewed devices are normal; a batch that is mostly out of range means a
+        # broken source (seconds read as milliseconds, a wrong time zone) and must stop.
+        (
+            "occurred_at_in_range",
+            "warning",
+            e.ExpectColumnValuesToBeBetween(column="occurred_at", min_value=earliest, max_value=latest),
+        ),
+        (
+            "occurred_at_mostly_in_range",
+            "error",
+            e.ExpectColumnValuesToBeBetween(column="occurred_at", min_value=earliest, max_value=latest, mostly=0.99),
+        ),
+        (
+            "price_non_negative",
+            "error",
+            e.ExpectColumnValuesToBeBetween(column="price", min_value=0, max_value=config.max_price),
+        ),
+        ("quantity_non_negative", "error", e.ExpectColumnValuesToBeBetween(column="quantity", min_value=0)),
+        ("revenue_non_negative", "error", e.ExpectColumnValuesToBeBetween(column="revenue", min_value=0)),
+    ]
+    return [(name, "warning" if name in config.warn_only else sev, exp) for name, sev, exp in checks]
+
+
+def validate_events(frame: pd.DataFrame, config: ValidationConfig, now: datetime | None = None) -> ValidationReport:
+    """Run the event expectations on one batch and say which failed, at which severity."""
+    now = now or datetime.now(UTC)
+    batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
+    results = []
+    for name, severity, expectation in _expectations(config, now):
+        outcome = batch.validate(expectation)
+        info = outcome.result or {}
+        details = ""
+        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+            details = f"check could not run: {outcome.exception_info.get('exception_message')}"
+        elif info.get("partial_unexpected_list"):
+            sample = [str(v) for v in info["partial_unexpected_list"][:3]]
+            details = "e.g. " + ", ".join(sample)
+        elif not outcome.success and info.get("details", {}).get("mismatched"):
+            details = f"mismatched columns: {info['details']['mismatched']}"
+        results.append(
+            CheckResult(
+                name,
+                expectation.column if hasattr(expectation, "column") else None,
+                severity,
+                bool(outcome.success),
+                info.get("unexpected_count"),
+                info.get("element_count"),
+                details,
+            )
+        )
+    return ValidationReport(results)

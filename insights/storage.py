@@ -1,0 +1,115 @@
+"""Listing and reading input files from a local folder or an ``s3://bucket/prefix``."""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from insights.config import Config
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One input file: where it is and what identifies its content cheaply."""
+
+    path: str
+    size: int
+    mtime: float
+    etag: str | None = None
+
+
+def s3_client(config: Config):  # noqa: ANN201 - boto3 clients have no static type
+    """A boto3 S3 client; credentials come from the environment, never from the config."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=config.s3.endpoint_url, region_name=config.s3.region)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"not an s3 URI with a bucket: {uri}")
+    return bucket, prefix
+
+
+def _matches(relative: str, pattern: str) -> bool:
+    name = relative.rsplit("/", 1)[-1]
+    if pattern.startswith("**/"):
+        return fnmatch.fnmatch(name, pattern[3:]) or fnmatch.fnmatch(relative, pattern[3:])
+    return fnmatch.fnmatch(relative, pattern)
+
+
+def list_files(uri: str, pattern: str, config: Config) -> list[FileRef]:
+    """Every file below ``uri`` matching ``pattern``, sorted by path (hidden files skipped)."""
+    if uri.startswith("s3://"):
+        bucket, prefix = split_s3(uri)
+        client = s3_client(config)
+        found = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                relative = key[len(prefix) :].lstrip("/")
+                if not relative or relative.rsplit("/", 1)[-1].startswith((".", "_")):
+                    continue
+                if _matches(relative, pattern):
+                    found.append(
+                        FileRef(
+                            f"s3://{bucket}/{key}",
+                            obj["Size"],
+                            obj["LastModified"].timestamp(),
+                            obj.get("ETag", "").strip('"'),
+                        )
+                    )
+        return sorted(found, key=lambda f: f.path)
+    root = Path(config.resolve(uri))
+    if not root.exists():
+        raise FileNotFoundError(f"input path not found: {root}")
+    if root.is_file():
+        stat = root.stat()
+        return [FileRef(str(root), stat.st_size, stat.st_mtime)]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+        for filename in filenames:
+            if filename.startswith((".", "_")):
+                continue
+            full = Path(dirpath) / filename
+            relative = full.relative_to(root).as_posix()
+            if _matches(relative, pattern):
+                stat = full.stat()
+                found.append(FileRef(str(full), stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda f: f.path)
+
+
+def read_bytes(ref: FileRef, config: Config) -> bytes:
+    """The file's stored bytes (still compressed if it is)."""
+    if ref.path.startswith("s3://"):
+        bucket, key = split_s3(ref.path)
+        return s3_client(config).get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(ref.path).read_bytes()
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decompress(data: bytes, path: str) -> bytes:
+    """Undo gzip when the file is gzipped (by magic number, whatever its name says)."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            # wbits=47 accepts gzip and concatenated members like the S3 loader writes.
+            return zlib.decompress(data, wbits=47) if _single_member(data) else gzip.decompress(data)
+        except (OSError, zlib.error, EOFError) as exc:
+            raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
+    return data
+
+
+def _single_member(data: bytes) -> bool:
+    # zlib.decompress stops after the first member; gzip.decompress handles many but is slower.
+    return data.count(b"\x1f\x8b\x08", 1) == 0

@@ -1,0 +1,161 @@
+"""The DuckDB warehouse: one file, one writer at a time, readers open it read-only.
+
+Schemas: ``raw`` holds what ingestion loaded (the canonical ``raw.events`` that dbt reads,
+the typed Snowplow atomic rows, Singer records and the catalog); ``ingest`` holds the
+bookkeeping (file manifest, per-load counts, quarantine, validation results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from insights.config import Config
+
+CANONICAL_EVENT_COLUMNS: dict[str, str] = {
+    "event_id": "VARCHAR",
+    "event_type": "VARCHAR",
+    "event_name": "VARCHAR",
+    "occurred_at": "TIMESTAMP",
+    "user_id": "VARCHAR",
+    "anonymous_id": "VARCHAR",
+    "session_id": "VARCHAR",
+    "item_id": "VARCHAR",
+    "quantity": "DOUBLE",
+    "price": "DOUBLE",
+    "revenue": "DOUBLE",
+    "currency": "VARCHAR",
+    "order_id": "VARCHAR",
+    "search_query": "VARCHAR",
+    "page_url": "VARCHAR",
+    "referrer": "VARCHAR",
+    "source": "VARCHAR",
+}
+
+# Columns beyond the contract that the web models need (Snowplow's page view id, heartbeat
+# offsets, collector time for de-duplication, bot flags, campaign fields). Null for
+# sources that do not carry them.
+EXTRA_EVENT_COLUMNS: dict[str, str] = {
+    "app_id": "VARCHAR",
+    "platform": "VARCHAR",
+    "collector_tstamp": "TIMESTAMP",
+    "dvce_created_tstamp": "TIMESTAMP",
+    "page_view_id": "VARCHAR",
+    "session_index": "INTEGER",
+    "page_title": "VARCHAR",
+    "page_urlhost": "VARCHAR",
+    "page_urlpath": "VARCHAR",
+    "refr_medium": "VARCHAR",
+    "refr_source": "VARCHAR",
+    "mkt_medium": "VARCHAR",
+    "mkt_source": "VARCHAR",
+    "mkt_campaign": "VARCHAR",
+    "useragent": "VARCHAR",
+    "device_class": "VARCHAR",
+    "user_ipaddress": "VARCHAR",
+    "network_userid": "VARCHAR",
+    "is_flagged_bot": "BOOLEAN",
+    "pp_yoffset_max": "INTEGER",
+    "doc_height": "INTEGER",
+    "br_viewheight": "INTEGER",
+    "source_kind": "VARCHAR",
+    "source_file": "VARCHAR",
+    "source_line": "BIGINT",
+    "load_id": "VARCHAR",
+    "loaded_at": "TIMESTAMP",
+}
+
+EVENT_COLUMNS = {**CANONICAL_EVENT_COLUMNS, **EXTRA_EVENT_COLUMNS}
+
+CATALOG_COLUMNS: dict[str, str] = {
+    "item_id": "VARCHAR",
+    "title": "VARCHAR",
+    "description": "VARCHAR",
+    "category": "VARCHAR",
+    "brand": "VARCHAR",
+    "price": "DOUBLE",
+    "currency": "VARCHAR",
+    "in_stock": "BOOLEAN",
+    "created_at": "TIMESTAMP",
+}
+
+
+def _columns_sql(columns: dict[str, str]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in columns.items())
+
+
+DDL = f"""
+create schema if not exists raw;
+create schema if not exists ingest;
+create table if not exists raw.events ({_columns_sql(EVENT_COLUMNS)});
+create table if not exists raw.catalog_items (
+    {_columns_sql(CATALOG_COLUMNS)},
+    source_name varchar, source_file varchar, source_line bigint,
+    load_id varchar, loaded_at timestamp
+);
+create table if not exists raw.singer_records (
+    source_name varchar, stream varchar, record json, time_extracted timestamp,
+    source_file varchar, source_line bigint, load_id varchar, loaded_at timestamp
+);
+create table if not exists raw.singer_schemas (
+    source_name varchar, stream varchar, schema json, key_properties json,
+    source_file varchar, source_line bigint, load_id varchar, loaded_at timestamp
+);
+create table if not exists raw.singer_state (
+    source_name varchar, state json, source_file varchar, source_line bigint,
+    load_id varchar, loaded_at timestamp
+);
+create table if not exists ingest.load_manifest (
+    source_name varchar, path varchar, size bigint, mtime double, checksum varchar,
+    rows_loaded bigint, load_id varchar, loaded_at timestamp,
+    primary key (source_name, path)
+);
+create table if not exists ingest.loads (
+    load_id varchar primary key, source_name varchar, source_kind varchar, files integer,
+    lines_read bigint, loaded bigint, duplicates bigint, quarantined bigint,
+    control_messages bigint, replaced bigint, status varchar, message varchar,
+    started_at timestamp, finished_at timestamp
+);
+create table if not exists ingest.quarantine (
+    load_id varchar, source_name varchar, source_file varchar, line_number bigint,
+    raw_text varchar, reason varchar, quarantined_at timestamp
+);
+create table if not exists ingest.validation_results (
+    load_id varchar, source_name varchar, expectation varchar, column_name varchar,
+    severity varchar, success boolean, unexpected_count bigint, element_count bigint,
+    details varchar, validated_at timestamp
+);
+"""
+
+
+def connect(config: Config, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file; the writer also makes sure the schemas exist."""
+    path = Path(config.resolve(config.warehouse.path))
+    if read_only and not path.exists():
+        raise FileNotFoundError(f"warehouse not found: {path} (run `insights ingest` first)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(
+        str(path),
+        read_only=read_only,
+        config={"threads": config.warehouse.threads, "memory_limit": config.warehouse.memory_limit},
+    )
+    # Timestamps are stored as naive UTC; casts from offset-bearing text convert to UTC.
+    con.execute("set TimeZone = 'UTC'")
+    if not read_only:
+        con.execute(DDL)
+    return con
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: a crash or an error inside leaves the warehouse as it was."""
+    con.execute("begin transaction")
+    try:
+        yield con
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")

@@ -1,0 +1,52 @@
+"""The generated site: deterministic, with its planted truth and its dirt."""
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+from insights.ingest.snowplow import ENRICHED_FIELDS
+from insights.sample import generate
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            h.update(str(path.relative_to(root)).encode() + data)
+    return h.hexdigest()
+
+
+def test_same_seed_same_site_other_seed_other_site(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a", users=40, days=5, seed=11)
+    b = generate(tmp_path / "b", users=40, days=5, seed=11)
+    c = generate(tmp_path / "c", users=40, days=5, seed=12)
+    assert a == b
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    assert c["web_events"] > 0
+
+
+def test_formats_truth_and_dirt(tmp_path: Path) -> None:
+    summary = generate(tmp_path, users=150, days=14, seed=5)
+    tsv = sorted((tmp_path / "snowplow_enriched").rglob("*.tsv.gz"))
+    assert tsv and all(len(p.relative_to(tmp_path / "snowplow_enriched").parts) == 5 for p in tsv)
+    lines = [line for p in tsv for line in gzip.decompress(p.read_bytes()).decode().splitlines()]
+    widths = [len(line.split("\t")) for line in lines]
+    assert widths.count(len(ENRICHED_FIELDS)) >= len(lines) - summary["malformed"]
+    ids = [line.split("\t")[6] for line in lines if len(line.split("\t")) == 131]
+    assert len(ids) - len(set(ids)) > 0
+    messages = [
+        json.loads(x)["type"]
+        for p in (tmp_path / "singer").glob("events-*.jsonl")
+        for x in p.read_text().splitlines()
+        if x.startswith('{"type"') and x.endswith("}")
+    ]
+    assert {"SCHEMA", "RECORD", "STATE"} <= set(messages)
+    truth = [json.loads(x) for x in (tmp_path / "truth" / "users.jsonl").read_text().splitlines()]
+    assert any(t["is_bot"] for t in truth) and any(t["churn_date"] for t in truth)
+    assert any(t["account_id"] for t in truth) and any(not t["account_id"] for t in truth)
+    assert summary["late"] > 0 and summary["duplicates"] > 0 and summary["orders"] > 0
+    bot_ua = sum("Googlebot" in line or "python-requests" in line for line in lines)
+    assert bot_ua > 0

@@ -1,0 +1,25 @@
+"""Running ingestion in tests against a private warehouse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from insights import steps
+from insights.config import load_config
+from tests.conftest import write_config
+
+
+def ingest(tmp_path: Path, sources: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
+    config = load_config(write_config(tmp_path, sources, **sections), environ={})
+    return steps.ingest(config)
+
+
+def query(tmp_path: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()

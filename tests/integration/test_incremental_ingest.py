@@ -1,0 +1,157 @@
+"""Incremental, idempotent ingestion of a generated site, locally and from S3."""
+
+import gzip
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from insights.ingest import IngestError
+from insights.sample import generate
+from tests.helpers import ingest, query
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    generate(out, users=120, days=10, seed=3)
+    return out
+
+
+def _sources(root: Path) -> list[dict]:
+    from insights.config import SAMPLE_APP_STREAM
+
+    return [
+        {"name": "web", "kind": "snowplow_enriched", "path": str(root / "snowplow_enriched")},
+        {"name": "app", "kind": "singer_jsonl", "path": str(root / "singer"), "streams": {"events": SAMPLE_APP_STREAM}},
+        {"name": "catalog", "kind": "catalog", "path": str(root / "catalog")},
+    ]
+
+
+def _copy_site(site: Path, dest: Path) -> Path:
+    shutil.copytree(site, dest)
+    return dest
+
+
+def test_counts_reconcile_and_a_second_run_loads_nothing(tmp_path: Path, site: Path) -> None:
+    root = _copy_site(site, tmp_path / "site")
+    first = ingest(tmp_path, _sources(root))
+    for load in first["loads"]:
+        assert (
+            load["lines_read"] == load["loaded"] + load["duplicates"] + load["quarantined"] + load["control_messages"]
+        )
+    assert first["totals"]["duplicates"] > 0 and first["totals"]["quarantined"] > 0
+    events = query(tmp_path, "select count(*), count(distinct event_id) from raw.events")[0]
+    assert events[0] == events[1]
+    app_types = dict(query(tmp_path, "select event_type, count(*) from raw.events where source = 'app' group by 1"))
+    assert app_types.get("product_view", 0) > 0 and "custom" not in app_types
+
+    second = ingest(tmp_path, _sources(root))
+    assert second["loads"] == []
+    assert query(tmp_path, "select count(*) from raw.events")[0][0] == events[0]
+    # Touching a file without changing it is not a reason to load it again.
+    some = next((root / "snowplow_enriched").rglob("*.tsv.gz"))
+    os.utime(some, (time.time() + 60, time.time() + 60))
+    assert ingest(tmp_path, _sources(root))["loads"] == []
+
+
+def test_new_file_is_picked_up_and_changed_file_reloads_without_duplicates(tmp_path: Path, site: Path) -> None:
+    root = _copy_site(site, tmp_path / "site")
+    ingest(tmp_path, _sources(root))
+    before = query(tmp_path, "select count(*) from raw.events")[0][0]
+
+    first = sorted((root / "snowplow_enriched").rglob("*.tsv.gz"))[0]
+    lines = gzip.decompress(first.read_bytes()).decode().splitlines()
+    fields = lines[0].split("\t")
+    fields[6] = "00000000-0000-4000-a000-000000000001"
+    new_dir = root / "snowplow_enriched" / "2099" / "01" / "01" / "00"
+    new_dir.mkdir(parents=True)
+    (new_dir / "late.tsv").write_text("\t".join(fields) + "\n" + lines[1] + "\n")
+    result = ingest(tmp_path, _sources(root))
+    [load] = result["loads"]
+    assert (load["lines_read"], load["loaded"], load["duplicates"]) == (2, 1, 1)
+    assert query(tmp_path, "select count(*) from raw.events")[0][0] == before + 1
+
+    # The first file changes: one line dropped. Its old rows are replaced, nothing doubles.
+    first.write_bytes(gzip.compress(("\n".join(lines[1:]) + "\n").encode()))
+    result = ingest(tmp_path, _sources(root))
+    [load] = result["loads"]
+    assert load["replaced"] > 0
+    rows, distinct = query(tmp_path, "select count(*), count(distinct event_id) from raw.events")[0]
+    assert rows == distinct
+    gone = lines[0].split("\t")[6]
+    assert query(tmp_path, "select count(*) from raw.events where event_id = ?", [gone])[0][0] == 0
+
+
+def test_failed_validation_loads_nothing_and_says_why(tmp_path: Path) -> None:
+    src = tmp_path / "files"
+    src.mkdir()
+    (src / "e.csv").write_text(
+        "event_id,event_type,occurred_at,user_id,price\n"
+        "a,purchase,2026-10-01 10:00:00,u1,-5\n"
+        "b,purchase,2026-10-01 10:00:00,u1,5\n"
+    )
+    source = {"name": "files", "kind": "events_file", "path": str(src)}
+    with pytest.raises(IngestError, match="price_non_negative on price: 1 of 2 rows"):
+        ingest(tmp_path, [source])
+    assert query(tmp_path, "select count(*) from raw.events")[0][0] == 0
+    assert query(tmp_path, "select count(*) from ingest.load_manifest")[0][0] == 0
+    status = query(tmp_path, "select status from ingest.loads")
+    assert status == [("failed",)]
+    stored = query(tmp_path, "select expectation, success from ingest.validation_results where not success")
+    assert stored == [("price_non_negative", False)]
+    # Demoted to a warning, the same batch loads and the warning is kept.
+    summary = ingest(tmp_path, [source], validation={"warn_only": ["price_non_negative"]})
+    assert summary["totals"]["loaded"] == 2
+    assert "price_non_negative" in summary["loads"][0]["warnings"][0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> str:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_s3_prefix_is_ingested_incrementally(
+    tmp_path: Path, site: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="clickstream")
+    files = sorted((site / "snowplow_enriched").rglob("*.tsv.gz"))[:5]
+    for f in files:
+        s3.upload_file(str(f), "clickstream", f"enriched/{f.relative_to(site / 'snowplow_enriched')}")
+    source = {"name": "web", "kind": "snowplow_enriched", "path": "s3://clickstream/enriched"}
+    summary = ingest(tmp_path, [source], s3={"endpoint_url": s3_endpoint})
+    assert summary["totals"]["files"] == 5 and summary["totals"]["loaded"] > 0
+    paths = [r[0] for r in query(tmp_path, "select path from ingest.load_manifest order by 1")]
+    assert all(p.startswith("s3://clickstream/enriched/") for p in paths)
+    assert ingest(tmp_path, [source], s3={"endpoint_url": s3_endpoint})["loads"] == []

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from insights.config import ConfigError, load_config
+
+
+def test_defaults_apply_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={})
+    assert config.warehouse.path == "./warehouse/insights.duckdb"
+    assert config.windows.purchase_days == 14
+    assert [s.kind for s in config.sources] == ["snowplow_enriched", "singer_jsonl", "catalog"]
+
+
+def test_environment_overrides_nested_and_list_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("sources:\n  - {name: web, kind: snowplow_enriched, path: ./a}\n")
+    env = {
+        "INSIGHTS__WAREHOUSE__THREADS": "4",
+        "INSIGHTS__SOURCES__0__PATH": "s3://bucket/x",
+        "INSIGHTS__SEGMENT__DRY_RUN": "false",
+    }
+    config = load_config(cfg, environ=env)
+    assert config.warehouse.threads == 4
+    assert config.sources[0].path == "s3://bucket/x"
+    assert config.segment.dry_run is False
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yml"
+    cfg.write_text("warehouse:\n  pth: x.duckdb\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, environ={})
+    assert "bad.yml" in str(err.value) and "warehouse.pth" in str(err.value)
+
+
+def test_wrong_type_says_what_was_expected(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("windows:\n  purchase_days: soon\n")
+    with pytest.raises(ConfigError, match=r"windows.purchase_days.*integer.*'soon'"):
+        load_config(cfg, environ={})
+
+
+def test_bad_env_value_is_reported_with_the_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("{}\n")
+    with pytest.raises(ConfigError, match="INSIGHTS__WAREHOUSE__THREADS"):
+        load_config(cfg, environ={"INSIGHTS__WAREHOUSE__THREADS": "many"})
+
+
+def test_unknown_source_kind_and_event_type(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("sources:\n  - {name: x, kind: kafka, path: ./x}\n")
+    with pytest.raises(ConfigError, match="sources.0"):
+        load_config(cfg, environ={})
+    cfg.write_text("sources:\n  - {name: x, kind: events_file, path: ./x, event_types: {Buy: purchased}}\n")
+    with pytest.raises(ConfigError, match="unknown event type 'purchased'"):
+        load_config(cfg, environ={})
+
+
+def test_duplicate_source_names_are_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("sources:\n  - {name: a, kind: catalog, path: x}\n  - {name: a, kind: catalog, path: y}\n")
+    with pytest.raises(ConfigError, match="used twice"):
+        load_config(cfg, environ={})
+
+
+def test_secrets_are_refused_in_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("segment:\n  write_key: abc123\n")
+    with pytest.raises(ConfigError, match="segment.write_key.*secret") as err:
+        load_config(cfg, environ={})
+    assert "abc123" not in str(err.value)
+
+
+def test_missing_explicit_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found.*nope.yml"):
+        load_config(tmp_path / "nope.yml", environ={})
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "sub" / "insights.yml"
+    cfg.parent.mkdir()
+    cfg.write_text("warehouse: {path: ./w.duckdb}\n")
+    config = load_config(cfg, environ={})
+    assert config.resolve(config.warehouse.path) == str(tmp_path / "sub" / "w.duckdb")
+    assert config.resolve("s3://b/p") == "s3://b/p"

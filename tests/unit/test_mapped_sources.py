@@ -1,0 +1,163 @@
+"""Singer JSONL and events files mapped onto the canonical schema by configuration."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from insights.ingest import IngestError
+from tests.helpers import ingest, query
+
+STREAM = {
+    "columns": {
+        "event_id": "insert_id",
+        "event_name": "event_type",
+        "occurred_at": "event_time",
+        "user_id": "user_id",
+        "anonymous_id": "device_id",
+        "item_id": "props.product_id",
+        "price": "props.price",
+    },
+    "event_types": {"Product Viewed": "product_view", "Order Completed": "purchase"},
+}
+
+
+def _record(i: int, event: str = "Product Viewed", price: object = 9.5) -> str:
+    rec = {
+        "insert_id": f"e{i}",
+        "event_type": event,
+        "event_time": "2026-10-01T10:00:00Z",
+        "user_id": "u1",
+        "device_id": "d1",
+        "props": {"product_id": "sku-1", "price": price},
+    }
+    return json.dumps({"type": "RECORD", "stream": "events", "record": rec})
+
+
+def test_singer_messages_records_schema_state_and_bad_lines(tmp_path: Path) -> None:
+    src = tmp_path / "singer"
+    src.mkdir()
+    lines = [
+        json.dumps(
+            {"type": "SCHEMA", "stream": "events", "schema": {"type": "object"}, "key_properties": ["insert_id"]}
+        ),
+        _record(1),
+        _record(2, "Order Completed"),
+        _record(3, "Wishlist Opened"),
+        _record(1),  # a replayed record: same id
+        '{"type": "RECORD", "stream": "events", "record": {"insert_id": "e4"',  # cut off
+        _record(5, price="ten dollars"),
+        json.dumps({"type": "RECORD", "stream": "customers", "record": {"customer_id": "u1", "email": "a@b.c"}}),
+        json.dumps({"type": "STATE", "value": {"bookmarks": {"events": "2026-10-01"}}}),
+    ]
+    (src / "tap.jsonl").write_text("\n".join(lines) + "\n")
+
+    summary = ingest(
+        tmp_path, [{"name": "app", "kind": "singer_jsonl", "path": str(src), "streams": {"events": STREAM}}]
+    )
+
+    t = summary["totals"]
+    assert (t["lines_read"], t["loaded"], t["duplicates"], t["quarantined"], t["control_messages"]) == (9, 4, 1, 2, 2)
+    events = dict(query(tmp_path, "select event_id, event_type from raw.events"))
+    assert events == {"e1": "product_view", "e2": "purchase", "e3": "custom"}
+    name, price, item = query(tmp_path, "select event_name, price, item_id from raw.events where event_id = 'e3'")[0]
+    assert (name, price, item) == ("Wishlist Opened", 9.5, "sku-1")
+    reasons = [r[0] for r in query(tmp_path, "select reason from ingest.quarantine order by line_number")]
+    assert reasons[0].startswith("invalid JSON")
+    assert "price (props.price): not a double 'ten dollars'" in reasons[1]
+    assert query(tmp_path, "select count(*) from raw.singer_records where stream = 'customers'") == [(1,)]
+    assert query(tmp_path, "select count(*) from raw.singer_state") == [(1,)]
+
+
+def test_events_file_csv_with_column_and_event_type_maps(tmp_path: Path) -> None:
+    src = tmp_path / "files"
+    src.mkdir()
+    (src / "export.csv").write_text(
+        "ts,visitor,member,action,sku,amount\n"
+        "2026-10-01 10:00:00,v1,,view,sku-1,\n"
+        "2026-10-01 10:05:00,v1,m1,buy,sku-1,19.99\n"
+        "not a time,v2,,view,sku-2,\n"
+        "2026-10-01 10:09:00,,,view,sku-2,\n"
+        "2026-10-01 10:10:00,v3\n"
+    )
+    source = {
+        "name": "clicks",
+        "kind": "events_file",
+        "path": str(src),
+        "columns": {
+            "occurred_at": "ts",
+            "anonymous_id": "visitor",
+            "user_id": "member",
+            "event_name": "action",
+            "item_id": "sku",
+            "price": "amount",
+        },
+        "event_types": {"view": "product_view", "buy": "purchase"},
+    }
+    summary = ingest(tmp_path, [source])
+    t = summary["totals"]
+    assert (t["lines_read"], t["loaded"], t["quarantined"]) == (5, 2, 3)
+    rows = query(tmp_path, "select event_type, user_id, anonymous_id, price from raw.events order by occurred_at")
+    assert rows == [("product_view", None, "v1", None), ("purchase", "m1", "v1", 19.99)]
+    reasons = [r[0] for r in query(tmp_path, "select reason from ingest.quarantine order by line_number")]
+    assert "occurred_at (ts): not a timestamp 'not a time'" in reasons[0]
+    assert reasons[1] == "no user_id or anonymous_id"
+    assert reasons[2] == "expected 6 comma-separated fields, found 2"
+    # Rows without an id get a deterministic one: loading again from another copy dedups.
+    ids = [r[0] for r in query(tmp_path, "select event_id from raw.events")]
+    assert all(len(i) == 32 for i in ids)
+
+
+def test_events_file_parquet_canonical_names(tmp_path: Path) -> None:
+    src = tmp_path / "files"
+    src.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "event_id": ["a", "b"],
+                "event_type": ["purchase", "page_view"],
+                "occurred_at": ["2026-10-01T10:00:00Z", "2026-10-01T11:00:00+02:00"],
+                "user_id": ["u1", "u2"],
+                "price": [5.0, None],
+            }
+        ),
+        src / "e.parquet",
+    )
+    ingest(tmp_path, [{"name": "pq", "kind": "events_file", "path": str(src)}])
+    rows = query(tmp_path, "select event_id, event_type, strftime(occurred_at, '%H:%M') from raw.events order by 1")
+    assert rows == [("a", "purchase", "10:00"), ("b", "page_view", "09:00")]
+
+
+def test_mapping_to_a_missing_column_names_it(tmp_path: Path) -> None:
+    src = tmp_path / "files"
+    src.mkdir()
+    (src / "e.csv").write_text("when,who\n2026-10-01,v1\n")
+    source = {"name": "x", "kind": "events_file", "path": str(src), "columns": {"occurred_at": "timestamp"}}
+    with pytest.raises(IngestError, match="column 'timestamp'.*not in the data.*when, who"):
+        ingest(tmp_path, [source])
+
+
+def test_catalog_snapshot_upserts_and_quarantines(tmp_path: Path) -> None:
+    src = tmp_path / "catalog"
+    src.mkdir()
+    (src / "items.csv").write_text(
+        "item_id,title,category,brand,price,in_stock,created_at\n"
+        "sku-1,Tent,Outdoor > Tents,Northpeak,120.5,true,2026-01-01\n"
+        "sku-2,Mug,Home,Casa,cheap,yes,2026-01-01\n"
+        ",Nameless,Home,Casa,1,no,2026-01-01\n"
+    )
+    summary = ingest(tmp_path, [{"name": "catalog", "kind": "catalog", "path": str(src)}])
+    assert (summary["totals"]["loaded"], summary["totals"]["quarantined"]) == (1, 2)
+    (src / "items.csv").write_text(
+        "item_id,title,category,brand,price,in_stock,created_at\n"
+        "sku-1,Tent v2,Outdoor > Tents,Northpeak,99,false,2026-01-01\n"
+        "sku-2,Mug,Home,Casa,4.5,yes,2026-01-01\n"
+    )
+    ingest(tmp_path, [{"name": "catalog", "kind": "catalog", "path": str(src)}])
+    assert query(tmp_path, "select item_id, title, price, in_stock from raw.catalog_items order by 1") == [
+        ("sku-1", "Tent v2", 99.0, False),
+        ("sku-2", "Mug", 4.5, True),
+    ]
+    assert query(tmp_path, "select count(*) from ingest.quarantine") == [(0,)]

@@ -1,0 +1,124 @@
+"""Snowplow formats: the real enriched TSV event and the real atomic-table export."""
+
+import csv
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from tests.helpers import ingest, query
+
+# Expected-JSON key (Snowplow's analytics SDK) -> column of raw.events.
+TSV_FIELDS = {
+    "app_id": "app_id",
+    "platform": "platform",
+    "event_id": "event_id",
+    "user_id": "user_id",
+    "user_ipaddress": "user_ipaddress",
+    "domain_userid": "anonymous_id",
+    "network_userid": "network_userid",
+    "domain_sessionid": "session_id",
+    "domain_sessionidx": "session_index",
+    "page_url": "page_url",
+    "page_title": "page_title",
+    "page_urlhost": "page_urlhost",
+    "page_urlpath": "page_urlpath",
+    "collector_tstamp": "collector_tstamp",
+    "dvce_created_tstamp": "dvce_created_tstamp",
+    "derived_tstamp": "occurred_at",
+    "event_name": "event_name",
+}
+
+
+def _as_expected(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds").replace(".000", "") + "Z"
+    return value
+
+
+def test_real_enriched_event_matches_snowplow_sdk_parse(tmp_path: Path, fixtures_dir: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(fixtures_dir / "snowplow_enriched_tsv" / "enriched_event_sample.tsv", src / "events.tsv")
+    expected = json.loads((fixtures_dir / "snowplow_enriched_tsv" / "enriched_event_sample_expected.json").read_text())
+
+    summary = ingest(tmp_path, [{"name": "web", "kind": "snowplow_enriched", "path": str(src)}])
+
+    assert summary["totals"] == {**summary["totals"], "lines_read": 1, "loaded": 1, "quarantined": 0}
+    columns = list(TSV_FIELDS.values())
+    row = dict(zip(columns, query(tmp_path, f"select {', '.join(columns)} from raw.events")[0]))
+    for key, column in TSV_FIELDS.items():
+        assert _as_expected(row[column]) == expected[key], key
+    event_type, source = query(tmp_path, "select event_type, source from raw.events")[0]
+    assert (event_type, source) == ("page_view", "web")
+
+
+def test_broken_enriched_lines_are_quarantined_with_reasons(tmp_path: Path, fixtures_dir: Path) -> None:
+    good = (fixtures_dir / "snowplow_enriched_tsv" / "enriched_event_sample.tsv").read_text().rstrip("\n")
+    fields = good.split("\t")
+    bad_ts = fields.copy()
+    bad_ts[3] = "yesterday"
+    other = fields.copy()
+    other[6] = "11111111-2222-3333-4444-555555555555"
+    bad_json = other.copy()
+    bad_json[6] = "66666666-2222-3333-4444-555555555555"
+    bad_json[52] = '{"schema": "iglu:x", "data": [ {'
+    lines = [good, "\t".join(fields[:50]), "\t".join(bad_ts), "", "\t".join(other), "\t".join(bad_json)]
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "batch.tsv").write_text("\n".join(lines) + "\n")
+
+    summary = ingest(tmp_path, [{"name": "web", "kind": "snowplow_enriched", "path": str(src)}])
+
+    totals = summary["totals"]
+    assert (totals["lines_read"], totals["loaded"], totals["quarantined"]) == (6, 2, 4)
+    quarantined = query(tmp_path, "select line_number, reason, raw_text from ingest.quarantine order by line_number")
+    assert [q[0] for q in quarantined] == [2, 3, 4, 6]
+    assert "expected 131 tab-separated fields, found 50" in quarantined[0][1]
+    assert "collector_tstamp: not a timestamp 'yesterday'" in quarantined[1][1]
+    assert quarantined[1][2] == "\t".join(bad_ts)
+    assert quarantined[2][1] == "empty line"
+    assert "contexts: invalid JSON" in quarantined[3][1]
+
+
+def _fixture_rows(fixtures_dir: Path) -> list[dict[str, str]]:
+    with open(fixtures_dir / "snowplow_web" / "source" / "snowplow_web_events.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_atomic_export_loads_with_snowplow_deduplication(tmp_path: Path, fixtures_dir: Path) -> None:
+    rows = _fixture_rows(fixtures_dir)
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(fixtures_dir / "snowplow_web" / "source" / "snowplow_web_events.csv", src / "events.csv")
+
+    summary = ingest(tmp_path, [{"name": "atomic", "kind": "snowplow_atomic", "path": str(src)}])
+
+    totals = summary["totals"]
+    distinct = {r["event_id"] for r in rows}
+    assert totals["lines_read"] == len(rows) == 160
+    assert totals["loaded"] == len(distinct)
+    assert totals["duplicates"] == len(rows) - len(distinct)
+    # The earliest collector time wins among copies of one event_id.
+    earliest: dict[str, str] = {}
+    for r in rows:
+        if r["event_id"] not in earliest or r["collector_tstamp"] < earliest[r["event_id"]]:
+            earliest[r["event_id"]] = r["collector_tstamp"]
+    stored = dict(
+        query(tmp_path, "select event_id, strftime(collector_tstamp, '%Y-%m-%d %H:%M:%S.%g') from raw.events")
+    )
+    assert stored == earliest
+
+
+def test_atomic_contexts_give_page_view_ids_and_bot_flags(tmp_path: Path, fixtures_dir: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(fixtures_dir / "snowplow_web" / "source" / "snowplow_web_events.csv", src / "events.csv")
+    ingest(tmp_path, [{"name": "atomic", "kind": "snowplow_atomic", "path": str(src)}])
+
+    with open(fixtures_dir / "snowplow_web" / "expected" / "snowplow_web_page_views_expected.csv", newline="") as fh:
+        expected = {r["event_id"]: r["page_view_id"] for r in csv.DictReader(fh)}
+    stored = dict(query(tmp_path, "select event_id, page_view_id from raw.events where event_type = 'page_view'"))
+    assert expected.items() <= stored.items()
+    flags = dict(query(tmp_path, "select is_flagged_bot, count(*) from raw.events group by 1"))
+    assert flags.get(False, 0) > 100
