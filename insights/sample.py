@@ -907,9 +907,7 @@ class SiteSimulator:
                 top_group = max(p.interests, key=p.interests.get)
                 top_brand = max(p.brands, key=p.brands.get)
                 churn = (
-                    datetime.fromtimestamp((self.start_ms + p.churn_day * 86_400_000) / 1000, tz=UTC)
-                    .date()
-                    .isoformat()
+                    datetime.fromtimestamp((self.start_ms + p.churn_day * 86_400_000) / 1000, tz=UTC).date().isoformat()
                     if p.churn_day is not None and p.churn_day < self.days
                     else None
                 )
