@@ -276,13 +276,22 @@ def _record_files(
     now: datetime,
     per_file: dict[str, int],
 ) -> None:
-    con.executemany(
-        "insert or replace into ingest.load_manifest values (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (source_name, f.ref.path, f.ref.size, f.ref.mtime, f.checksum, per_file.get(f.ref.path, 0), load_id, now)
-            for f in files
-        ],
+    table = pa.table(
+        {
+            "source_name": pa.array([source_name] * len(files), pa.string()),
+            "path": pa.array([f.ref.path for f in files], pa.string()),
+            "size": pa.array([f.ref.size for f in files], pa.int64()),
+            "mtime": pa.array([f.ref.mtime for f in files], pa.float64()),
+            "checksum": pa.array([f.checksum for f in files], pa.string()),
+            "rows_loaded": pa.array([per_file.get(f.ref.path, 0) for f in files], pa.int64()),
+        }
     )
+    con.register("batch_manifest", table)
+    con.execute(
+        "delete from ingest.load_manifest where source_name = ? and path in (select path from batch_manifest)",
+        [source_name],
+    )
+    con.execute("insert into ingest.load_manifest select *, ?, ? from batch_manifest", [load_id, now])
 
 
 def _record_load(con: duckdb.DuckDBPyConnection, result: LoadResult, started: datetime) -> None:
@@ -401,13 +410,18 @@ def _load_events(
         from winners w join raw.events e on e.event_id = w.base_event_id
         """
     )
-    superseded = con.execute(
-        """
+    earlier = con.execute("select count(*) from existing where new_is_earlier").fetchone()[0]
+    superseded = (
+        0
+        if not earlier
+        else con.execute(
+            """
         delete from raw.events where event_id in (select base_event_id from existing where new_is_earlier)
            or (contains(event_id, '#') and split_part(event_id, '#', 1) in
                (select base_event_id from existing where new_is_earlier))
         """
-    ).fetchone()[0]
+        ).fetchone()[0]
+    )
     if superseded:
         log.info("%s: %d events replaced by earlier-collected duplicates", source.name, superseded)
     con.execute(

@@ -21,8 +21,9 @@ from insights.config import CANONICAL_EVENT_TYPES, ValidationConfig
 log = logging.getLogger(__name__)
 
 # The frame validated: canonical columns plus `has_identity`, which GX checks row by row.
+# `occurred_at` travels as epoch seconds: GX's range check on datetimes is ten times slower.
 VALIDATION_QUERY = """
-    select event_id, event_type, occurred_at, user_id, anonymous_id,
+    select event_id, event_type, epoch(occurred_at) as occurred_at, user_id, anonymous_id,
            (user_id is not null or anonymous_id is not null) as has_identity,
            price, quantity, revenue
     from {relation}
@@ -69,7 +70,8 @@ def _batch_definition() -> Any:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
+        logging.getLogger(name).setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("ingest")
@@ -81,8 +83,8 @@ def _expectations(config: ValidationConfig, now: datetime) -> list[tuple[str, st
     import great_expectations as gx
 
     e = gx.expectations
-    earliest = datetime.combine(config.min_timestamp, datetime.min.time())
-    latest = now.replace(tzinfo=None) + timedelta(hours=config.max_future_hours)
+    earliest = datetime.combine(config.min_timestamp, datetime.min.time(), tzinfo=UTC).timestamp()
+    latest = (now + timedelta(hours=config.max_future_hours)).timestamp()
     checks = [
         (
             "schema",

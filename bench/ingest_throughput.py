@@ -1,0 +1,81 @@
+"""Ingest throughput: generate an enriched-TSV site of about N events, ingest it, report.
+
+    python bench/ingest_throughput.py --events 5000000
+
+Reports events/s over the whole `insights ingest` run (reading, gunzip, parsing,
+quarantine, de-duplication, Great Expectations, insert) and the peak resident memory of
+the ingest process. Results are appended to bench/results/ingest.jsonl. Target on the
+2-core reference machine: >= 200,000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Events per simulated user-day of the generator, measured on its defaults.
+EVENTS_PER_USER_DAY = 2.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=5_000_000, help="approximate web events to generate")
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--workdir", help="keep data here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    from insights.sample import generate
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="insights-bench-"))
+    site = work / "site"
+    users = max(10, int(args.events / (EVENTS_PER_USER_DAY * args.days)))
+    started = time.perf_counter()
+    summary = generate(site, users=users, days=args.days, seed=1, compresslevel=1)
+    gen_seconds = time.perf_counter() - started
+    config = work / "insights.yml"
+    config.write_text(
+        f"warehouse: {{path: {work / 'bench.duckdb'}}}\n"
+        f"sources:\n  - {{name: web, kind: snowplow_enriched, path: {site / 'snowplow_enriched'}}}\n"
+    )
+    (work / "bench.duckdb").unlink(missing_ok=True)
+    env = {**os.environ, "INSIGHTS_CONFIG": str(config)}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "insights.cli", "ingest"], check=True, env=env, cwd=work)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    import duckdb
+
+    con = duckdb.connect(str(work / "bench.duckdb"), read_only=True)
+    lines = con.execute("select sum(lines_read) from ingest.loads").fetchone()[0]
+    con.close()
+    result = {
+        "benchmark": "ingest_throughput",
+        "lines": int(lines),
+        "generated_web_events": summary["web_events"],
+        "generate_seconds": round(gen_seconds, 1),
+        "ingest_seconds": round(seconds, 1),
+        "events_per_second": round(lines / seconds),
+        "peak_rss_mb": round(peak_mb),
+        "target_events_per_second": 200_000,
+        "cpus": os.cpu_count(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "ingest.jsonl", "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
