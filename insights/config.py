@@ -122,7 +122,7 @@ Source = Annotated[
 
 class IngestConfig(_Strict):
     batch_bytes: int = Field(
-        256 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024,
         description="Uncompressed bytes per load batch (one transaction, one validation).",
     )

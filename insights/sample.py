@@ -466,6 +466,11 @@ class SiteSimulator:
         f[F["event_fingerprint"]] = f"{self.rng.getrandbits(64):016x}"
         return "\t".join(f), event_id, t + latency
 
+    def _send(self, person: Person, session_id: str, t: int, event: str, **fields: object) -> None:
+        """Build one web event and hand it to the collector (with its dirt)."""
+        line, _, arrival = self._web_line(person, session_id, t, event, **fields)
+        self._emit(line, arrival)
+
     def _emit(self, line: str, arrival: int) -> None:
         rng = self.rng
         self.counts["web_events"] += 1
@@ -518,7 +523,7 @@ class SiteSimulator:
                 )
             else:
                 url, title, kind = f"/p/{item.item_id}", f"{item.title} | Shop", "product"
-            line, _, arrival = self._web_line(
+            self._send(
                 person,
                 session_id,
                 t,
@@ -529,12 +534,11 @@ class SiteSimulator:
                 ref=ref if page == 0 else None,
                 logged_in=logged_in,
             )
-            self._emit(line, arrival)
             t += rng.randint(200, 1500)
             if kind == "search":
                 terms = url.split("=", 1)[1].split()
                 unstruct = _unstruct(SCHEMA_SEARCH, {"terms": terms, "filters": {}, "totalResults": rng.randint(3, 60)})
-                line, _, arrival = self._web_line(
+                self._send(
                     person,
                     session_id,
                     t,
@@ -546,10 +550,9 @@ class SiteSimulator:
                     event_name="site_search",
                     logged_in=logged_in,
                 )
-                self._emit(line, arrival)
             if kind == "product":
                 unstruct = _action("product_view")
-                line, _, arrival = self._web_line(
+                self._send(
                     person,
                     session_id,
                     t,
@@ -562,12 +565,11 @@ class SiteSimulator:
                     event_name="snowplow_ecommerce_action",
                     logged_in=logged_in,
                 )
-                self._emit(line, arrival)
             dwell = 0.5 if person.is_bot else rng.expovariate(1 / (30.0 if kind == "product" else 12.0))
             # Activity tracking: first ping after 5 s, then every 10 s while the page is read.
             if dwell >= 5:
                 for k in range(int((dwell - 5) // 10) + 1):
-                    line, _, arrival = self._web_line(
+                    self._send(
                         person,
                         session_id,
                         t + 5000 + k * 10000,
@@ -578,7 +580,6 @@ class SiteSimulator:
                         ping=min(3200, 400 * (k + 1)),
                         logged_in=logged_in,
                     )
-                    self._emit(line, arrival)
             t += int(dwell * 1000)
             if (
                 kind == "product"
@@ -589,7 +590,7 @@ class SiteSimulator:
                 quantity = 1 if rng.random() < 0.85 else 2
                 person.cart.append(item)
                 unstruct = _action("add_to_cart")
-                line, _, arrival = self._web_line(
+                self._send(
                     person,
                     session_id,
                     t,
@@ -602,12 +603,11 @@ class SiteSimulator:
                     event_name="snowplow_ecommerce_action",
                     logged_in=logged_in,
                 )
-                self._emit(line, arrival)
                 t += rng.randint(500, 4000)
                 if rng.random() < 0.12:
                     person.cart.remove(item)
                     unstruct = _action("remove_from_cart")
-                    line, _, arrival = self._web_line(
+                    self._send(
                         person,
                         session_id,
                         t,
@@ -620,7 +620,6 @@ class SiteSimulator:
                         event_name="snowplow_ecommerce_action",
                         logged_in=logged_in,
                     )
-                    self._emit(line, arrival)
             t += rng.randint(1000, 20000)
         if person.cart and not person.is_bot:
             self._checkout(person, session_id, t, day, logged_in)
@@ -628,7 +627,7 @@ class SiteSimulator:
     def _checkout(self, person: Person, session_id: str, t: int, day: int, logged_in: bool) -> None:
         rng = self.rng
         page_view_id = self.ids.uuid()
-        line, _, arrival = self._web_line(
+        self._send(
             person,
             session_id,
             t,
@@ -638,10 +637,9 @@ class SiteSimulator:
             title="Checkout | Shop",
             logged_in=logged_in,
         )
-        self._emit(line, arrival)
         entities = [_product_entity(it) for it in person.cart]
         unstruct = _action("checkout_step", 1)
-        line, _, arrival = self._web_line(
+        self._send(
             person,
             session_id,
             t + 800,
@@ -654,7 +652,6 @@ class SiteSimulator:
             event_name="snowplow_ecommerce_action",
             logged_in=logged_in,
         )
-        self._emit(line, arrival)
         mean_match = sum(self._buy_probability(person, it) for it in person.cart) / len(person.cart)
         if rng.random() < 0.35 + 0.6 * mean_match:
             # Paying needs an account: a guest registers here if not registered yet.
@@ -679,7 +676,7 @@ class SiteSimulator:
             )
             unstruct = _action("transaction")
             t += rng.randint(20_000, 120_000)
-            line, _, arrival = self._web_line(
+            self._send(
                 person,
                 session_id,
                 t,
@@ -692,7 +689,6 @@ class SiteSimulator:
                 event_name="snowplow_ecommerce_action",
                 logged_in=True,
             )
-            self._emit(line, arrival)
             person.purchases += 1
             self.counts["orders"] += 1
             person.cart = []
