@@ -78,6 +78,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
     from insights import steps
 
     console = _console()
+    as_of = steps.parse_as_of(args.as_of)
+    # Ingestion loads everything available; the as-of instant bounds the later steps.
+    console.print(f"as-of {as_of:%Y-%m-%d %H:%M:%S} UTC")
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("ingest", lambda: steps.ingest(config)),
     ]
