@@ -34,7 +34,7 @@ from insights.config import (
     SnowplowEnrichedSource,
 )
 from insights.ingest import mapped, snowplow
-from insights.ingest.textio import split_lines
+from insights.ingest.textio import quote_ident, split_lines
 from insights.ingest.validate import VALIDATION_QUERY, validate_events
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
 from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, transaction
@@ -500,7 +500,7 @@ def _load_catalog(
                     f"columns present: {', '.join(sorted(available)) or 'none'}"
                 )
             return "null::varchar"
-        return f"nullif(trim({mapped._q(src)}), '')"
+        return f"nullif(trim({quote_ident(src)}), '')"
 
     bool_sql = (
         "case when lower({c}) in ('true', 't', '1', 'yes', 'y') then true "

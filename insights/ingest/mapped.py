@@ -18,14 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
-from insights.ingest.textio import csv_rows, split_lines
+from insights.ingest.textio import csv_rows, quote_ident, split_lines
 from insights.warehouse import CANONICAL_EVENT_COLUMNS
 
 META = ("source_file", "source_line", "raw_text", "shape_error")
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _lit(value: str) -> str:
@@ -131,7 +127,7 @@ def mapped_sql(view: str, columns: list[str], mapping: StreamMapping, types_view
                 )
             exprs[canonical] = f"null::{kind}"
             continue
-        raw = f"nullif(trim({_q(source_col)}), '')"
+        raw = f"nullif(trim({quote_ident(source_col)}), '')"
         if kind == "TIMESTAMP":
             cast = f"try_cast({raw} as timestamptz)::timestamp"
         elif kind == "DOUBLE":
@@ -152,7 +148,7 @@ def mapped_sql(view: str, columns: list[str], mapping: StreamMapping, types_view
     else:
         candidates = [c for c in (type_col, name_col) if c in available]
         # Qualified: the lookup table has an `event_type` column of its own.
-        value = f"coalesce({', '.join('src.' + _q(c) for c in candidates)})" if candidates else "null"
+        value = f"coalesce({', '.join('src.' + quote_ident(c) for c in candidates)})" if candidates else "null"
         known = ", ".join(_lit(t) for t in CANONICAL_EVENT_TYPES)
         event_type = (
             f"coalesce((select t.event_type from {types_view} t where t.source_value = {value}), "
@@ -160,12 +156,12 @@ def mapped_sql(view: str, columns: list[str], mapping: StreamMapping, types_view
         )
     if "event_name" not in exprs or exprs["event_name"] == "null::VARCHAR":
         first = next((c for c in (type_col, name_col) if c in available), None)
-        exprs["event_name"] = _q(first) if first else "null::varchar"
+        exprs["event_name"] = quote_ident(first) if first else "null::varchar"
     derived_id = (
         "md5(concat_ws('|', "
         + _lit(source_name)
         + ", "
-        + ", ".join(f"coalesce({_q(c)}, '')" for c in sorted(available))
+        + ", ".join(f"coalesce({quote_ident(c)}, '')" for c in sorted(available))
         + "))"
     )
     exprs["event_id"] = f"coalesce({exprs['event_id']}, {derived_id})" if available else exprs["event_id"]
@@ -177,7 +173,7 @@ def mapped_sql(view: str, columns: list[str], mapping: StreamMapping, types_view
         ]
     )
     occurred_raw = (
-        f"nullif(trim({_q(mapping.columns.get('occurred_at', 'occurred_at'))}), '')"
+        f"nullif(trim({quote_ident(mapping.columns.get('occurred_at', 'occurred_at'))}), '')"
         if mapping.columns.get("occurred_at", "occurred_at") in available
         else "null"
     )

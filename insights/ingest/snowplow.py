@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from insights.ingest.textio import csv_rows
+from insights.ingest.textio import csv_rows, quote_ident
 
 ENRICHED_FIELDS: tuple[str, ...] = (
     "app_id platform etl_tstamp collector_tstamp dvce_created_tstamp event event_id txn_id "
@@ -91,10 +91,6 @@ PREFIX = {
     "ecommerce_action": "unstruct_event_com_snowplowanalytics_snowplow_ecommerce_snowplow_ecommerce_action_1",
     "site_search": "unstruct_event_com_snowplowanalytics_snowplow_site_search_1",
 }
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def read_enriched(files: list[tuple[str, bytes]]) -> pa.Table:
@@ -250,12 +246,16 @@ def extraction_exprs(kind: str, columns: list[str]) -> dict[str, str]:
 
     def first(key: str) -> str:
         name = col(key)
-        return f"case when json_valid({_q(name)}) then json_extract({_q(name)}, '$[0]') end" if name else "null::json"
+        return (
+            f"case when json_valid({quote_ident(name)}) then json_extract({quote_ident(name)}, '$[0]') end"
+            if name
+            else "null::json"
+        )
 
     product_col = col("product")
     products = (
-        f"coalesce(case when json_valid({_q(product_col)}) then "
-        f"json_extract({_q(product_col)}, '$[*]') end, []::json[])"
+        f"coalesce(case when json_valid({quote_ident(product_col)}) then "
+        f"json_extract({quote_ident(product_col)}, '$[*]') end, []::json[])"
         if product_col
         else "[]::json[]"
     )
@@ -266,8 +266,8 @@ def extraction_exprs(kind: str, columns: list[str]) -> dict[str, str]:
         branches_schema, branches_data = [], []
         for name, schema in ((action_col, SCHEMA_ECOMMERCE_ACTION), (search_col, SCHEMA_SITE_SEARCH)):
             if name:
-                branches_schema.append(f"when json_valid({_q(name)}) then '{schema}'")
-                branches_data.append(f"when json_valid({_q(name)}) then {_q(name)}::json")
+                branches_schema.append(f"when json_valid({quote_ident(name)}) then '{schema}'")
+                branches_data.append(f"when json_valid({quote_ident(name)}) then {quote_ident(name)}::json")
         unstruct_schema = f"case {' '.join(branches_schema)} end"
         unstruct_data = f"case {' '.join(branches_data)} end"
     return {

@@ -31,3 +31,8 @@ def csv_rows(text: str) -> tuple[list[str], Iterator[tuple[int, str, list[str]]]
             yield start, "\n".join(physical[start - 1 : last]), row
 
     return header, rows()
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier, quoted so any column name from a file or config is data, not SQL."""
+    return '"' + name.replace('"', '""') + '"'
