@@ -73,6 +73,28 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> None:
     _print_ingest(steps.ingest(config, args.source or None))
 
 
+def _print_transform(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Transform (dbt build, as of {summary['as_of']})")
+    for column in ("model", "rows", "seconds"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model in summary["models"]:
+        name = model["name"]
+        rows = summary["rows"].get(name)
+        table.add_row(name, "view" if rows is None else f"{rows:,}", f"{model['seconds']:.2f}")
+    console = _console()
+    console.print(table)
+    tests = summary["tests"]
+    console.print(f"dbt tests: {tests['passed']} of {tests['total']} passed.")
+
+
+def cmd_transform(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+
+    _print_transform(steps.transform(config, steps.parse_as_of(args.as_of), full_refresh=args.full_refresh))
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> None:
     """Every step that exists, in order, with per-step timing and a final summary."""
     from insights import steps
@@ -83,6 +105,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
     console.print(f"as-of {as_of:%Y-%m-%d %H:%M:%S} UTC")
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("ingest", lambda: steps.ingest(config)),
+        ("transform", lambda: steps.transform(config, as_of)),
     ]
     done: list[tuple[str, float, str]] = []
     for name, step in plan:
@@ -97,6 +120,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
             _print_ingest(outcome)
             totals = outcome["totals"]
             detail = f"{totals['loaded']:,} loaded, {totals['duplicates']:,} duplicates, {totals['quarantined']:,} quarantined"
+        elif name == "transform":
+            _print_transform(outcome)
+            rows = outcome["rows"]
+            detail = f"{rows.get('fct_sessions', 0):,} sessions, {rows.get('dim_users', 0):,} users"
         else:
             detail = ""
         done.append((name, elapsed, detail))
@@ -104,6 +131,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
     console.print("\n[bold]Outputs[/bold]")
     console.print(f"  warehouse (DuckDB): {config.resolve(config.warehouse.path)}")
     console.print("    raw.events, raw.catalog_items, ingest.loads, ingest.quarantine, ingest.validation_results")
+    console.print("    fct_events, fct_page_views, fct_sessions, fct_funnel_daily, dim_users, dim_items,")
+    console.print("    fct_user_affinities, fct_interactions, dim_identity_map (schema main)")
 
 
 def cmd_sample(args: argparse.Namespace, config: Config) -> None:
@@ -135,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="load new input files into the warehouse")
     p.add_argument("--source", action="append", help="only this source (repeatable)")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("transform", help="dbt build of the warehouse models")
+    p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")
+    p.add_argument("--full-refresh", action="store_true", help="rebuild the incremental models from scratch")
+    p.set_defaults(func=cmd_transform)
 
     p = sub.add_parser("run", help="the whole pipeline once")
     p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")

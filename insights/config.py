@@ -65,13 +65,11 @@ class _SourceBase(_Strict):
 class SnowplowEnrichedSource(_SourceBase):
     kind: Literal["snowplow_enriched"]
     pattern: str = "**/*.tsv*"
-    app_ids: list[str] = Field(default_factory=list, description="Keep only these app_ids.")
 
 
 class SnowplowAtomicSource(_SourceBase):
     kind: Literal["snowplow_atomic"]
     pattern: str = "**/*.[cp][sa][vr]*"
-    app_ids: list[str] = Field(default_factory=list)
 
 
 class StreamMapping(_Strict):
@@ -137,6 +135,44 @@ class ValidationConfig(_Strict):
     warn_only: list[str] = Field(default_factory=list, description="Expectation names demoted from error to warning.")
 
 
+DEFAULT_EVENT_WEIGHTS = {
+    "product_view": 1.0,
+    "add_to_cart": 3.0,
+    "remove_from_cart": -1.0,
+    "checkout": 4.0,
+    "purchase": 6.0,
+}
+
+
+class TransformConfig(_Strict):
+    """Knobs of the dbt models; each becomes the dbt var ``insights__<name>``."""
+
+    app_ids: list[str] = Field(default_factory=list, description="Keep only events of these app ids (all when empty).")
+    session_timeout_minutes: int = Field(30, ge=1, description="Inactivity that starts a new session.")
+    max_session_days: float = Field(3.0, gt=0, description="Events later than this after a session start are dropped.")
+    days_late_allowed: float = Field(
+        3.0, gt=0, description="Events collected later than this after creation are dropped."
+    )
+    lookback_hours: float = Field(6.0, ge=0, description="Incremental models reprocess what was loaded this recently.")
+    heartbeat_seconds: int = Field(10, ge=1, description="Page-ping interval of the tracker.")
+    min_visit_seconds: int = Field(5, ge=0, description="Time before the tracker's first page ping.")
+    bot_max_events_per_minute: int = Field(
+        20, ge=1, description="Non-ping events per visitor-minute above this are a bot."
+    )
+    conversion_event: str = Field("purchase", description="The key conversion: an event type or a custom event name.")
+    funnel_steps: list[str] = Field(
+        default_factory=lambda: ["product_view", "add_to_cart", "checkout", "purchase"], min_length=2
+    )
+    funnel_window_hours: float = Field(24.0, gt=0, description="Later funnel steps count within this of the first.")
+    half_life_days: float = Field(14.0, gt=0, description="Half-life of the time decay of affinities and interactions.")
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    trending_recent_days: int = Field(3, ge=1)
+    trending_baseline_days: int = Field(28, ge=2)
+
+    def dbt_vars(self) -> dict[str, Any]:
+        return {f"insights__{name}": value for name, value in self.model_dump().items()}
+
+
 class WindowsConfig(_Strict):
     purchase_days: int = Field(14, ge=1)
     churn_days: int = Field(30, ge=1)
@@ -168,6 +204,7 @@ class Config(_Strict):
     sources: list[Source] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    transform: TransformConfig = Field(default_factory=TransformConfig)
     windows: WindowsConfig = Field(default_factory=WindowsConfig)
     datastore: DatastoreConfig = Field(default_factory=DatastoreConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)

@@ -620,7 +620,8 @@ class SiteSimulator:
                         event_name="snowplow_ecommerce_action",
                         logged_in=logged_in,
                     )
-            t += rng.randint(1000, 20000)
+            # Bots click through pages far faster than anyone reads them.
+            t += rng.randint(100, 600) if person.is_bot else rng.randint(1000, 20000)
         if person.cart and not person.is_bot:
             self._checkout(person, session_id, t, day, logged_in)
 

@@ -50,3 +50,26 @@ def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
         "warehouse_events": events,
         "warehouse_quarantined": quarantined,
     }
+
+
+def transform(config: Config, as_of: datetime, full_refresh: bool = False) -> dict[str, Any]:
+    """dbt build of the warehouse models as of ``as_of``; returns per-model rows and timings."""
+    from insights.transform import run_dbt
+
+    result = run_dbt(config, as_of, "build", full_refresh=full_refresh)
+    con = connect(config, read_only=True)
+    try:
+        rows = {
+            name: con.execute(f"select count(*) from main.{name}").fetchone()[0]
+            for (name,) in con.execute(
+                "select table_name from information_schema.tables where table_schema = 'main' order by 1"
+            ).fetchall()
+        }
+    finally:
+        con.close()
+    return {
+        "as_of": result.as_of,
+        "models": [asdict(n) for n in result.models],
+        "tests": {"passed": sum(n.status == "pass" for n in result.tests), "total": len(result.tests)},
+        "rows": rows,
+    }

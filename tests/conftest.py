@@ -24,7 +24,7 @@ def write_config(tmp_path: Path, sources: list[dict[str, Any]], **sections: Any)
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.exists():
         pytest.fail(f"shared fixtures not found at {FIXTURES}; set INSIGHTS_SHARED")

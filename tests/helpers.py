@@ -23,3 +23,9 @@ def query(tmp_path: Path, sql: str, params: list[Any] | None = None) -> list[tup
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def transform(tmp_path: Path, as_of: str, full_refresh: bool = False) -> dict[str, Any]:
+    """dbt build of the warehouse written by :func:`ingest` (same tmp_path) as of ``as_of``."""
+    config = load_config(tmp_path / "insights.yml", environ={})
+    return steps.transform(config, steps.parse_as_of(as_of), full_refresh=full_refresh)

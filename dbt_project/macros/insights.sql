@@ -1,0 +1,54 @@
+{#- Shared expressions of the models. Each is the one definition of its concept. -#}
+
+{#- The as-of instant as a timestamp literal (naive UTC); now when the var is null. -#}
+{% macro as_of() -%}
+    {%- set value = var('insights__as_of') -%}
+    {%- if value is none or value == '' -%}
+        date_trunc('second', now()::timestamp)
+    {%- else -%}
+        cast('{{ value | replace("'", "") }}' as timestamp)
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Exponential time decay of an event at `ts` seen from the as-of instant: 1 now, 0.5 one
+    half-life ago. -#}
+{% macro decay(ts) -%}
+    pow(0.5, greatest(epoch({{ as_of() }}) - epoch({{ ts }}), 0) / (86400.0 * {{ var('insights__half_life_days') }}))
+{%- endmacro %}
+
+{#- Engaged time of a page view (Snowplow's heartbeat definition): heartbeat x (distinct
+    heartbeat windows with a page ping - 1) + minimum visit length, or 0 without pings.
+    An aggregate over the page view's pings; `ping_ts` is null on non-ping rows. -#}
+{% macro engaged_seconds(ping_ts) -%}
+    case
+        when count({{ ping_ts }}) = 0 then 0
+        else {{ var('insights__heartbeat_seconds') }}
+            * (count(distinct floor(epoch({{ ping_ts }}) / {{ var('insights__heartbeat_seconds') }})) - 1)
+            + {{ var('insights__min_visit_seconds') }}
+    end
+{%- endmacro %}
+
+{#- True for the key conversion event: an event type, or a custom event's name. -#}
+{% macro is_conversion(event_type='event_type', event_name='event_name') -%}
+    {{ is_step(var('insights__conversion_event'), event_type, event_name) }}
+{%- endmacro %}
+
+{% macro is_step(step, event_type='event_type', event_name='event_name') -%}
+    ({{ event_type }} = '{{ step }}' or ({{ event_type }} = 'custom' and {{ event_name }} = '{{ step }}'))
+{%- endmacro %}
+
+{#- The weight of one interaction by event type, from insights__event_weights. -#}
+{% macro event_weight(event_type='event_type') -%}
+    case {{ event_type }}
+    {%- for name, weight in var('insights__event_weights').items() %}
+        when '{{ name }}' then {{ weight }}
+    {%- endfor %}
+        else 0
+    end
+{%- endmacro %}
+
+{#- User agents of crawlers, monitors and headless browsers (case-insensitive), the usual
+    suspects of the IAB list and of Snowplow's bot filter. -#}
+{% macro bot_useragent_pattern() -%}
+    '(?i)(bot|crawl|slurp|spider|archiv|spinn|sniff|seo|audit|survey|pingdom|worm|capture|(browser|screen)shots|analyz|index|thumb|check|facebookexternalhit|phantomjs|headlesschrome|python-requests|curl/|wget|go-http-client|semalt)'
+{%- endmacro %}

@@ -1,0 +1,217 @@
+-- One row per user (stitched id) seen before the as-of instant: recency, frequency and
+-- monetary value over 7/30/90 days and lifetime, sessions, engagement, funnel depth, price
+-- band, favourite device and strongest affinities. The point-in-time features of the
+-- learning step: nothing here uses an event at or after the as-of instant.
+
+with events as (
+
+    select * from {{ ref('int_events_as_of') }}
+
+),
+
+affinities as (
+
+    select * from {{ ref('fct_user_affinities') }}
+
+),
+
+funnel as (
+
+    select * from {{ ref('int_funnel_user_days') }}
+
+),
+
+page_view_engagement as (
+
+    select
+        stitched_user_id as user_id,
+        session_id,
+        page_view_id,
+        min(occurred_at) as started_at,
+        {{ engaged_seconds("case when event_type = 'page_ping' then coalesce(dvce_created_tstamp, occurred_at) end") }}
+            as engaged_seconds
+    from events
+    where page_view_id is not null and event_type in ('page_view', 'page_ping')
+    group by all
+
+),
+
+engagement as (
+
+    select
+        user_id,
+        sum(engaged_seconds) filter (where started_at >= {{ as_of() }} - to_days(30)) as engaged_seconds_30d,
+        sum(engaged_seconds) filter (where started_at >= {{ as_of() }} - to_days(90)) as engaged_seconds_90d
+    from page_view_engagement
+    group by user_id
+
+),
+
+orders as (
+
+    select
+        stitched_user_id as user_id,
+        coalesce(order_id, event_id) as order_id,
+        min(occurred_at) as ordered_at,
+        sum(coalesce(revenue, price * coalesce(quantity, 1), 0)) as revenue
+    from events
+    where event_type = 'purchase'
+    group by all
+
+),
+
+order_stats as (
+
+    select
+        user_id,
+        count(*) filter (where ordered_at >= {{ as_of() }} - to_days(7)) as orders_7d,
+        count(*) filter (where ordered_at >= {{ as_of() }} - to_days(30)) as orders_30d,
+        count(*) filter (where ordered_at >= {{ as_of() }} - to_days(90)) as orders_90d,
+        count(*) as orders_lifetime,
+        coalesce(sum(revenue) filter (where ordered_at >= {{ as_of() }} - to_days(7)), 0) as revenue_7d,
+        coalesce(sum(revenue) filter (where ordered_at >= {{ as_of() }} - to_days(30)), 0) as revenue_30d,
+        coalesce(sum(revenue) filter (where ordered_at >= {{ as_of() }} - to_days(90)), 0) as revenue_90d,
+        sum(revenue) as revenue_lifetime,
+        max(ordered_at) as last_order_at
+    from orders
+    group by user_id
+
+),
+
+activity as (
+
+    select
+        stitched_user_id as user_id,
+        min(occurred_at) as first_seen_at,
+        max(occurred_at) as last_seen_at,
+        count(*) filter (where occurred_at >= {{ as_of() }} - to_days(7)) as events_7d,
+        count(*) filter (where occurred_at >= {{ as_of() }} - to_days(30)) as events_30d,
+        count(*) filter (where occurred_at >= {{ as_of() }} - to_days(90)) as events_90d,
+        count(distinct session_id) filter (where occurred_at >= {{ as_of() }} - to_days(7)) as sessions_7d,
+        count(distinct session_id) filter (where occurred_at >= {{ as_of() }} - to_days(30)) as sessions_30d,
+        count(distinct session_id) filter (where occurred_at >= {{ as_of() }} - to_days(90)) as sessions_90d,
+        count(distinct session_id) as sessions_lifetime,
+        count(distinct occurred_at::date) filter (where occurred_at >= {{ as_of() }} - to_days(30)) as days_active_30d,
+        count(distinct occurred_at::date) filter (where occurred_at >= {{ as_of() }} - to_days(90)) as days_active_90d,
+        count(*) filter (where event_type = 'page_view' and occurred_at >= {{ as_of() }} - to_days(30)) as page_views_30d,
+        count(*) filter (where event_type = 'product_view' and occurred_at >= {{ as_of() }} - to_days(7)) as product_views_7d,
+        count(*) filter (where event_type = 'product_view' and occurred_at >= {{ as_of() }} - to_days(30)) as product_views_30d,
+        count(*) filter (where event_type = 'search' and occurred_at >= {{ as_of() }} - to_days(30)) as searches_30d,
+        count(*) filter (where event_type = 'add_to_cart' and occurred_at >= {{ as_of() }} - to_days(7)) as add_to_carts_7d,
+        count(*) filter (where event_type = 'add_to_cart' and occurred_at >= {{ as_of() }} - to_days(30)) as add_to_carts_30d,
+        count(*) filter (where event_type = 'checkout' and occurred_at >= {{ as_of() }} - to_days(30)) as checkouts_30d,
+        median(catalog_price) filter (where event_type in ('product_view', 'add_to_cart', 'purchase')) as median_item_price,
+        mode(device_class) filter (where device_class is not null) as favourite_device,
+        bool_or(user_id is not null) as has_logged_in
+    from events
+    group by stitched_user_id
+
+),
+
+price_bands as (
+
+    select
+        quantile_cont(price, 0.33) as budget_below,
+        quantile_cont(price, 0.67) as premium_above
+    from {{ ref('stg_insights__catalog_items') }}
+
+),
+
+funnel_depth as (
+
+    select
+        user_id,
+        max(
+            greatest(
+                {%- for step in var('insights__funnel_steps') %}
+                case when step_{{ loop.index }}_at is not null then {{ loop.index }} else 0 end{{ "," if not loop.last }}
+                {%- endfor %}
+            )
+        ) as funnel_depth_30d
+    from funnel
+    where day >= ({{ as_of() }} - to_days(30))::date
+    group by user_id
+
+),
+
+top_affinities as (
+
+    select
+        user_id,
+        max(value) filter (where dimension = 'category' and rank = 1) as top_category,
+        max(strength) filter (where dimension = 'category' and rank = 1) as top_category_strength,
+        max(value) filter (where dimension = 'category_l1' and rank = 1) as top_category_l1,
+        max(strength) filter (where dimension = 'category_l1' and rank = 1) as top_category_l1_strength,
+        max(value) filter (where dimension = 'brand' and rank = 1) as top_brand,
+        max(strength) filter (where dimension = 'brand' and rank = 1) as top_brand_strength,
+        count(*) filter (where dimension = 'category') as categories_seen
+    from affinities
+    group by user_id
+
+),
+
+final as (
+
+    select
+        activity.user_id,
+        {{ as_of() }} as as_of,
+        activity.first_seen_at,
+        activity.last_seen_at,
+        round((epoch({{ as_of() }}) - epoch(activity.last_seen_at)) / 86400.0, 3) as recency_days,
+        round((epoch({{ as_of() }}) - epoch(activity.first_seen_at)) / 86400.0, 3) as tenure_days,
+        activity.events_7d,
+        activity.events_30d,
+        activity.events_90d,
+        activity.sessions_7d,
+        activity.sessions_30d,
+        activity.sessions_90d,
+        activity.sessions_lifetime,
+        activity.days_active_30d,
+        activity.days_active_90d,
+        activity.page_views_30d,
+        activity.product_views_7d,
+        activity.product_views_30d,
+        activity.searches_30d,
+        activity.add_to_carts_7d,
+        activity.add_to_carts_30d,
+        activity.checkouts_30d,
+        coalesce(engagement.engaged_seconds_30d, 0) as engaged_seconds_30d,
+        coalesce(engagement.engaged_seconds_90d, 0) as engaged_seconds_90d,
+        coalesce(order_stats.orders_7d, 0) as orders_7d,
+        coalesce(order_stats.orders_30d, 0) as orders_30d,
+        coalesce(order_stats.orders_90d, 0) as orders_90d,
+        coalesce(order_stats.orders_lifetime, 0) as orders_lifetime,
+        round(coalesce(order_stats.revenue_7d, 0), 2) as revenue_7d,
+        round(coalesce(order_stats.revenue_30d, 0), 2) as revenue_30d,
+        round(coalesce(order_stats.revenue_90d, 0), 2) as revenue_90d,
+        round(coalesce(order_stats.revenue_lifetime, 0), 2) as revenue_lifetime,
+        round(order_stats.revenue_lifetime / nullif(order_stats.orders_lifetime, 0), 2) as avg_order_value,
+        order_stats.last_order_at,
+        round((epoch({{ as_of() }}) - epoch(order_stats.last_order_at)) / 86400.0, 3) as days_since_last_order,
+        coalesce(funnel_depth.funnel_depth_30d, 0) as funnel_depth_30d,
+        round(activity.median_item_price, 2) as median_item_price,
+        case
+            when activity.median_item_price is null then null
+            when activity.median_item_price < price_bands.budget_below then 'budget'
+            when activity.median_item_price > price_bands.premium_above then 'premium'
+            else 'mid'
+        end as price_band,
+        activity.favourite_device,
+        activity.has_logged_in,
+        top_affinities.top_category,
+        top_affinities.top_category_strength,
+        top_affinities.top_category_l1,
+        top_affinities.top_category_l1_strength,
+        top_affinities.top_brand,
+        top_affinities.top_brand_strength,
+        coalesce(top_affinities.categories_seen, 0) as categories_seen
+    from activity
+    cross join price_bands
+    left join engagement using (user_id)
+    left join order_stats using (user_id)
+    left join funnel_depth using (user_id)
+    left join top_affinities using (user_id)
+
+)
+
+select * from final

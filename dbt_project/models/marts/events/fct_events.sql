@@ -1,0 +1,168 @@
+{{ config(unique_key='scope_key') }}
+-- Clean events: app filter, bots, late arrivals and runaway sessions removed, duplicates
+-- collapsed, every event in a session. An incremental run recomputes each scope (tracker
+-- session, or visitor history when the source has no sessions) that received an event
+-- since the last run, so its result equals a full refresh.
+
+with events as (
+
+    select * from {{ ref('stg_insights__events') }}
+    {% if var('insights__app_ids') | length > 0 %}
+    where app_id in (
+        {%- for app in var('insights__app_ids') %}'{{ app | replace("'", "''") }}'{{ ", " if not loop.last }}{% endfor -%}
+    )
+    {% endif %}
+
+),
+
+{{ events_in_touched_scopes('events') }},
+
+deduplicated as (
+
+    -- The earliest collector time wins, as in Snowplow's models.
+    select *
+    from events_in_scope
+    qualify row_number() over (
+        partition by event_id order by collector_tstamp nulls last, loaded_at, occurred_at
+    ) = 1
+
+),
+
+rates as (
+
+    -- Views and searches in the minute up to each event, within the scope.
+    select
+        *,
+        count(*) filter (where event_type not in ('page_ping', 'custom')) over (
+            partition by scope_key, visitor_id
+            order by occurred_at
+            range between interval 60 second preceding and current row
+        ) as events_last_minute
+    from deduplicated
+
+),
+
+flagged as (
+
+    select
+        *,
+        -- The whole clock hour of a visitor goes once it shows a bot's rate: its other
+        -- requests are the same crawler. Hour-aligned as-of instants see whole hours.
+        max(events_last_minute) over (
+            partition by scope_key, visitor_id, date_trunc('hour', occurred_at)
+        ) as peak_events_per_minute,
+        is_flagged_bot
+            or regexp_matches(coalesce(useragent, ''), {{ bot_useragent_pattern() }}) as is_bot_agent,
+        coalesce(
+            collector_tstamp > dvce_created_tstamp + to_seconds(86400 * {{ var('insights__days_late_allowed') }}),
+            false
+        ) as is_too_late
+    from rates
+
+),
+
+kept as (
+
+    select *
+    from flagged
+    where not is_bot_agent
+        and not is_too_late
+        -- Snowplow's web tracker attaches the page context to every event; one without it
+        -- cannot be placed on a page view, and Snowplow's models leave it out too.
+        and not coalesce(source_kind like 'snowplow%' and platform = 'web' and page_view_id is null, false)
+        and peak_events_per_minute <= {{ var('insights__bot_max_events_per_minute') }}
+
+),
+
+inactivity_gaps as (
+
+    -- Sessions for sources without a tracker session id: a new one after the timeout.
+    select
+        *,
+        case
+            when tracker_session_id is not null then 0
+            when lag(occurred_at) over visitor_timeline is null then 1
+            when occurred_at - lag(occurred_at) over visitor_timeline
+                > to_minutes({{ var('insights__session_timeout_minutes') }}) then 1
+            else 0
+        end as starts_session
+    from kept
+    window visitor_timeline as (partition by scope_key order by occurred_at, event_id)
+
+),
+
+numbered as (
+
+    select
+        *,
+        sum(starts_session) over (
+            partition by scope_key order by occurred_at, event_id rows unbounded preceding
+        ) as derived_session_number
+    from inactivity_gaps
+
+),
+
+sessionized as (
+
+    select
+        *,
+        coalesce(
+            tracker_session_id,
+            md5(visitor_id || '#' || derived_session_number::varchar)
+        ) as session_id
+    from numbered
+
+),
+
+capped as (
+
+    select
+        *,
+        min(occurred_at) over (partition by session_id) as session_started_at
+    from sessionized
+
+),
+
+final as (
+
+    select
+        event_id,
+        event_type,
+        event_name,
+        occurred_at,
+        user_id,
+        anonymous_id,
+        visitor_id,
+        session_id,
+        scope_key,
+        item_id,
+        quantity,
+        price,
+        revenue,
+        currency,
+        order_id,
+        search_query,
+        page_url,
+        page_title,
+        page_urlpath,
+        referrer,
+        refr_medium,
+        refr_source,
+        mkt_medium,
+        mkt_source,
+        mkt_campaign,
+        source,
+        app_id,
+        page_view_id,
+        device_class,
+        dvce_created_tstamp,
+        collector_tstamp,
+        {{ is_conversion() }} as is_conversion,
+        source_kind,
+        loaded_at
+    from capped
+    where occurred_at <= session_started_at + to_seconds(86400 * {{ var('insights__max_session_days') }})
+
+)
+
+select * from final
