@@ -30,6 +30,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/dbt_build.py
 
 clean:
 	rm -rf $(VENV) warehouse datastore out .pytest_cache

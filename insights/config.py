@@ -153,7 +153,7 @@ class TransformConfig(_Strict):
     days_late_allowed: float = Field(
         3.0, gt=0, description="Events collected later than this after creation are dropped."
     )
-    lookback_hours: float = Field(6.0, ge=0, description="Incremental models reprocess what was loaded this recently.")
+    lookback_hours: float = Field(1.0, ge=0, description="Incremental models reprocess what was loaded this recently.")
     heartbeat_seconds: int = Field(10, ge=1, description="Page-ping interval of the tracker.")
     min_visit_seconds: int = Field(5, ge=0, description="Time before the tracker's first page ping.")
     bot_max_events_per_minute: int = Field(
