@@ -53,7 +53,7 @@ orders as (
         stitched_user_id as user_id,
         coalesce(order_id, event_id) as order_id,
         min(occurred_at) as ordered_at,
-        sum(coalesce(revenue, price * coalesce(quantity, 1), 0)) as revenue
+        round(sum(coalesce(revenue, price * coalesce(quantity, 1), 0)), 2) as revenue
     from events
     where event_type = 'purchase'
     group by all
@@ -101,9 +101,28 @@ activity as (
         count(*) filter (where event_type = 'add_to_cart' and occurred_at >= {{ as_of() }} - to_days(30)) as add_to_carts_30d,
         count(*) filter (where event_type = 'checkout' and occurred_at >= {{ as_of() }} - to_days(30)) as checkouts_30d,
         median(catalog_price) filter (where event_type in ('product_view', 'add_to_cart', 'purchase')) as median_item_price,
-        mode(device_class) filter (where device_class is not null) as favourite_device,
         bool_or(user_id is not null) as has_logged_in
     from events
+    group by stitched_user_id
+
+),
+
+devices as (
+
+    -- The most used device class; ties go to the alphabetically first, so reruns agree.
+    select
+        stitched_user_id as user_id,
+        arg_max(device_class, events_on_device * 1000 - rank_in_name) as favourite_device
+    from (
+        select
+            stitched_user_id,
+            device_class,
+            count(*) as events_on_device,
+            dense_rank() over (order by device_class) as rank_in_name
+        from events
+        where device_class is not null
+        group by stitched_user_id, device_class
+    )
     group by stitched_user_id
 
 ),
@@ -185,7 +204,8 @@ final as (
         round(coalesce(order_stats.revenue_30d, 0), 2) as revenue_30d,
         round(coalesce(order_stats.revenue_90d, 0), 2) as revenue_90d,
         round(coalesce(order_stats.revenue_lifetime, 0), 2) as revenue_lifetime,
-        round(order_stats.revenue_lifetime / nullif(order_stats.orders_lifetime, 0), 2) as avg_order_value,
+        -- Sums of money are rounded to cents first: float sums depend on the order of rows.
+        round(round(order_stats.revenue_lifetime, 2) / nullif(order_stats.orders_lifetime, 0), 2) as avg_order_value,
         order_stats.last_order_at,
         round((epoch({{ as_of() }}) - epoch(order_stats.last_order_at)) / 86400.0, 3) as days_since_last_order,
         coalesce(funnel_depth.funnel_depth_30d, 0) as funnel_depth_30d,
@@ -196,7 +216,7 @@ final as (
             when activity.median_item_price > price_bands.premium_above then 'premium'
             else 'mid'
         end as price_band,
-        activity.favourite_device,
+        devices.favourite_device,
         activity.has_logged_in,
         top_affinities.top_category,
         top_affinities.top_category_strength,
@@ -211,6 +231,7 @@ final as (
     left join order_stats using (user_id)
     left join funnel_depth using (user_id)
     left join top_affinities using (user_id)
+    left join devices using (user_id)
 
 )
 

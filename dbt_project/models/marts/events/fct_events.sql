@@ -17,14 +17,25 @@ with events as (
 
 {{ events_in_touched_scopes('events') }},
 
+duplicate_ids as (
+
+    select event_id from events_in_scope group by event_id having count(*) > 1
+
+),
+
 deduplicated as (
 
-    -- The earliest collector time wins, as in Snowplow's models.
-    select *
-    from events_in_scope
-    qualify row_number() over (
-        partition by event_id order by collector_tstamp nulls last, loaded_at, occurred_at
-    ) = 1
+    -- The earliest collector time wins, as in Snowplow's models. Ingestion already keeps
+    -- one copy per id, so only the (rare) ids seen twice pay for the window.
+    select * from events_in_scope anti join duplicate_ids using (event_id)
+    union all
+    select * from (
+        select *
+        from events_in_scope semi join duplicate_ids using (event_id)
+        qualify row_number() over (
+            partition by event_id order by collector_tstamp nulls last, loaded_at, occurred_at
+        ) = 1
+    )
 
 ),
 
@@ -34,7 +45,7 @@ rates as (
     select
         *,
         count(*) filter (where event_type not in ('page_ping', 'custom')) over (
-            partition by scope_key, visitor_id
+            partition by scope_key
             order by occurred_at
             range between interval 60 second preceding and current row
         ) as events_last_minute
@@ -46,10 +57,10 @@ flagged as (
 
     select
         *,
-        -- The whole clock hour of a visitor goes once it shows a bot's rate: its other
+        -- The whole clock hour of a scope goes once it shows a bot's rate: its other
         -- requests are the same crawler. Hour-aligned as-of instants see whole hours.
         max(events_last_minute) over (
-            partition by scope_key, visitor_id, date_trunc('hour', occurred_at)
+            partition by scope_key, date_trunc('hour', occurred_at)
         ) as peak_events_per_minute,
         is_flagged_bot
             or regexp_matches(coalesce(useragent, ''), {{ bot_useragent_pattern() }}) as is_bot_agent,
@@ -63,63 +74,62 @@ flagged as (
 
 kept as (
 
-    select *
+    select * exclude (events_last_minute, peak_events_per_minute, is_bot_agent, is_too_late)
     from flagged
     where not is_bot_agent
         and not is_too_late
+        and peak_events_per_minute <= {{ var('insights__bot_max_events_per_minute') }}
         -- Snowplow's web tracker attaches the page context to every event; one without it
         -- cannot be placed on a page view, and Snowplow's models leave it out too.
         and not coalesce(source_kind like 'snowplow%' and platform = 'web' and page_view_id is null, false)
-        and peak_events_per_minute <= {{ var('insights__bot_max_events_per_minute') }}
 
 ),
 
-inactivity_gaps as (
+derived_sessions as (
 
     -- Sessions for sources without a tracker session id: a new one after the timeout.
     select
-        *,
-        case
-            when tracker_session_id is not null then 0
-            when lag(occurred_at) over visitor_timeline is null then 1
-            when occurred_at - lag(occurred_at) over visitor_timeline
-                > to_minutes({{ var('insights__session_timeout_minutes') }}) then 1
-            else 0
-        end as starts_session
-    from kept
-    window visitor_timeline as (partition by scope_key order by occurred_at, event_id)
-
-),
-
-numbered as (
-
-    select
-        *,
-        sum(starts_session) over (
+        * exclude (starts_session),
+        md5(visitor_id || '#' || sum(starts_session) over (
             partition by scope_key order by occurred_at, event_id rows unbounded preceding
-        ) as derived_session_number
-    from inactivity_gaps
+        )::varchar) as session_id
+    from (
+        select
+            *,
+            case
+                when lag(occurred_at) over visitor_timeline is null then 1
+                when occurred_at - lag(occurred_at) over visitor_timeline
+                    > to_minutes({{ var('insights__session_timeout_minutes') }}) then 1
+                else 0
+            end as starts_session
+        from kept
+        where tracker_session_id is null
+        window visitor_timeline as (partition by scope_key order by occurred_at, event_id)
+    )
 
 ),
 
 sessionized as (
 
-    select
-        *,
-        coalesce(
-            tracker_session_id,
-            md5(visitor_id || '#' || derived_session_number::varchar)
-        ) as session_id
-    from numbered
+    select *, tracker_session_id as session_id from kept where tracker_session_id is not null
+    union all by name
+    select * from derived_sessions
+
+),
+
+session_starts as (
+
+    select session_id, min(occurred_at) as session_started_at
+    from sessionized
+    group by session_id
 
 ),
 
 capped as (
 
-    select
-        *,
-        min(occurred_at) over (partition by session_id) as session_started_at
+    select sessionized.*, session_starts.session_started_at
     from sessionized
+    inner join session_starts using (session_id)
 
 ),
 
