@@ -15,8 +15,6 @@ incremental hour <= 20 s.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import sys
 import tempfile
@@ -25,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _record import record  # noqa: E402  (bench/ is the script's folder)
 
 ID_COLUMNS = ("event_id", "user_id", "anonymous_id", "session_id", "page_view_id", "order_id")
 
@@ -122,14 +122,8 @@ def main() -> None:
         )[:5],
         "peak_rss_mb_all_runs": round(incremental_peak),
         "targets": {"full_build_seconds": 120, "incremental_seconds": 20},
-        "cpus": os.cpu_count(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "dbt.jsonl", "a") as fh:
-        fh.write(json.dumps(result) + "\n")
-    print(json.dumps(result, indent=2))
+    record("dbt", result)
 
 
 if __name__ == "__main__":

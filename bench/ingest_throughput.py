@@ -11,7 +11,6 @@ the ingest process. Results are appended to bench/results/ingest.jsonl. Target o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _record import record  # noqa: E402  (bench/ is the script's folder)
 
 # Events per simulated user-day of the generator, measured on its defaults.
 EVENTS_PER_USER_DAY = 2.5
@@ -67,14 +68,8 @@ def main() -> None:
         "events_per_second": round(lines / seconds),
         "peak_rss_mb": round(peak_mb),
         "target_events_per_second": 200_000,
-        "cpus": os.cpu_count(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "ingest.jsonl", "a") as fh:
-        fh.write(json.dumps(result) + "\n")
-    print(json.dumps(result, indent=2))
+    record("ingest", result)
 
 
 if __name__ == "__main__":

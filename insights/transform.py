@@ -13,8 +13,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -61,11 +59,13 @@ def dbt_vars(config: Config, as_of: datetime) -> dict[str, Any]:
     return {**config.transform.dbt_vars(), "insights__as_of": as_of.strftime("%Y-%m-%d %H:%M:%S.%f")}
 
 
-@contextmanager
-def _dbt_environment(config: Config) -> Iterator[Path]:
+def _dbt_environment(config: Config) -> tuple[dict[str, str], Path]:
+    """The child process's environment (profile settings, target and log folders beside the
+    warehouse) and that folder; this process's own environment is left alone."""
     warehouse = Path(config.resolve(config.warehouse.path)).resolve()
     work = warehouse.parent / "dbt"
-    values = {
+    env = {
+        **os.environ,
         "INSIGHTS_WAREHOUSE_PATH": str(warehouse),
         "INSIGHTS_DBT_THREADS": str(config.warehouse.threads),
         "INSIGHTS_DBT_MEMORY_LIMIT": config.warehouse.memory_limit,
@@ -74,16 +74,7 @@ def _dbt_environment(config: Config) -> Iterator[Path]:
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         "DBT_PARTIAL_PARSE": "true",
     }
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield work
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return env, work
 
 
 def run_dbt(
@@ -118,10 +109,10 @@ def run_dbt(
     args += extra_args or []
     dbt = Path(sys.executable).with_name("dbt")
     runner = [str(dbt)] if dbt.exists() else [sys.executable, "-m", "dbt.cli.main"]
-    with _dbt_environment(config) as work:
-        results_file = work / "target" / "run_results.json"
-        results_file.unlink(missing_ok=True)
-        proc = subprocess.run(runner + args, capture_output=True, text=True, env=os.environ.copy())
+    env, work = _dbt_environment(config)
+    results_file = work / "target" / "run_results.json"
+    results_file.unlink(missing_ok=True)
+    proc = subprocess.run(runner + args, capture_output=True, text=True, env=env)
     log.debug("dbt %s output:\n%s", command, proc.stdout)
     result = TransformResult(as_of=as_of.isoformat(sep=" "), command=command)
     failures: list[str] = []

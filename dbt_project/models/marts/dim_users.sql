@@ -112,13 +112,9 @@ devices as (
     -- The most used device class; ties go to the alphabetically first, so reruns agree.
     select
         stitched_user_id as user_id,
-        arg_max(device_class, events_on_device * 1000 - rank_in_name) as favourite_device
+        first(device_class order by events_on_device desc, device_class) as favourite_device
     from (
-        select
-            stitched_user_id,
-            device_class,
-            count(*) as events_on_device,
-            dense_rank() over (order by device_class) as rank_in_name
+        select stitched_user_id, device_class, count(*) as events_on_device
         from events
         where device_class is not null
         group by stitched_user_id, device_class
