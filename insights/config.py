@@ -179,6 +179,39 @@ class WindowsConfig(_Strict):
     value_days: int = Field(30, ge=1)
 
 
+class MLConfig(_Strict):
+    """Knobs of the learning step (``models_ml``): training, scoring and publication."""
+
+    model_dir: str = Field("./warehouse/models", description="Folder of trained model versions (vectors, boosters).")
+    recommendations: int = Field(10, ge=1, le=500, description="Items recommended per user.")
+    exclude_purchased: bool = Field(True, description="Never recommend what the user already bought.")
+    max_per_category: int = Field(3, ge=1, description="At most this many recommended items per leaf category.")
+    similar_items: int = Field(10, ge=1, le=500, description="Similar items kept per item.")
+    trending_items: int = Field(20, ge=1, description="Items per trending list (global and per category).")
+    min_user_items: int = Field(
+        2, ge=1, description="Users with fewer distinct items get trending items of their categories instead."
+    )
+    min_item_users: int = Field(
+        2, ge=1, description="Items with fewer users are scored from their catalog text (cold start)."
+    )
+    als_factors: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    als_regularization: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)
+    als_alpha: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0], min_length=1)
+    als_iterations: int = Field(15, ge=1)
+    validation_days: int = Field(7, ge=1, description="Last days held out to choose ALS parameters.")
+    text_dimensions: int = Field(48, ge=2, description="Size of the catalog-text embedding (TF-IDF + SVD).")
+    training_cutoffs: int = Field(5, ge=2, description="Past cutoffs that give propensity training examples.")
+    cutoff_step_days: int = Field(7, ge=1, description="Days between training cutoffs.")
+    min_class_examples: int = Field(
+        100, ge=1, description="Fewer positives or negatives than this: a transparent heuristic instead of a model."
+    )
+    publish_tolerance: float = Field(
+        0.02, ge=0, le=1, description="A new model is published unless its key metric is worse by more than this."
+    )
+    interests: int = Field(5, ge=1, description="Top interests reported per user.")
+    seed: int = 42
+
+
 class DatastoreConfig(_Strict):
     uri: str = "./datastore"
     retention: int = Field(7, ge=1, description="Partitions kept per table.")
@@ -206,6 +239,7 @@ class Config(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     transform: TransformConfig = Field(default_factory=TransformConfig)
     windows: WindowsConfig = Field(default_factory=WindowsConfig)
+    ml: MLConfig = Field(default_factory=MLConfig)
     datastore: DatastoreConfig = Field(default_factory=DatastoreConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)

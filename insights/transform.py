@@ -84,6 +84,7 @@ def run_dbt(
     select: list[str] | None = None,
     full_refresh: bool = False,
     extra_args: list[str] | None = None,
+    extra_vars: dict[str, Any] | None = None,
 ) -> TransformResult:
     """Run one dbt command (build by default) on the warehouse as of ``as_of``.
 
@@ -99,7 +100,7 @@ def run_dbt(
         "--profiles-dir",
         str(DBT_PROJECT_DIR),
         "--vars",
-        json.dumps(dbt_vars(config, as_of)),
+        json.dumps({**dbt_vars(config, as_of), **(extra_vars or {})}),
         "--no-use-colors",
     ]
     if select:
@@ -142,3 +143,37 @@ def run_dbt(
             failures.append(" | ".join(re.sub(r"^\d\d:\d\d:\d\d\s+", "", line.strip()) for line in errors[:4]))
         raise TransformError(f"dbt {command} failed: " + "; ".join(failures))
     return result
+
+
+# The as-of-dependent models the learning step reads, with what they need.
+SNAPSHOT_MODELS = (
+    "int_events_as_of",
+    "int_funnel_user_days",
+    "fct_user_affinities",
+    "dim_users",
+    "fct_interactions",
+    "dim_items",
+)
+
+
+def snapshot_schema_name(as_of: datetime) -> str:
+    """The schema that holds the point-in-time snapshot as of ``as_of``."""
+    return f"pit_{as_of:%Y%m%d_%H%M%S}"
+
+
+def build_snapshot(config: Config, as_of: datetime) -> str:
+    """Build the as-of-dependent models (features, interactions, item stats) as of a past
+    instant into their own schema and return its name; main is left as it is.
+
+    The learning step needs features at several past cutoffs (training examples) from the
+    very SQL that computes today's features, so there is one definition of every feature.
+    """
+    schema = snapshot_schema_name(as_of)
+    run_dbt(
+        config,
+        as_of,
+        "run",
+        select=list(SNAPSHOT_MODELS),
+        extra_vars={"insights__snapshot_schema": schema},
+    )
+    return schema

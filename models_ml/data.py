@@ -1,0 +1,122 @@
+"""What the learning step reads from the warehouse.
+
+Features, interactions, items and affinities come from a schema holding the as-of-dependent
+dbt models (``main`` for the last transform, ``pit_*`` for a past cutoff); labels and
+held-out interactions come from ``main.fct_events`` over explicit windows, with identities
+resolved as they were known at the window's start, so a label never leaks into a feature.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+_SCHEMA = re.compile(r"^(main|pit_\d{8}_\d{6})$")
+
+
+def _schema(schema: str) -> str:
+    if not _SCHEMA.match(schema):
+        raise ValueError(f"not a feature schema: {schema!r}")
+    return schema
+
+
+def features(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
+    """``dim_users`` of that schema: one row per user, point-in-time features."""
+    return con.execute(f"select * from {_schema(schema)}.dim_users order by user_id").df()
+
+
+def interactions(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
+    return con.execute(
+        f"select user_id, item_id, weight, purchases from {_schema(schema)}.fct_interactions order by user_id, item_id"
+    ).df()
+
+
+def items(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
+    """The catalog as of the schema's instant, with description and activity."""
+    return con.execute(
+        f"""
+        select i.*, c.description
+        from {_schema(schema)}.dim_items as i
+        left join staging.stg_insights__catalog_items as c using (item_id)
+        order by i.item_id
+        """
+    ).df()
+
+
+def affinities(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
+    return con.execute(
+        f"select user_id, dimension, value, strength, rank from {_schema(schema)}.fct_user_affinities"
+    ).df()
+
+
+def feature_as_of(con: duckdb.DuckDBPyConnection, schema: str) -> datetime | None:
+    row = con.execute(f"select max(as_of) from {_schema(schema)}.dim_users").fetchone()
+    return row[0] if row else None
+
+
+def data_span(con: duckdb.DuckDBPyConnection, as_of: datetime) -> tuple[datetime | None, datetime | None]:
+    """First and last event time strictly before ``as_of``."""
+    row = con.execute("select min(occurred_at), max(occurred_at) from main.fct_events where occurred_at < ?", [as_of]).fetchone()
+    return row[0], row[1]
+
+
+_KEYED_EVENTS = """
+with identities as (
+    -- who each cookie was known to be at the window's start (Snowplow's latest-login rule)
+    select anonymous_id, arg_max(user_id, occurred_at) as user_id
+    from main.fct_events
+    where occurred_at < $start and anonymous_id is not null and user_id is not null
+    group by anonymous_id
+),
+window_events as (
+    select * from main.fct_events where occurred_at >= $start and occurred_at < $end
+),
+keyed as (
+    select user_id as key, event_id, event_type, event_name, item_id, revenue, price, quantity
+    from window_events where user_id is not null
+    union
+    select coalesce(identities.user_id, window_events.anonymous_id) as key, event_id, event_type, event_name,
+        item_id, revenue, price, quantity
+    from window_events left join identities using (anonymous_id)
+    where window_events.anonymous_id is not null
+)
+"""
+
+
+def labels(
+    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, conversion_event: str
+) -> pd.DataFrame:
+    """Per user (as identified at ``start``) what happened in [start, end): whether they were
+    active at all, converted, and their revenue."""
+    return con.execute(
+        _KEYED_EVENTS
+        + """
+        select
+            key as user_id,
+            true as active,
+            bool_or(event_type = $conversion or event_name = $conversion) as converted,
+            round(sum(case when event_type = 'purchase'
+                then coalesce(revenue, price * coalesce(quantity, 1), 0) else 0 end), 2) as revenue
+        from keyed
+        group by key
+        """,
+        {"start": start, "end": end, "conversion": conversion_event},
+    ).df()
+
+
+def relevant_items(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> pd.DataFrame:
+    """(user, item) pairs with a positive interaction (view, cart, checkout, purchase) in
+    [start, end): what a recommendation made at ``start`` should have contained."""
+    return con.execute(
+        _KEYED_EVENTS
+        + """
+        select distinct key as user_id, item_id
+        from keyed
+        where item_id is not null and event_type in ('product_view', 'add_to_cart', 'checkout', 'purchase')
+        order by 1, 2
+        """,
+        {"start": start, "end": end},
+    ).df()

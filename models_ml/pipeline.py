@@ -1,0 +1,689 @@
+"""Train, score and evaluate: the learning step end to end.
+
+``train`` fits every model as of an instant from what was known before it, versions it and
+publishes it if it is not worse than the published one. ``score`` applies the published
+version to the features of an instant and writes ``user_insights``, ``recommendations``,
+``item_similar`` and ``trending`` (plus ``user_interests``) into the warehouse. ``evaluate``
+trains and scores at a past instant and measures everything against what happened after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from insights.config import Config
+from insights.transform import build_snapshot, snapshot_schema_name
+from insights.warehouse import connect, transaction
+from models_ml import als, data, interests, propensity, registry, segments
+from models_ml.content import CatalogEncoder, cold_vectors, fit_mapping
+from models_ml.metrics import classification_metrics, ranking_metrics, regression_metrics
+from models_ml.recommend import cap_per_group, top_k
+
+log = logging.getLogger(__name__)
+
+# Training cutoffs need some history behind them to have features worth learning from.
+MIN_HISTORY_DAYS = 7
+# Candidates per user before the category cap: enough that a cap of 3 still fills the list.
+CANDIDATE_FACTOR = 5
+
+
+class MLError(RuntimeError):
+    """The learning step cannot run: the message says what is missing."""
+
+
+@dataclass
+class Plan:
+    """The instants a training run reads features at."""
+
+    as_of: datetime
+    anchor: datetime  # labels reach at most here: the as-of instant or the last event before it
+    als_split: datetime
+    cutoffs: dict[str, list[datetime]]  # per target, latest first
+
+    def instants(self) -> list[datetime]:
+        found = {self.als_split, *(c for cs in self.cutoffs.values() for c in cs)}
+        return sorted(found)
+
+
+def make_plan(config: Config, as_of: datetime, first_event: datetime, last_event: datetime) -> Plan:
+    """Cutoffs on one grid, every ``cutoff_step_days`` back from the anchor's day, so the
+    targets share feature snapshots; per target the latest ``training_cutoffs`` whose label
+    window is complete before the anchor, none without a week of history behind it."""
+    ml = config.ml
+    anchor = min(as_of, last_event + timedelta(seconds=1))
+    day = datetime(anchor.year, anchor.month, anchor.day)
+    earliest = first_event + timedelta(days=MIN_HISTORY_DAYS)
+    windows = {
+        "purchase": config.windows.purchase_days,
+        "churn": config.windows.churn_days,
+        "value": config.windows.value_days,
+    }
+    cutoffs: dict[str, list[datetime]] = {}
+    for target, window in windows.items():
+        first_step = -(-window // ml.cutoff_step_days)  # ceil: the first grid point far enough back
+        grid = (day - timedelta(days=ml.cutoff_step_days * j) for j in range(first_step, first_step + ml.training_cutoffs))
+        cutoffs[target] = [c for c in grid if c >= earliest]
+    return Plan(as_of=as_of, anchor=anchor, als_split=day - timedelta(days=ml.validation_days), cutoffs=cutoffs)
+
+
+def _indexed(values: list[str] | np.ndarray) -> dict[str, int]:
+    return {v: i for i, v in enumerate(values)}
+
+
+_SNAPSHOTS_DDL = """
+create schema if not exists ml;
+create table if not exists ml.snapshots (
+    schema_name varchar primary key, as_of timestamp, vars_hash varchar,
+    events_loaded_at timestamp, catalog_loaded_at timestamp, built_at timestamp
+);
+"""
+
+
+def _vars_hash(config: Config) -> str:
+    return hashlib.sha256(json.dumps(config.transform.dbt_vars(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _feature_schemas(config: Config, instants: list[datetime]) -> dict[datetime, str]:
+    """A schema with the as-of-dependent models for every instant: main when it matches,
+    else a point-in-time snapshot, reused from an earlier run while it is still exact (same
+    transform settings, same catalog, no event loaded since that happened before it)."""
+    wanted = sorted(set(instants))
+    con = connect(config)
+    try:
+        con.execute(_SNAPSHOTS_DDL)
+        try:
+            main_as_of = data.feature_as_of(con, "main")
+        except duckdb.Error:
+            main_as_of = None
+        vars_hash = _vars_hash(config)
+        events_loaded, catalog_loaded = con.execute(
+            "select (select max(loaded_at) from main.fct_events), (select max(loaded_at) from raw.catalog_items)"
+        ).fetchone()
+        existing = {r[0] for r in con.execute("select schema_name from information_schema.schemata").fetchall()}
+        schemas: dict[datetime, str] = {}
+        for instant in wanted:
+            name = snapshot_schema_name(instant)
+            if instant == main_as_of:
+                schemas[instant] = "main"
+                continue
+            row = con.execute(
+                "select events_loaded_at from ml.snapshots where schema_name = ? and vars_hash = ? "
+                "and catalog_loaded_at is not distinct from ?",
+                [name, vars_hash, catalog_loaded],
+            ).fetchone()
+            if row and name in existing:
+                late = con.execute(
+                    "select count(*) from main.fct_events where loaded_at > ? and occurred_at < ?", [row[0], instant]
+                ).fetchone()[0]
+                if late == 0:
+                    schemas[instant] = name
+    finally:
+        con.close()
+    built = []
+    for instant in wanted:
+        if instant not in schemas:
+            schemas[instant] = build_snapshot(config, instant)
+            built.append(instant)
+    if built:
+        con = connect(config)
+        try:
+            for instant in built:
+                con.execute(
+                    "insert or replace into ml.snapshots values (?, ?, ?, ?, ?, now()::timestamp)",
+                    [schemas[instant], instant, vars_hash, events_loaded, catalog_loaded],
+                )
+        finally:
+            con.close()
+    log.info("feature snapshots: %d reused, %d built", len(wanted) - len(built), len(built))
+    return schemas
+
+
+def _prune_snapshots(con: duckdb.DuckDBPyConnection, keep: dict[datetime, str]) -> None:
+    """Drop the snapshots this run does not use; the ones it used serve the next run."""
+    con.execute(_SNAPSHOTS_DDL)
+    for (name,) in con.execute("select schema_name from information_schema.schemata where schema_name like 'pit_%'").fetchall():
+        if name not in keep.values():
+            con.execute(f"drop schema if exists {name} cascade")
+            con.execute("delete from ml.snapshots where schema_name = ?", [name])
+
+
+def _examples(
+    con: duckdb.DuckDBPyConnection, config: Config, schemas: dict[datetime, str], cutoffs: list[datetime], target: str
+) -> pd.DataFrame:
+    """Features at each cutoff with the label from the window after it."""
+    window = {
+        "purchase": config.windows.purchase_days,
+        "churn": config.windows.churn_days,
+        "churn_inactive": config.windows.churn_days,
+        "value": config.windows.value_days,
+    }[target]
+    frames = []
+    for cutoff in cutoffs:
+        feats = data.features(con, schemas[cutoff])
+        outcome = data.labels(con, cutoff, cutoff + timedelta(days=window), config.transform.conversion_event)
+        frame = feats.merge(outcome, on="user_id", how="left")
+        if target == "purchase":
+            frame["label"] = frame["converted"].fillna(False).astype(float)
+        elif target.startswith("churn"):
+            frame["label"] = (~frame["active"].fillna(False).astype(bool)).astype(float)
+            if target == "churn":
+                frame = frame[frame["recency_days"] <= config.windows.churn_days]
+        else:
+            frame["label"] = frame["revenue"].fillna(0.0).astype(float)
+        frame["cutoff"] = cutoff
+        frames.append(frame.drop(columns=["active", "converted", "revenue"]))
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "cutoff", "label"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _train_propensities(
+    con: duckdb.DuckDBPyConnection, config: Config, schemas: dict[datetime, str], plan: Plan
+) -> dict[str, propensity.TrainedTarget]:
+    targets: dict[str, propensity.TrainedTarget] = {}
+    for name, kind in (("purchase", "binary"), ("churn", "binary"), ("value", "regression")):
+        cutoffs = plan.cutoffs[name]
+        examples = _examples(con, config, schemas, cutoffs, name)
+        valid = examples[examples["cutoff"] == cutoffs[0]] if cutoffs else examples.iloc[0:0]
+        train = examples[examples["cutoff"] != cutoffs[0]] if cutoffs else examples
+        if len(cutoffs) < 2:
+            log.warning("%s: %d training cutoff(s) with a complete label window", name, len(cutoffs))
+        targets[name] = propensity.train_target(name, kind, train, valid, config.ml.min_class_examples, config.ml.seed)
+    # Users already inactive for a whole churn window are outside the churn model's
+    # population; their churn probability is the observed rate of their RFM cell.
+    everyone = _examples(con, config, schemas, plan.cutoffs["churn"], "churn_inactive")
+    targets["churn_inactive"] = propensity.TrainedTarget(
+        name="churn_inactive",
+        kind="binary",
+        method="heuristic",
+        reason="users inactive longer than the churn window: observed RFM-cell rate",
+        heuristic=propensity.Heuristic.fit(everyone, everyone["label"].to_numpy()),
+    )
+    return targets
+
+
+def _train_als(
+    con: duckdb.DuckDBPyConnection, config: Config, schemas: dict[datetime, str], plan: Plan
+) -> tuple[als.ALSParams, dict[str, Any], pd.DataFrame, pd.DataFrame, list[str], list[str], Any]:
+    ml = config.ml
+    now_schema = schemas[plan.as_of]
+    catalog = data.items(con, now_schema)
+    now = data.interactions(con, now_schema)
+    item_ids = sorted(set(catalog["item_id"]) | set(now["item_id"]))
+    item_index = _indexed(item_ids)
+    grid = als.grid(ml.als_factors, ml.als_regularization, ml.als_alpha, ml.als_iterations)
+
+    # Choose the parameters on a time split: fit on what was known at the split, score on
+    # what the users did between the split and the anchor.
+    before = data.interactions(con, schemas[plan.als_split])
+    split_users = sorted(set(before["user_id"]))
+    split_index = _indexed(split_users)
+    train_matrix = als.interaction_matrix(
+        split_index, item_index, before["user_id"].to_numpy(), before["item_id"].to_numpy(), before["weight"].to_numpy()
+    )
+    bought = before[before["purchases"] > 0] if ml.exclude_purchased else before.iloc[0:0]
+    exclude = als.interaction_matrix(
+        split_index, item_index, bought["user_id"].to_numpy(), bought["item_id"].to_numpy(), np.ones(len(bought))
+    )
+    relevant: dict[int, set[int]] = {}
+    for row in data.relevant_items(con, plan.als_split, plan.anchor).itertuples(index=False):
+        if row.user_id in split_index and row.item_id in item_index:
+            relevant.setdefault(split_index[row.user_id], set()).add(item_index[row.item_id])
+    if relevant and train_matrix.nnz:
+        best, trials = als.tune(train_matrix, relevant, exclude, grid, ml.seed)
+        chosen = next(t for t in trials if t["params"] == best.__dict__)
+        validation = {k: v for k, v in chosen.items() if k != "params"}
+    else:
+        best, trials, validation = grid[len(grid) // 2], [], {"note": "no interactions after the split"}
+    report = {"params": best.__dict__, "validation": validation, "trials": trials, "split_at": plan.als_split}
+
+    user_ids = sorted(set(now["user_id"]))
+    matrix = als.interaction_matrix(
+        _indexed(user_ids), item_index, now["user_id"].to_numpy(), now["item_id"].to_numpy(), now["weight"].to_numpy()
+    )
+    model = als.fit(matrix, best, ml.seed)
+    return best, report, catalog, now, user_ids, item_ids, model
+
+
+def _version(as_of: datetime, params: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{as_of:%Y%m%dT%H%M%S}-{digest}"
+
+
+def model_dir(config: Config) -> Path:
+    return Path(config.resolve(config.ml.model_dir))
+
+
+def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, Any]:
+    """Fit ALS, the catalog encoder and the propensities as of ``as_of``; version them and
+    publish them unless they are worse than the published version (backtests never publish)."""
+    con = connect(config, read_only=True)
+    try:
+        first_event, last_event = data.data_span(con, as_of)
+    finally:
+        con.close()
+    if last_event is None:
+        raise MLError(f"no events before {as_of:%Y-%m-%d %H:%M:%S}: run `insights ingest` and `insights transform`")
+    plan = make_plan(config, as_of, first_event, last_event)
+    schemas = _feature_schemas(config, [as_of, *plan.instants()])
+    con = connect(config)
+    try:
+        best, als_report, catalog, now, user_ids, item_ids, model = _train_als(con, config, schemas, plan)
+        users_per_item = now.groupby("item_id")["user_id"].nunique()
+        warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids])
+        in_catalog = catalog.set_index("item_id")
+        catalog_rows = np.array([i in in_catalog.index for i in item_ids])
+        encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
+        text = encoder.transform(in_catalog.loc[[i for i, c in zip(item_ids, catalog_rows) if c]].reset_index())
+        mapping = fit_mapping(text, model.item_factors[catalog_rows], warm[catalog_rows])
+        targets = _train_propensities(con, config, schemas, plan)
+        metrics: dict[str, Any] = {"als": als_report}
+        for name, target in targets.items():
+            metrics[name] = {"method": target.method, "reason": target.reason, **target.metrics}
+        params = {
+            "windows": config.windows.model_dump(),
+            "ml": config.ml.model_dump(exclude={"model_dir"}),
+            "cutoffs": {k: [c.isoformat() for c in v] for k, v in plan.cutoffs.items()},
+            "users": len(user_ids),
+            "items": len(item_ids),
+            "interactions": len(now),
+        }
+        version = _version(as_of, {"params": params, "als": best.__dict__})
+        bundle = registry.ModelBundle(
+            version=version,
+            as_of=as_of,
+            als_params=best,
+            user_ids=np.array(user_ids, dtype=str),
+            user_factors=model.user_factors,
+            item_ids=np.array(item_ids, dtype=str),
+            item_factors=model.item_factors,
+            warm_items=warm,
+            encoder=encoder,
+            mapping=mapping,
+            targets=targets,
+            metrics=metrics,
+            params=params,
+        )
+        folder = model_dir(config) / ("backtests" if backtest else "versions") / version
+        bundle.save(folder)
+        current = registry.published(con)
+        if backtest:
+            status, reason = "backtest", "trained for a backtest; never published"
+        else:
+            if current is not None and current["model_version"] == version:
+                ok, reason = True, "published: retrained the published version (same data and parameters)"
+            else:
+                ok, reason = registry.compare(metrics, (current or {}).get("metrics"), config.ml.publish_tolerance)
+            status = "published" if ok else "rejected"
+        with transaction(con):
+            registry.record(con, bundle, first_event, last_event, status, reason, folder)
+            if not backtest:
+                _prune_snapshots(con, schemas)
+    finally:
+        con.close()
+    log.info("model %s %s: %s", version, status, reason)
+    return {
+        "model_version": version,
+        "status": status,
+        "reason": reason,
+        "path": str(folder),
+        "als": {"params": best.__dict__, **als_report["validation"]},
+        "propensities": {
+            name: {"method": t.method, "reason": t.reason, **_headline(t.metrics)} for name, t in targets.items()
+        },
+        "users": len(user_ids),
+        "items": len(item_ids),
+    }
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    held = metrics.get("held_out") or {}
+    base = metrics.get("held_out_baseline") or {}
+    keys = ("roc_auc", "pr_auc", "brier", "mae")
+    return {
+        **{k: held[k] for k in keys if k in held},
+        **{f"baseline_{k}": base[k] for k in keys if k in base},
+    }
+
+
+def load_published(config: Config) -> registry.ModelBundle:
+    con = connect(config, read_only=True)
+    try:
+        try:
+            current = registry.published(con)
+        except duckdb.Error:
+            current = None
+    finally:
+        con.close()
+    if current is None:
+        raise MLError("no published model: run `insights train` first")
+    return registry.ModelBundle.load(Path(current["path"]))
+
+
+@dataclass
+class Scores:
+    """Everything ``score`` produces, as frames (written to the warehouse unless a backtest)."""
+
+    as_of: datetime
+    model_version: str
+    users: pd.DataFrame
+    recommendations: pd.DataFrame
+    item_similar: pd.DataFrame
+    trending: pd.DataFrame
+    interests: pd.DataFrame
+
+
+def _item_vectors(bundle: registry.ModelBundle, catalog: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A vector per catalog item: ALS for warm items, text mapped into ALS space for the rest.
+    Returns the vectors and a reason per item (``collaborative`` or ``content``)."""
+    index = _indexed(bundle.item_ids)
+    positions = np.array([index.get(i, -1) for i in catalog["item_id"]])
+    warm = np.array([p >= 0 and bool(bundle.warm_items[p]) for p in positions])
+    vectors = np.zeros((len(catalog), bundle.item_factors.shape[1]), dtype=np.float32)
+    vectors[warm] = bundle.item_factors[positions[warm]]
+    if (~warm).any() and bundle.mapping is not None:
+        warm_positions = np.flatnonzero(bundle.warm_items)
+        known_groups = pd.Series(catalog["category"].to_numpy(), index=catalog["item_id"])
+        warm_groups = np.array([known_groups.get(i, "") for i in bundle.item_ids[warm_positions]], dtype=object)
+        text = bundle.encoder.transform(catalog[~warm].reset_index(drop=True))
+        vectors[~warm] = cold_vectors(
+            bundle.mapping,
+            text,
+            catalog["category"].to_numpy()[~warm],
+            bundle.item_factors[warm_positions],
+            warm_groups,
+        )
+    return vectors, np.where(warm, "collaborative", "content")
+
+
+def _trending(catalog: pd.DataFrame, limit: int) -> pd.DataFrame:
+    live = catalog[catalog["in_stock"].fillna(False) & (catalog["trending_score"] > 0)]
+    live = live.sort_values(["trending_score", "item_id"], ascending=[False, True])
+    overall = live.head(limit).assign(scope="global")
+    per_category = live.groupby("category_l1", group_keys=False).head(limit).assign(scope=lambda f: f["category_l1"])
+    frame = pd.concat([overall, per_category], ignore_index=True)
+    frame["rank"] = frame.groupby("scope").cumcount() + 1
+    return frame.rename(columns={"trending_score": "score"})[["scope", "rank", "item_id", "score"]]
+
+
+def _similar(vectors: np.ndarray, catalog: pd.DataFrame, k: int) -> pd.DataFrame:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms == 0, 1, norms)
+    targets = np.flatnonzero(catalog["in_stock"].fillna(False).to_numpy(dtype=bool))
+    position = {int(t): j for j, t in enumerate(targets)}
+    rows = [(i, position[i]) for i in range(len(catalog)) if i in position]
+    itself = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), ([r for r, _ in rows], [c for _, c in rows])),
+        shape=(len(catalog), len(targets)),
+    )
+    idx, val = top_k(unit, unit[targets], min(k, max(len(targets) - 1, 0)), exclude=itself)
+    ok = np.isfinite(val)
+    query = np.repeat(np.arange(len(catalog)), idx.shape[1])[ok.ravel()]
+    ids = catalog["item_id"].to_numpy()
+    return pd.DataFrame(
+        {
+            "item_id": ids[query],
+            "rank": np.tile(np.arange(1, idx.shape[1] + 1), len(catalog))[ok.ravel()],
+            "similar_item_id": ids[targets[idx[ok]]],
+            "score": np.round(val[ok].astype(float), 6),
+        }
+    )
+
+
+def _model_recommendations(
+    config: Config,
+    bundle: registry.ModelBundle,
+    interactions: pd.DataFrame,
+    catalog: pd.DataFrame,
+    vectors: np.ndarray,
+    reasons: np.ndarray,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Top K from the embeddings for users with enough history, and those users' vectors."""
+    ml = config.ml
+    distinct = interactions.groupby("user_id")["item_id"].nunique()
+    warm_users = np.array(sorted(distinct[distinct >= ml.min_user_items].index), dtype=object)
+    if len(warm_users) == 0:
+        empty = pd.DataFrame(columns=["user_id", "item_id", "score", "reason", "position"])
+        return empty, warm_users, np.zeros((0, bundle.item_factors.shape[1]), dtype=np.float32)
+    user_index = _indexed(list(warm_users))
+    model_items = _indexed(bundle.item_ids)
+    mine = interactions[interactions["user_id"].isin(user_index)]
+    user_vectors = als.fold_in(
+        bundle.item_factors,
+        bundle.als_params,
+        als.interaction_matrix(
+            user_index, model_items, mine["user_id"].to_numpy(), mine["item_id"].to_numpy(), mine["weight"].to_numpy()
+        ),
+    )
+    allowed = np.flatnonzero(catalog["in_stock"].fillna(False).to_numpy(dtype=bool))
+    allowed_ids = catalog["item_id"].to_numpy()[allowed]
+    bought = mine[mine["purchases"] > 0] if ml.exclude_purchased else mine.iloc[0:0]
+    exclude = als.interaction_matrix(
+        user_index,
+        _indexed(list(allowed_ids)),
+        bought["user_id"].to_numpy(),
+        bought["item_id"].to_numpy(),
+        np.ones(len(bought)),
+    )
+    k = ml.recommendations
+    idx, val = top_k(user_vectors, vectors[allowed], k * CANDIDATE_FACTOR, exclude=exclude)
+    groups = pd.factorize(catalog["category"].fillna("").to_numpy()[allowed])[0]
+    idx, val = cap_per_group(idx, val, groups, ml.max_per_category, k)
+    ok = (idx >= 0) & np.isfinite(val)
+    chosen = allowed[idx[ok]]
+    frame = pd.DataFrame(
+        {
+            "user_id": np.repeat(warm_users, idx.shape[1])[ok.ravel()],
+            "item_id": catalog["item_id"].to_numpy()[chosen],
+            "score": np.round(val[ok].astype(float), 6),
+            "reason": reasons[chosen],
+            "position": np.tile(np.arange(idx.shape[1]), len(warm_users))[ok.ravel()],
+        }
+    )
+    return frame, warm_users, user_vectors
+
+
+_FILL_SQL = """
+with trending_for_user as (
+    select a.user_id, t.item_id, t.score, 1 as priority, a.rank * 1000 + t.rank as position
+    from user_categories as a
+    join trending as t on t.scope = a.value
+    union all
+    select u.user_id, t.item_id, t.score, 2, t.rank
+    from users as u cross join trending as t
+    where t.scope = 'global'
+),
+candidates as (
+    select user_id, item_id, score, reason, 0 as priority, position from model_recs
+    union all
+    select user_id, item_id, score, 'trending', priority, position from trending_for_user
+),
+allowed as (
+    select candidates.*, catalog.category
+    from candidates
+    join catalog using (item_id)
+    where not exists (
+        select 1 from bought where bought.user_id = candidates.user_id and bought.item_id = candidates.item_id
+    )
+    qualify row_number() over (partition by candidates.user_id, candidates.item_id order by priority, position) = 1
+),
+capped as (
+    select * from allowed
+    qualify row_number() over (partition by user_id, category order by priority, position) <= $cap
+)
+select user_id, row_number() over (partition by user_id order by priority, position, item_id) as rank,
+    item_id, score, reason
+from capped
+qualify rank <= $k
+order by user_id, rank
+"""
+
+
+def score(
+    config: Config, as_of: datetime, bundle: registry.ModelBundle | None = None, write: bool = True
+) -> Scores:
+    """Apply a model version (the published one by default) to the features as of ``as_of``."""
+    bundle = bundle or load_published(config)
+    schemas = _feature_schemas(config, [as_of])
+    schema = schemas[as_of]
+    con = connect(config, read_only=not write)
+    try:
+        feats = data.features(con, schema)
+        interactions = data.interactions(con, schema)
+        catalog = data.items(con, schema)
+        affinities = data.affinities(con, schema)
+        ml = config.ml
+
+        vectors, reasons = _item_vectors(bundle, catalog)
+        model_recs, warm_users, user_vectors = _model_recommendations(
+            config, bundle, interactions, catalog, vectors, reasons
+        )
+        trending = _trending(catalog, ml.trending_items)
+        similar = _similar(vectors, catalog, ml.similar_items)
+
+        # Everyone gets a full list: model picks first, then trending items of the user's
+        # strongest categories, then global trending; purchases and out-of-stock excluded.
+        bought = (
+            interactions[interactions["purchases"] > 0][["user_id", "item_id"]]
+            if ml.exclude_purchased
+            else interactions.iloc[0:0][["user_id", "item_id"]]
+        )
+        top_l1 = affinities[(affinities["dimension"] == "category_l1") & (affinities["rank"] <= 2)]
+        local = duckdb.connect()
+        try:
+            local.register("model_recs", model_recs)
+            local.register("trending", trending)
+            local.register("users", feats[["user_id"]])
+            local.register("user_categories", top_l1[["user_id", "value", "rank"]])
+            local.register("catalog", catalog[catalog["in_stock"].fillna(False)][["item_id", "category"]])
+            local.register("bought", bought)
+            recs = local.execute(_FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations}).df()
+        finally:
+            local.close()
+
+        users = feats.copy()
+        for name in ("purchase", "value"):
+            users[f"_{name}"] = bundle.targets[name].predict(users)
+        in_population = users["recency_days"] <= config.windows.churn_days
+        churn = np.array(bundle.targets["churn_inactive"].predict(users), dtype=float)
+        if in_population.any():
+            churn[in_population.to_numpy()] = bundle.targets["churn"].predict(users[in_population])
+        users["purchase_probability"] = np.round(np.clip(users.pop("_purchase"), 0, 1), 6)
+        users["purchase_percentile"] = np.round(users["purchase_probability"].rank(pct=True, method="average") * 100, 2)
+        users["churn_probability"] = np.round(np.clip(churn, 0, 1), 6)
+        users["predicted_revenue"] = np.round(np.clip(users.pop("_value"), 0, None), 2)
+        users["propensity_method"] = bundle.targets["purchase"].method
+        users["segment"] = segments.rfm_segments(users, config.windows.churn_days)
+        users["cohorts"] = segments.predictive_cohorts(users, config.windows.churn_days)
+
+        warm_item = np.array([r == "collaborative" for r in reasons])
+        embedded = interests.embedding_strengths(
+            warm_users, user_vectors, vectors[warm_item], catalog["category"].fillna("").to_numpy()[warm_item]
+        )
+        user_interests = interests.top_interests(affinities, embedded, ml.interests)
+        result = Scores(
+            as_of=as_of,
+            model_version=bundle.version,
+            users=users,
+            recommendations=recs,
+            item_similar=similar,
+            trending=trending,
+            interests=user_interests,
+        )
+        if write:
+            with transaction(con):
+                _write(con, result)
+    finally:
+        con.close()
+    return result
+
+
+_USER_INSIGHTS_SQL = """
+create or replace table main.user_insights as
+with interests as (
+    select user_id,
+        list({'dimension': dimension, 'value': value, 'strength': strength} order by rank) as top_interests
+    from main.user_interests group by user_id
+),
+recommended as (
+    select user_id, list({'item_id': item_id, 'score': score} order by rank) as recommended_items
+    from main.recommendations group by user_id
+)
+select
+    s.user_id,
+    s.as_of,
+    s.first_seen_at,
+    s.last_seen_at,
+    s.recency_days,
+    s.sessions_90d,
+    s.orders_90d,
+    s.revenue_90d,
+    s.avg_order_value,
+    coalesce(i.top_interests, []::struct(dimension varchar, value varchar, strength double)[]) as top_interests,
+    coalesce(r.recommended_items, []::struct(item_id varchar, score double)[]) as recommended_items,
+    s.purchase_probability,
+    s.purchase_percentile,
+    s.churn_probability,
+    s.predicted_revenue,
+    s.segment,
+    s.cohorts,
+    s.propensity_method,
+    s.orders_lifetime,
+    s.revenue_lifetime,
+    s.sessions_30d,
+    s.days_since_last_order,
+    s.top_category,
+    s.top_brand,
+    s.price_band,
+    s.favourite_device,
+    coalesce(s.has_logged_in, false) as is_identified,
+    $version as model_version
+from scored as s
+left join interests as i using (user_id)
+left join recommended as r using (user_id)
+order by s.user_id
+"""
+
+
+def _write(con: duckdb.DuckDBPyConnection, scores: Scores) -> None:
+    con.register("scored", scores.users)
+    con.register("recs_frame", scores.recommendations)
+    con.register("similar_frame", scores.item_similar)
+    con.register("trending_frame", scores.trending)
+    con.register("interests_frame", scores.interests)
+    try:
+        con.execute("create or replace table main.recommendations as select * from recs_frame")
+        con.execute("create or replace table main.item_similar as select * from similar_frame")
+        con.execute("create or replace table main.trending as select * from trending_frame")
+        con.execute("create or replace table main.user_interests as select * from interests_frame")
+        con.execute(_USER_INSIGHTS_SQL, {"version": scores.model_version})
+    finally:
+        for name in ("scored", "recs_frame", "similar_frame", "trending_frame", "interests_frame"):
+            con.unregister(name)
+
+
+def score_summary(scores: Scores) -> dict[str, Any]:
+    users = scores.users
+    return {
+        "as_of": scores.as_of.isoformat(sep=" "),
+        "model_version": scores.model_version,
+        "users": len(users),
+        "recommendations": len(scores.recommendations),
+        "reasons": scores.recommendations["reason"].value_counts().to_dict(),
+        "item_similar": len(scores.item_similar),
+        "trending": len(scores.trending),
+        "segments": users["segment"].value_counts().to_dict(),
+        "mean_purchase_probability": float(users["purchase_probability"].mean()) if len(users) else 0.0,
+        "propensity_method": users["propensity_method"].iloc[0] if len(users) else None,
+    }

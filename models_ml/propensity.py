@@ -1,0 +1,225 @@
+"""Propensities on point-in-time user features: probability of a key conversion, of churn,
+and predicted revenue, with LightGBM.
+
+Training examples come from several past cutoffs (features as of the cutoff, labels from
+the window after it). The latest cutoff is held out: one half of its users stops the
+boosting early and fits an isotonic calibration (Zadrozny & Elkan 2002), the other half
+checks both. With too few positives or negatives to learn from, a transparent heuristic
+takes over: the observed rate of the user's RFM cell (recency band x order count band) at
+the training cutoffs, which is also the baseline every model must beat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+
+from models_ml.metrics import classification_metrics, regression_metrics
+
+log = logging.getLogger(__name__)
+
+# Identifiers, timestamps and free-text values are not features.
+NOT_FEATURES = {
+    "user_id",
+    "as_of",
+    "first_seen_at",
+    "last_seen_at",
+    "last_order_at",
+    "top_category",
+    "top_category_l1",
+    "top_brand",
+    "cutoff",
+    "label",
+    "has_logged_in",
+}
+CATEGORICAL = ("price_band", "favourite_device")
+RECENCY_BANDS = [0, 1, 3, 7, 14, 30, 60, 90, np.inf]
+ORDER_BANDS = [-np.inf, 0, 1, 3, np.inf]
+PRIOR_WEIGHT = 10.0
+
+
+def rfm_cell(features: pd.DataFrame) -> pd.Series:
+    """A readable cell per user: recency band and lifetime order-count band."""
+    recency = pd.cut(features["recency_days"].astype(float), RECENCY_BANDS, right=False, labels=False)
+    orders = pd.cut(features["orders_lifetime"].astype(float), ORDER_BANDS, right=True, labels=False)
+    return recency.astype("Int64").astype(str) + "/" + orders.astype("Int64").astype(str)
+
+
+@dataclass
+class Heuristic:
+    """Observed mean label per RFM cell, shrunk towards the overall mean (weight 10)."""
+
+    overall: float = 0.0
+    cells: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, features: pd.DataFrame, label: np.ndarray) -> Heuristic:
+        frame = pd.DataFrame({"cell": rfm_cell(features).to_numpy(), "label": np.asarray(label, dtype=float)})
+        overall = float(frame["label"].mean()) if len(frame) else 0.0
+        stats = frame.groupby("cell")["label"].agg(["sum", "count"])
+        cells = ((stats["sum"] + PRIOR_WEIGHT * overall) / (stats["count"] + PRIOR_WEIGHT)).to_dict()
+        return cls(overall=overall, cells={str(k): float(v) for k, v in cells.items()})
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        return rfm_cell(features).map(self.cells).fillna(self.overall).to_numpy(dtype=float)
+
+
+@dataclass
+class TrainedTarget:
+    """One propensity: the booster (or none), its calibration and the heuristic."""
+
+    name: str
+    kind: str  # "binary" or "regression"
+    method: str  # "lightgbm" or "heuristic"
+    reason: str
+    heuristic: Heuristic
+    booster: str | None = None
+    features: list[str] = field(default_factory=list)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    calibration_x: list[float] = field(default_factory=list)
+    calibration_y: list[float] = field(default_factory=list)
+    best_iteration: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["heuristic"] = {"overall": self.heuristic.overall, "cells": self.heuristic.cells}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainedTarget:
+        data = dict(data)
+        data["heuristic"] = Heuristic(**data["heuristic"])
+        return cls(**data)
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        if self.method == "heuristic" or self.booster is None:
+            return self.heuristic.predict(features)
+        booster = lgb.Booster(model_str=self.booster)
+        raw = booster.predict(design_matrix(features, self.features, self.categories))
+        if self.kind == "binary":
+            return self.calibrate(raw)
+        return np.clip(raw, 0, None)
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        if not self.calibration_x:
+            return raw
+        return np.interp(raw, self.calibration_x, self.calibration_y)
+
+
+def feature_columns(features: pd.DataFrame) -> list[str]:
+    return [c for c in features.columns if c not in NOT_FEATURES]
+
+
+def design_matrix(features: pd.DataFrame, columns: list[str], categories: dict[str, list[str]]) -> pd.DataFrame:
+    frame = pd.DataFrame(index=features.index)
+    for column in columns:
+        values = features[column] if column in features else pd.Series(np.nan, index=features.index)
+        if column in categories:
+            frame[column] = pd.Categorical(values.astype("string").fillna("unknown"), categories=categories[column])
+        else:
+            frame[column] = pd.to_numeric(values, errors="coerce").astype(float)
+    return frame
+
+
+def holdout_half(user_ids: pd.Series, salt: str) -> np.ndarray:
+    """A deterministic half of the users (hash of id and salt): True for the checking half."""
+    return np.array([hashlib.sha256(f"{salt}:{u}".encode()).digest()[0] % 2 == 1 for u in user_ids], dtype=bool)
+
+
+def _params(kind: str, seed: int) -> dict[str, Any]:
+    common = {
+        "learning_rate": 0.05,
+        "num_leaves": 15,
+        "min_data_in_leaf": 20,
+        "feature_fraction": 0.9,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "seed": seed,
+        "deterministic": True,
+        "force_col_wise": True,
+        "num_threads": 2,
+        "verbosity": -1,
+    }
+    if kind == "binary":
+        return {**common, "objective": "binary", "metric": "binary_logloss"}
+    return {**common, "objective": "tweedie", "tweedie_variance_power": 1.3, "metric": "l2"}
+
+
+def train_target(
+    name: str, kind: str, train: pd.DataFrame, valid: pd.DataFrame, min_class_examples: int, seed: int
+) -> TrainedTarget:
+    """Fit one propensity on ``train`` (earlier cutoffs) and check it on ``valid`` (the latest).
+
+    Both frames hold user features plus ``label``. Falls back to the RFM heuristic when a
+    class has fewer than ``min_class_examples`` examples (binary) or fewer than that many
+    users spent anything (regression), and says so in ``reason``.
+    """
+    heuristic = Heuristic.fit(train, train["label"].to_numpy())
+    everything = pd.concat([train, valid])
+    positives = int((everything["label"] > 0).sum())
+    negatives = int((everything["label"] <= 0).sum())
+    if min(positives, negatives) < min_class_examples or len(valid) == 0 or len(train) == 0:
+        reason = (
+            f"too little data to learn: {positives} positive and {negatives} negative examples "
+            f"(at least {min_class_examples} of each needed); using the RFM-cell rate"
+        )
+        log.warning("%s: %s", name, reason)
+        heuristic = Heuristic.fit(everything, everything["label"].to_numpy())
+        return TrainedTarget(name=name, kind=kind, method="heuristic", reason=reason, heuristic=heuristic)
+
+    columns = feature_columns(train)
+    categories = {
+        c: sorted(set(everything[c].astype("string").fillna("unknown"))) for c in CATEGORICAL if c in columns
+    }
+    check = holdout_half(valid["user_id"], name)
+    stop_set, check_set = valid[~check], valid[check]
+    x_train = design_matrix(train, columns, categories)
+    x_stop = design_matrix(stop_set, columns, categories)
+    x_check = design_matrix(check_set, columns, categories)
+    booster = lgb.train(
+        _params(kind, seed),
+        lgb.Dataset(x_train, train["label"].to_numpy(dtype=float), categorical_feature=list(categories)),
+        num_boost_round=1000,
+        valid_sets=[lgb.Dataset(x_stop, stop_set["label"].to_numpy(dtype=float), categorical_feature=list(categories))],
+        callbacks=[lgb.early_stopping(50, verbose=False)],
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    trained = TrainedTarget(
+        name=name,
+        kind=kind,
+        method="lightgbm",
+        reason=f"LightGBM on {len(train):,} examples from earlier cutoffs, stopped at {best} trees",
+        heuristic=heuristic,
+        booster=booster.model_to_string(num_iteration=best),
+        features=columns,
+        categories=categories,
+        best_iteration=best,
+    )
+    raw_stop = booster.predict(x_stop, num_iteration=best)
+    raw_check = booster.predict(x_check, num_iteration=best)
+    y_check = check_set["label"].to_numpy(dtype=float)
+    if kind == "binary":
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        iso.fit(raw_stop, stop_set["label"].to_numpy(dtype=float))
+        trained.calibration_x = [float(x) for x in iso.X_thresholds_]
+        trained.calibration_y = [float(y) for y in iso.y_thresholds_]
+        trained.metrics = {
+            "held_out": classification_metrics(y_check, trained.calibrate(raw_check)),
+            "held_out_uncalibrated": classification_metrics(y_check, raw_check),
+            "held_out_baseline": classification_metrics(y_check, heuristic.predict(check_set)),
+        }
+    else:
+        trained.metrics = {
+            "held_out": regression_metrics(y_check, np.clip(raw_check, 0, None)),
+            "held_out_baseline": regression_metrics(y_check, heuristic.predict(check_set)),
+        }
+    return trained

@@ -1,0 +1,124 @@
+"""Batch top-K scoring: every user against every allowed item, fast.
+
+Scores are blocked matrix products (a block of users times all item vectors, float32) with
+a partial sort (``argpartition``) per block, so memory stays at one block's score matrix
+and no Python loop runs per user. Blocks are spread over threads: BLAS and numpy's
+partition release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from scipy import sparse
+
+NEG_INF = np.float32(-np.inf)
+
+
+def _block_top_k(
+    user_vectors: np.ndarray,
+    item_vectors_t: np.ndarray,
+    k: int,
+    exclude: sparse.csr_matrix | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    scores = user_vectors @ item_vectors_t
+    if exclude is not None and exclude.nnz:
+        rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
+        scores[rows, exclude.indices] = NEG_INF
+    n_items = scores.shape[1]
+    if k < n_items:
+        part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k :]
+    else:
+        part = np.broadcast_to(np.arange(n_items), (scores.shape[0], n_items)).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+
+def top_k(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    k: int,
+    exclude: sparse.csr_matrix | None = None,
+    block_size: int = 4096,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best items for every user, best first.
+
+    Parameters
+    ----------
+    user_vectors, item_vectors:
+        (users, factors) and (items, factors); scores are their dot products.
+    exclude:
+        (users, items) sparse matrix; a stored entry removes that item for that user
+        (its score becomes -inf and it sorts last).
+    Returns item indices and scores, both (users, min(k, items)); excluded or missing
+    slots have score -inf.
+    """
+    user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
+    item_vectors_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
+    n_users = user_vectors.shape[0]
+    k = min(k, item_vectors_t.shape[1])
+    indices = np.empty((n_users, k), dtype=np.int32)
+    scores = np.empty((n_users, k), dtype=np.float32)
+    if exclude is not None:
+        exclude = sparse.csr_matrix(exclude)
+
+    def run(start: int) -> None:
+        stop = min(start + block_size, n_users)
+        block_exclude = exclude[start:stop] if exclude is not None else None
+        idx, val = _block_top_k(user_vectors[start:stop], item_vectors_t, k, block_exclude)
+        indices[start:stop] = idx
+        scores[start:stop] = val
+
+    starts = range(0, n_users, block_size)
+    workers = threads or min(len(starts), os.cpu_count() or 1) or 1
+    if workers <= 1:
+        for start in starts:
+            run(start)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, starts))
+    return indices, scores
+
+
+def cap_per_group(
+    indices: np.ndarray, scores: np.ndarray, item_groups: np.ndarray, cap: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep, per row, the best k candidates with at most ``cap`` from any one group.
+
+    ``indices``/``scores`` are candidates sorted best first; ``item_groups`` maps an item
+    index to a group id (its category). Rows that run out of candidates are padded with
+    index -1 and score -inf.
+    """
+    n, c = indices.shape
+    groups = item_groups[indices]
+    earlier = np.tril(np.ones((c, c), dtype=bool), k=-1)
+    kept_rows_idx = np.full((n, k), -1, dtype=np.int32)
+    kept_rows_scores = np.full((n, k), NEG_INF, dtype=np.float32)
+    step = max(1, 2_000_000 // (c * c))
+    for start in range(0, n, step):
+        g = groups[start : start + step]
+        same = (g[:, :, None] == g[:, None, :]) & earlier[None, :, :]
+        before = same.sum(axis=2)
+        keep = (before < cap) & np.isfinite(scores[start : start + step])
+        # Kept candidates first, each side in its original (best-first) order.
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        chosen_keep = np.take_along_axis(keep, order, axis=1)
+        idx = np.take_along_axis(indices[start : start + step], order, axis=1)
+        val = np.take_along_axis(scores[start : start + step], order, axis=1)
+        width = idx.shape[1]
+        kept_rows_idx[start : start + step, :width] = np.where(chosen_keep, idx, -1)
+        kept_rows_scores[start : start + step, :width] = np.where(chosen_keep, val, NEG_INF)
+    return kept_rows_idx, kept_rows_scores
+
+
+def similar_items(item_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar items of every item by cosine of their vectors, itself excluded."""
+    norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
+    unit = (item_vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+    n = unit.shape[0]
+    itself = sparse.identity(n, dtype=np.float32, format="csr")
+    return top_k(unit, unit, min(k, max(n - 1, 0)), exclude=itself)
