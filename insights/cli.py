@@ -95,6 +95,57 @@ def cmd_transform(args: argparse.Namespace, config: Config) -> None:
     _print_transform(steps.transform(config, steps.parse_as_of(args.as_of), full_refresh=args.full_refresh))
 
 
+def _print_train(summary: dict[str, Any]) -> None:
+    console = _console()
+    als = summary["als"]
+    console.print(
+        f"Model [bold]{summary['model_version']}[/bold] ({summary['status']}): {summary['reason']}\n"
+        f"  ALS {als['params']} on {summary['users']:,} users x {summary['items']:,} items; "
+        f"time-split HR@10 {als.get('hr_at_10', float('nan')):.3f}, NDCG@10 {als.get('ndcg_at_10', float('nan')):.3f}"
+    )
+    for name, target in summary["propensities"].items():
+        if name == "churn_inactive":
+            continue
+        numbers = ", ".join(f"{k} {v:.3f}" for k, v in target.items() if isinstance(v, float))
+        console.print(f"  {name}: {target['method']} - {target['reason']}" + (f"; {numbers}" if numbers else ""))
+    console.print(f"  artifacts: {summary['path']}")
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+
+    _print_train(steps.train(config, steps.parse_as_of(args.as_of)))
+
+
+def _print_score(summary: dict[str, Any]) -> None:
+    console = _console()
+    console.print(
+        f"Scored {summary['users']:,} users as of {summary['as_of']} with model {summary['model_version']} "
+        f"(propensities: {summary['propensity_method']}): {summary['recommendations']:,} recommendations "
+        f"({', '.join(f'{k} {v:,}' for k, v in summary['reasons'].items())}), {summary['item_similar']:,} similar "
+        f"items, {summary['trending']:,} trending rows; mean purchase probability "
+        f"{summary['mean_purchase_probability']:.3f}."
+    )
+    console.print("  segments: " + ", ".join(f"{k} {v:,}" for k, v in summary["segments"].items()))
+
+
+def cmd_score(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+
+    _print_score(steps.score(config, steps.parse_as_of(args.as_of)))
+
+
+def cmd_evaluate(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+    from models_ml.pipeline import render_report
+
+    report = steps.evaluate(config, steps.parse_as_of(args.as_of) if args.as_of else None)
+    console = _console()
+    console.print(render_report(report), markup=False)
+    folder = config.resolve(config.ml.report_dir)
+    console.print(f"Written to {folder}/evaluation_{report['as_of'][:10]}.json and .md")
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> None:
     """Every step that exists, in order, with per-step timing and a final summary."""
     from insights import steps
@@ -106,6 +157,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("ingest", lambda: steps.ingest(config)),
         ("transform", lambda: steps.transform(config, as_of)),
+        ("train", lambda: steps.train(config, as_of)),
+        ("score", lambda: steps.score(config, as_of)),
     ]
     done: list[tuple[str, float, str]] = []
     for name, step in plan:
@@ -124,6 +177,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
             _print_transform(outcome)
             rows = outcome["rows"]
             detail = f"{rows.get('fct_sessions', 0):,} sessions, {rows.get('dim_users', 0):,} users"
+        elif name == "train":
+            _print_train(outcome)
+            detail = f"model {outcome['model_version']} {outcome['status']}"
+        elif name == "score":
+            _print_score(outcome)
+            detail = f"{outcome['users']:,} users scored, {outcome['recommendations']:,} recommendations"
         else:
             detail = ""
         done.append((name, elapsed, detail))
@@ -133,6 +192,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
     console.print("    raw.events, raw.catalog_items, ingest.loads, ingest.quarantine, ingest.validation_results")
     console.print("    fct_events, fct_page_views, fct_sessions, fct_funnel_daily, dim_users, dim_items,")
     console.print("    fct_user_affinities, fct_interactions, dim_identity_map (schema main)")
+    console.print("    user_insights, recommendations, item_similar, trending, user_interests (schema main)")
+    console.print("    ml.model_versions (model registry)")
+    console.print(f"  model artifacts: {config.resolve(config.ml.model_dir)}")
 
 
 def cmd_sample(args: argparse.Namespace, config: Config) -> None:
@@ -169,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")
     p.add_argument("--full-refresh", action="store_true", help="rebuild the incremental models from scratch")
     p.set_defaults(func=cmd_transform)
+
+    p = sub.add_parser("train", help="fit, version and publish the models")
+    p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="score every user with the published models")
+    p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("evaluate", help="backtest every model against its baselines")
+    p.add_argument("--as-of", help="ISO date or timestamp (UTC); default: the purchase window before the data's end")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", help="the whole pipeline once")
     p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")

@@ -198,6 +198,11 @@ class MLConfig(_Strict):
     als_regularization: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)
     als_alpha: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0], min_length=1)
     als_iterations: int = Field(15, ge=1)
+    history_weights: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 0.9],
+        min_length=1,
+        description="Candidate shares of the user's own history in the score, chosen on the time split.",
+    )
     validation_days: int = Field(7, ge=1, description="Last days held out to choose ALS parameters.")
     text_dimensions: int = Field(48, ge=2, description="Size of the catalog-text embedding (TF-IDF + SVD).")
     training_cutoffs: int = Field(5, ge=2, description="Past cutoffs that give propensity training examples.")
@@ -209,6 +214,7 @@ class MLConfig(_Strict):
         0.02, ge=0, le=1, description="A new model is published unless its key metric is worse by more than this."
     )
     interests: int = Field(5, ge=1, description="Top interests reported per user.")
+    report_dir: str = Field("./out/evaluation", description="Where `insights evaluate` writes its JSON and Markdown.")
     seed: int = 42
 
 

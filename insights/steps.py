@@ -73,3 +73,27 @@ def transform(config: Config, as_of: datetime, full_refresh: bool = False) -> di
         "tests": {"passed": sum(n.status == "pass" for n in result.tests), "total": len(result.tests)},
         "rows": rows,
     }
+
+
+def train(config: Config, as_of: datetime) -> dict[str, Any]:
+    """Fit and version every model as of ``as_of``; publish unless worse than the last."""
+    from models_ml.pipeline import train as train_models
+
+    return train_models(config, as_of)
+
+
+def score(config: Config, as_of: datetime) -> dict[str, Any]:
+    """Score every user with the published models; writes user_insights and the
+    recommendation, similar-item and trending tables."""
+    from models_ml.pipeline import score as score_users
+    from models_ml.pipeline import score_summary
+
+    return score_summary(score_users(config, as_of))
+
+
+def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
+    """Backtest at a past instant against baselines (default: the latest instant whose
+    purchase window is complete)."""
+    from models_ml.pipeline import evaluate as backtest
+
+    return backtest(config, as_of)

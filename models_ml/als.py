@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -32,6 +32,8 @@ class ALSParams:
     regularization: float
     alpha: float
     iterations: int
+    # Share of the final score that comes from the user's own history (see recommend.top_k).
+    history_weight: float = 0.0
 
 
 def interaction_matrix(
@@ -77,30 +79,49 @@ def fold_in(item_factors: np.ndarray, params: ALSParams, matrix: sparse.csr_matr
     return model.recalculate_user(np.arange(matrix.shape[0]), matrix)
 
 
+def history_matrix(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Each user's interaction weights scaled to [0, 1] by the user's largest."""
+    matrix = sparse.csr_matrix(matrix, dtype=np.float32)
+    row_max = matrix.max(axis=1).toarray().ravel()
+    scale = sparse.diags(1.0 / np.where(row_max > 0, row_max, 1.0).astype(np.float32))
+    return sparse.csr_matrix(scale @ matrix)
+
+
 def tune(
     train: sparse.csr_matrix,
     relevant: dict[int, set[int]],
     exclude: sparse.csr_matrix,
     grid: list[ALSParams],
+    history_weights: list[float],
     seed: int,
 ) -> tuple[ALSParams, list[dict[str, object]]]:
     """Fit every candidate on ``train`` and score the next period's items (``relevant``:
-    user row -> item columns); the best NDCG@10 wins (HR@10, then fewer factors, break
-    ties). Returns the winner and every candidate's metrics."""
+    user row -> item columns), each with every history weight; the best NDCG@10 wins (HR@10,
+    then fewer factors, break ties). Returns the winner and every candidate's metrics."""
     users = np.array(sorted(u for u, items in relevant.items() if items and train[u].nnz), dtype=np.int64)
+    history = history_matrix(train[users])
+    truth = {str(u): {str(i) for i in relevant[u]} for u in users}
     trials: list[dict[str, object]] = []
     best: tuple[tuple[float, float, int], ALSParams] | None = None
-    for params in grid:
-        model = fit(train, params, seed)
-        idx, _ = top_k(model.user_factors[users], model.item_factors, 20, exclude=exclude[users])
-        recommended = {str(u): [str(i) for i in row] for u, row in zip(users, idx)}
-        truth = {str(u): {str(i) for i in relevant[u]} for u in users}
-        metrics = ranking_metrics(recommended, truth, train.shape[1])
-        trials.append({"params": params.__dict__, **metrics})
-        key = (metrics["ndcg_at_10"], metrics["hr_at_10"], -params.factors)
-        log.info("ALS %s: ndcg@10 %.4f hr@10 %.4f", params, metrics["ndcg_at_10"], metrics["hr_at_10"])
-        if best is None or key > best[0]:
-            best = (key, params)
+    for base in grid:
+        model = fit(train, base, seed)
+        for weight in history_weights:
+            params = replace(base, history_weight=weight)
+            idx, _ = top_k(
+                model.user_factors[users],
+                model.item_factors,
+                20,
+                exclude=exclude[users],
+                history=history,
+                history_weight=weight,
+            )
+            recommended = {str(u): [str(i) for i in row] for u, row in zip(users, idx)}
+            metrics = ranking_metrics(recommended, truth, train.shape[1])
+            trials.append({"params": params.__dict__, **metrics})
+            key = (metrics["ndcg_at_10"], metrics["hr_at_10"], -params.factors)
+            log.info("ALS %s: ndcg@10 %.4f hr@10 %.4f", params, metrics["ndcg_at_10"], metrics["hr_at_10"])
+            if best is None or key > best[0]:
+                best = (key, params)
     assert best is not None
     return best[1], trials
 

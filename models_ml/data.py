@@ -59,7 +59,9 @@ def feature_as_of(con: duckdb.DuckDBPyConnection, schema: str) -> datetime | Non
 
 def data_span(con: duckdb.DuckDBPyConnection, as_of: datetime) -> tuple[datetime | None, datetime | None]:
     """First and last event time strictly before ``as_of``."""
-    row = con.execute("select min(occurred_at), max(occurred_at) from main.fct_events where occurred_at < ?", [as_of]).fetchone()
+    row = con.execute(
+        "select min(occurred_at), max(occurred_at) from main.fct_events where occurred_at < ?", [as_of]
+    ).fetchone()
     return row[0], row[1]
 
 
@@ -86,9 +88,7 @@ keyed as (
 """
 
 
-def labels(
-    con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, conversion_event: str
-) -> pd.DataFrame:
+def labels(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, conversion_event: str) -> pd.DataFrame:
     """Per user (as identified at ``start``) what happened in [start, end): whether they were
     active at all, converted, and their revenue."""
     return con.execute(

@@ -33,12 +33,14 @@ def embedding_strengths(
     leaves["user_id"] = user_ids
     long = leaves.melt(id_vars="user_id", var_name="value", value_name="strength")
     long = long[long["strength"] > 0]
-    top = long.assign(value=long["value"].str.split(" > ").str[0]).groupby(["user_id", "value"], as_index=False)[
-        "strength"
-    ].max()
-    return pd.concat(
-        [long.assign(dimension="subcategory"), top.assign(dimension="category")], ignore_index=True
-    )[["user_id", "dimension", "value", "strength"]]
+    top = (
+        long.assign(value=long["value"].str.split(" > ").str[0])
+        .groupby(["user_id", "value"], as_index=False)["strength"]
+        .max()
+    )
+    return pd.concat([long.assign(dimension="subcategory"), top.assign(dimension="category")], ignore_index=True)[
+        ["user_id", "dimension", "value", "strength"]
+    ]
 
 
 def top_interests(affinities: pd.DataFrame, embedded: pd.DataFrame | None, limit: int) -> pd.DataFrame:

@@ -16,7 +16,7 @@ def ranking_metrics(
     coverage of the top 10 lists (share of the catalog recommended to anyone)."""
     hits, ndcgs, recalls = [], [], []
     shown: set[str] = set()
-    for user_id, items in recommended.items():
+    for items in recommended.values():
         shown.update(items[:10])
     for user_id, truth in relevant.items():
         if not truth:

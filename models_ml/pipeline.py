@@ -72,7 +72,9 @@ def make_plan(config: Config, as_of: datetime, first_event: datetime, last_event
     cutoffs: dict[str, list[datetime]] = {}
     for target, window in windows.items():
         first_step = -(-window // ml.cutoff_step_days)  # ceil: the first grid point far enough back
-        grid = (day - timedelta(days=ml.cutoff_step_days * j) for j in range(first_step, first_step + ml.training_cutoffs))
+        grid = (
+            day - timedelta(days=ml.cutoff_step_days * j) for j in range(first_step, first_step + ml.training_cutoffs)
+        )
         cutoffs[target] = [c for c in grid if c >= earliest]
     return Plan(as_of=as_of, anchor=anchor, als_split=day - timedelta(days=ml.validation_days), cutoffs=cutoffs)
 
@@ -152,7 +154,9 @@ def _feature_schemas(config: Config, instants: list[datetime]) -> dict[datetime,
 def _prune_snapshots(con: duckdb.DuckDBPyConnection, keep: dict[datetime, str]) -> None:
     """Drop the snapshots this run does not use; the ones it used serve the next run."""
     con.execute(_SNAPSHOTS_DDL)
-    for (name,) in con.execute("select schema_name from information_schema.schemata where schema_name like 'pit_%'").fetchall():
+    for (name,) in con.execute(
+        "select schema_name from information_schema.schemata where schema_name like 'pit_%'"
+    ).fetchall():
         if name not in keep.values():
             con.execute(f"drop schema if exists {name} cascade")
             con.execute("delete from ml.snapshots where schema_name = ?", [name])
@@ -199,16 +203,28 @@ def _train_propensities(
         train = examples[examples["cutoff"] != cutoffs[0]] if cutoffs else examples
         if len(cutoffs) < 2:
             log.warning("%s: %d training cutoff(s) with a complete label window", name, len(cutoffs))
-        targets[name] = propensity.train_target(name, kind, train, valid, config.ml.min_class_examples, config.ml.seed)
+        rule, window = {
+            "purchase": ("recent_order", config.windows.purchase_days),
+            "churn": ("recency", config.windows.churn_days),
+            "value": ("run_rate", config.windows.value_days),
+        }[name]
+        targets[name] = propensity.train_target(
+            name, kind, train, valid, config.ml.min_class_examples, config.ml.seed, rule=rule, window_days=window
+        )
     # Users already inactive for a whole churn window are outside the churn model's
     # population; their churn probability is the observed rate of their RFM cell.
     everyone = _examples(con, config, schemas, plan.cutoffs["churn"], "churn_inactive")
+    inactive = (
+        propensity.Heuristic.fit(everyone, everyone["label"].to_numpy())
+        if len(everyone)
+        else propensity.Heuristic(rule="recency", window_days=config.windows.churn_days)
+    )
     targets["churn_inactive"] = propensity.TrainedTarget(
         name="churn_inactive",
         kind="binary",
         method="heuristic",
         reason="users inactive longer than the churn window: observed RFM-cell rate",
-        heuristic=propensity.Heuristic.fit(everyone, everyone["label"].to_numpy()),
+        heuristic=inactive,
     )
     return targets
 
@@ -240,8 +256,11 @@ def _train_als(
     for row in data.relevant_items(con, plan.als_split, plan.anchor).itertuples(index=False):
         if row.user_id in split_index and row.item_id in item_index:
             relevant.setdefault(split_index[row.user_id], set()).add(item_index[row.item_id])
+    for user, items in relevant.items():
+        items.difference_update(exclude[user].indices)
+    relevant = {u: items for u, items in relevant.items() if items}
     if relevant and train_matrix.nnz:
-        best, trials = als.tune(train_matrix, relevant, exclude, grid, ml.seed)
+        best, trials = als.tune(train_matrix, relevant, exclude, grid, ml.history_weights, ml.seed)
         chosen = next(t for t in trials if t["params"] == best.__dict__)
         validation = {k: v for k, v in chosen.items() if k != "params"}
     else:
@@ -476,8 +495,22 @@ def _model_recommendations(
         bought["item_id"].to_numpy(),
         np.ones(len(bought)),
     )
+    seen = als.interaction_matrix(
+        user_index,
+        _indexed(list(allowed_ids)),
+        mine["user_id"].to_numpy(),
+        mine["item_id"].to_numpy(),
+        mine["weight"].to_numpy(),
+    )
     k = ml.recommendations
-    idx, val = top_k(user_vectors, vectors[allowed], k * CANDIDATE_FACTOR, exclude=exclude)
+    idx, val = top_k(
+        user_vectors,
+        vectors[allowed],
+        k * CANDIDATE_FACTOR,
+        exclude=exclude,
+        history=als.history_matrix(seen),
+        history_weight=bundle.als_params.history_weight,
+    )
     groups = pd.factorize(catalog["category"].fillna("").to_numpy()[allowed])[0]
     idx, val = cap_per_group(idx, val, groups, ml.max_per_category, k)
     ok = (idx >= 0) & np.isfinite(val)
@@ -530,9 +563,7 @@ order by user_id, rank
 """
 
 
-def score(
-    config: Config, as_of: datetime, bundle: registry.ModelBundle | None = None, write: bool = True
-) -> Scores:
+def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None = None, write: bool = True) -> Scores:
     """Apply a model version (the published one by default) to the features as of ``as_of``."""
     bundle = bundle or load_published(config)
     schemas = _feature_schemas(config, [as_of])
@@ -583,7 +614,8 @@ def score(
         users["purchase_percentile"] = np.round(users["purchase_probability"].rank(pct=True, method="average") * 100, 2)
         users["churn_probability"] = np.round(np.clip(churn, 0, 1), 6)
         users["predicted_revenue"] = np.round(np.clip(users.pop("_value"), 0, None), 2)
-        users["propensity_method"] = bundle.targets["purchase"].method
+        for name in ("purchase", "churn", "value"):
+            users[f"{name}_method"] = bundle.targets[name].method
         users["segment"] = segments.rfm_segments(users, config.windows.churn_days)
         users["cohorts"] = segments.predictive_cohorts(users, config.windows.churn_days)
 
@@ -638,7 +670,9 @@ select
     s.predicted_revenue,
     s.segment,
     s.cohorts,
-    s.propensity_method,
+    s.purchase_method,
+    s.churn_method,
+    s.value_method,
     s.orders_lifetime,
     s.revenue_lifetime,
     s.sessions_30d,
@@ -685,5 +719,238 @@ def score_summary(scores: Scores) -> dict[str, Any]:
         "trending": len(scores.trending),
         "segments": users["segment"].value_counts().to_dict(),
         "mean_purchase_probability": float(users["purchase_probability"].mean()) if len(users) else 0.0,
-        "propensity_method": users["propensity_method"].iloc[0] if len(users) else None,
+        "propensity_method": ", ".join(
+            f"{n} {users[f'{n}_method'].iloc[0]}" for n in ("purchase", "churn", "value") if len(users)
+        ),
     }
+
+
+def _day_after(moment: datetime) -> datetime:
+    return datetime(moment.year, moment.month, moment.day) + timedelta(days=1)
+
+
+def default_backtest_as_of(config: Config) -> datetime:
+    """The latest whole day whose purchase and recommendation windows are complete in the
+    warehouse; churn and value are measured there too when their longer windows fit."""
+    con = connect(config, read_only=True)
+    try:
+        last = con.execute("select max(occurred_at) from main.fct_events").fetchone()[0]
+    finally:
+        con.close()
+    if last is None:
+        raise MLError("no events in the warehouse: run `insights ingest` and `insights transform`")
+    return _day_after(last) - timedelta(days=max(config.windows.purchase_days, config.ml.validation_days))
+
+
+def _baseline_lists(
+    interactions: pd.DataFrame, catalog: pd.DataFrame, users: list[str], k: int, exclude_purchased: bool
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The popularity baseline and the "your past items" baseline for ``users``."""
+    live = catalog[catalog["in_stock"].fillna(False)].sort_values(["popularity", "item_id"], ascending=[False, True])
+    popular = live["item_id"].tolist()
+    bought = interactions[interactions["purchases"] > 0].groupby("user_id")["item_id"].agg(set).to_dict()
+    in_stock = set(popular)
+    own = (
+        interactions[interactions["item_id"].isin(in_stock)]
+        .sort_values(["user_id", "weight", "item_id"], ascending=[True, False, True])
+        .groupby("user_id")["item_id"]
+        .agg(list)
+        .to_dict()
+    )
+    by_popularity, by_history = {}, {}
+    for user in users:
+        skip = bought.get(user, set()) if exclude_purchased else set()
+        by_popularity[user] = [i for i in popular if i not in skip][:k]
+        mine = [i for i in own.get(user, []) if i not in skip]
+        by_history[user] = (mine + [i for i in by_popularity[user] if i not in set(mine)])[:k]
+    return by_popularity, by_history
+
+
+def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
+    """Backtest at a past instant: train and score with what was known then, then measure on
+    what happened after it, against simple baselines. Never publishes a model."""
+    as_of = as_of or default_backtest_as_of(config)
+    trained = train(config, as_of, backtest=True)
+    bundle = registry.ModelBundle.load(Path(trained["path"]))
+    # Twenty items a user, so that recall@20 is measured on twenty.
+    longer = config.model_copy(deep=True)
+    longer.ml.recommendations = max(20, config.ml.recommendations)
+    scores = score(longer, as_of, bundle=bundle, write=False)
+    schema = _feature_schemas(config, [as_of])[as_of]
+    con = connect(config, read_only=True)
+    try:
+        last_event = con.execute("select max(occurred_at) from main.fct_events").fetchone()[0]
+        interactions = data.interactions(con, schema)
+        catalog = data.items(con, schema)
+        windows = {
+            "purchase": config.windows.purchase_days,
+            "churn": config.windows.churn_days,
+            "value": config.windows.value_days,
+            "recommendations": config.ml.validation_days,
+        }
+        outcomes = {
+            name: data.labels(con, as_of, as_of + timedelta(days=days), config.transform.conversion_event)
+            for name, days in windows.items()
+            if name != "recommendations"
+        }
+        relevant_frame = data.relevant_items(con, as_of, as_of + timedelta(days=windows["recommendations"]))
+    finally:
+        con.close()
+    report: dict[str, Any] = {
+        "as_of": as_of.isoformat(sep=" "),
+        "model_version": bundle.version,
+        "data_end": last_event.isoformat(sep=" ") if last_event else None,
+        "windows_days": windows,
+        "complete": {n: as_of + timedelta(days=d) <= _day_after(last_event) for n, d in windows.items()}
+        if last_event
+        else {},
+        "training": trained,
+    }
+
+    # Recommendations against popularity and the user's own past items.
+    relevant = relevant_frame.groupby("user_id")["item_id"].agg(set).to_dict()
+    known = set(scores.users["user_id"])
+    relevant = {u: items for u, items in relevant.items() if u in known}
+    if config.ml.exclude_purchased:
+        # Items bought before the as-of instant are never recommended (ml.exclude_purchased),
+        # so coming back to them is no hit a recommendation could have made.
+        bought = interactions[interactions["purchases"] > 0].groupby("user_id")["item_id"].agg(set).to_dict()
+        relevant = {u: items - bought.get(u, set()) for u, items in relevant.items()}
+        relevant = {u: items for u, items in relevant.items() if items}
+    model_lists = scores.recommendations.sort_values(["user_id", "rank"]).groupby("user_id")["item_id"].agg(list)
+    # Twenty per user for recall@20: the model's list is re-ranked from its own scores.
+    k20 = max(20, config.ml.recommendations)
+    popular, history = _baseline_lists(interactions, catalog, sorted(relevant), k20, config.ml.exclude_purchased)
+    size = int(catalog["in_stock"].fillna(False).sum())
+    report["recommendations"] = {
+        "model": ranking_metrics(model_lists.to_dict(), relevant, size),
+        "popularity_baseline": ranking_metrics(popular, relevant, size),
+        "past_items_baseline": ranking_metrics(history, relevant, size),
+    }
+
+    users = scores.users
+    complete = report["complete"]
+    for name in ("purchase", "churn"):
+        if not complete.get(name):
+            report[name] = {"skipped": f"the {windows[name]}-day outcome window runs past the end of the data"}
+            continue
+        outcome = users[["user_id", "recency_days"]].merge(outcomes[name], on="user_id", how="left")
+        if name == "purchase":
+            y = outcome["converted"].fillna(False).to_numpy(dtype=float)
+            p_model = users["purchase_probability"].to_numpy()
+            population = np.ones(len(users), dtype=bool)
+        else:
+            y = (~outcome["active"].fillna(False).astype(bool)).to_numpy(dtype=float)
+            p_model = users["churn_probability"].to_numpy()
+            population = (users["recency_days"] <= config.windows.churn_days).to_numpy()
+        baseline = bundle.targets[name].heuristic.predict(users)
+        report[name] = {
+            "method": bundle.targets[name].method,
+            "model": classification_metrics(y[population], p_model[population]),
+            "rfm_baseline": classification_metrics(y[population], baseline[population]),
+        }
+    if not complete.get("value"):
+        report["value"] = {"skipped": f"the {windows['value']}-day outcome window runs past the end of the data"}
+        report = registry.jsonable(report)
+        _save_report(config, report)
+        return report
+    outcome = users[["user_id"]].merge(outcomes["value"], on="user_id", how="left")
+    y_value = outcome["revenue"].fillna(0.0).to_numpy(dtype=float)
+    naive = users["revenue_30d"].to_numpy(dtype=float) * config.windows.value_days / 30.0
+    report["value"] = {
+        "method": bundle.targets["value"].method,
+        "model": regression_metrics(y_value, users["predicted_revenue"].to_numpy()),
+        "rfm_baseline": regression_metrics(y_value, bundle.targets["value"].heuristic.predict(users)),
+        "last_30_days_baseline": regression_metrics(y_value, naive),
+    }
+    report = registry.jsonable(report)
+    _save_report(config, report)
+    return report
+
+
+def _save_report(config: Config, report: dict[str, Any]) -> None:
+    folder = Path(config.resolve(config.ml.report_dir))
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"evaluation_{report['as_of'][:10]}"
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (folder / f"{stem}.md").write_text(render_report(report))
+    con = connect(config)
+    try:
+        con.execute(
+            "create table if not exists ml.evaluations (evaluated_at timestamp, as_of timestamp, "
+            "model_version varchar, report json)"
+        )
+        con.execute("delete from ml.evaluations where as_of = ?", [report["as_of"]])
+        con.execute(
+            "insert into ml.evaluations values (now()::timestamp, ?, ?, ?)",
+            [report["as_of"], report["model_version"], json.dumps(report)],
+        )
+    finally:
+        con.close()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """The backtest as Markdown: every model beside its baselines."""
+    lines = [
+        f"# Backtest as of {report['as_of']}",
+        "",
+        f"Model version `{report['model_version']}`, trained on data before the as-of instant and "
+        f"scored on what happened after it (data ends {report['data_end']}).",
+        "",
+        "## Recommendations",
+        "",
+        "| | users | HR@10 | NDCG@10 | recall@20 | coverage |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in report["recommendations"].items():
+        lines.append(
+            f"| {name.replace('_', ' ')} | {row['users']} | {_fmt(row['hr_at_10'])} | {_fmt(row['ndcg_at_10'])} "
+            f"| {_fmt(row['recall_at_20'])} | {_fmt(row['coverage'])} |"
+        )
+    for name in ("purchase", "churn"):
+        block = report[name]
+        if "skipped" in block:
+            lines += ["", f"## {name.title()} propensity", "", f"Not measured: {block['skipped']}."]
+            continue
+        lines += [
+            "",
+            f"## {name.title()} propensity ({block['method']})",
+            "",
+            "| | examples | positives | ROC AUC | PR AUC | log loss | Brier | lift top 10% |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label in ("model", "rfm_baseline"):
+            m = block[label]
+            lines.append(
+                f"| {label.replace('_', ' ')} | {m['examples']} | {m['positives']} | {_fmt(m['roc_auc'])} "
+                f"| {_fmt(m['pr_auc'])} | {_fmt(m['log_loss'])} | {_fmt(m['brier'])} | {_fmt(m['lift_top_decile'])} |"
+            )
+        lines += ["", "Calibration (model): predicted vs observed per decile of the prediction", ""]
+        lines += ["| bin | count | predicted | observed |", "|---:|---:|---:|---:|"]
+        for i, row in enumerate(block["model"]["calibration"], 1):
+            lines.append(f"| {i} | {row['count']} | {_fmt(row['predicted'])} | {_fmt(row['observed'])} |")
+    value = report["value"]
+    if "skipped" in value:
+        return "\n".join([*lines, "", "## Predicted revenue", "", f"Not measured: {value['skipped']}."]) + "\n"
+    lines += [
+        "",
+        f"## Predicted revenue ({value['method']})",
+        "",
+        "| | MAE | RMSE | actual total | predicted total |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label in ("model", "rfm_baseline", "last_30_days_baseline"):
+        m = value[label]
+        lines.append(
+            f"| {label.replace('_', ' ')} | {_fmt(m['mae'])} | {_fmt(m['rmse'])} | {_fmt(m['actual_total'])} "
+            f"| {_fmt(m['predicted_total'])} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -52,15 +52,31 @@ def rfm_cell(features: pd.DataFrame) -> pd.Series:
     return recency.astype("Int64").astype(str) + "/" + orders.astype("Int64").astype(str)
 
 
+# With no labelled history at all (the data is shorter than a window), stated rules:
+RULES = {
+    # churn: the longer since last seen, the likelier gone; certain at the churn window.
+    "recency": "min(1, recency_days / churn window)",
+    # value: the last 30 days' revenue, again, scaled to the value window.
+    "run_rate": "revenue_30d x value window / 30",
+    # purchase: ordered in the last 30 days, scaled to the purchase window.
+    "recent_order": "min(1, orders_30d x purchase window / 30)",
+}
+
+
 @dataclass
 class Heuristic:
-    """Observed mean label per RFM cell, shrunk towards the overall mean (weight 10)."""
+    """Observed mean label per RFM cell, shrunk towards the overall mean (weight 10); or,
+    with no labelled examples at all, one of the stated ``RULES`` over the window."""
 
     overall: float = 0.0
     cells: dict[str, float] = field(default_factory=dict)
+    rule: str | None = None
+    window_days: int = 30
 
     @classmethod
     def fit(cls, features: pd.DataFrame, label: np.ndarray) -> Heuristic:
+        if len(features) == 0:
+            return cls()
         frame = pd.DataFrame({"cell": rfm_cell(features).to_numpy(), "label": np.asarray(label, dtype=float)})
         overall = float(frame["label"].mean()) if len(frame) else 0.0
         stats = frame.groupby("cell")["label"].agg(["sum", "count"])
@@ -68,6 +84,12 @@ class Heuristic:
         return cls(overall=overall, cells={str(k): float(v) for k, v in cells.items()})
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
+        if self.rule == "recency":
+            return np.clip(features["recency_days"].to_numpy(dtype=float) / self.window_days, 0, 1)
+        if self.rule == "run_rate":
+            return features["revenue_30d"].to_numpy(dtype=float) * self.window_days / 30.0
+        if self.rule == "recent_order":
+            return np.clip(features["orders_30d"].to_numpy(dtype=float) * self.window_days / 30.0, 0, 1)
         return rfm_cell(features).map(self.cells).fillna(self.overall).to_numpy(dtype=float)
 
 
@@ -155,7 +177,14 @@ def _params(kind: str, seed: int) -> dict[str, Any]:
 
 
 def train_target(
-    name: str, kind: str, train: pd.DataFrame, valid: pd.DataFrame, min_class_examples: int, seed: int
+    name: str,
+    kind: str,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    min_class_examples: int,
+    seed: int,
+    rule: str | None = None,
+    window_days: int = 30,
 ) -> TrainedTarget:
     """Fit one propensity on ``train`` (earlier cutoffs) and check it on ``valid`` (the latest).
 
@@ -163,8 +192,21 @@ def train_target(
     class has fewer than ``min_class_examples`` examples (binary) or fewer than that many
     users spent anything (regression), and says so in ``reason``.
     """
-    heuristic = Heuristic.fit(train, train["label"].to_numpy())
     everything = pd.concat([train, valid])
+    if len(everything) == 0:
+        reason = (
+            "no cutoff with a complete label window yet (the data is shorter than the window plus a week); "
+            f"using the rule {RULES.get(rule or '', 'overall rate')}"
+        )
+        log.warning("%s: %s", name, reason)
+        return TrainedTarget(
+            name=name,
+            kind=kind,
+            method="heuristic",
+            reason=reason,
+            heuristic=Heuristic(rule=rule, window_days=window_days),
+        )
+    heuristic = Heuristic.fit(train, train["label"].to_numpy())
     positives = int((everything["label"] > 0).sum())
     negatives = int((everything["label"] <= 0).sum())
     if min(positives, negatives) < min_class_examples or len(valid) == 0 or len(train) == 0:
@@ -177,9 +219,7 @@ def train_target(
         return TrainedTarget(name=name, kind=kind, method="heuristic", reason=reason, heuristic=heuristic)
 
     columns = feature_columns(train)
-    categories = {
-        c: sorted(set(everything[c].astype("string").fillna("unknown"))) for c in CATEGORICAL if c in columns
-    }
+    categories = {c: sorted(set(everything[c].astype("string").fillna("unknown"))) for c in CATEGORICAL if c in columns}
     check = holdout_half(valid["user_id"], name)
     stop_set, check_set = valid[~check], valid[check]
     x_train = design_matrix(train, columns, categories)

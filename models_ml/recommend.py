@@ -17,16 +17,29 @@ from scipy import sparse
 NEG_INF = np.float32(-np.inf)
 
 
+def _add_sparse(scores: np.ndarray, matrix: sparse.csr_matrix, value: np.ndarray | np.float32) -> None:
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    scores[rows, matrix.indices] = value
+
+
 def _block_top_k(
     user_vectors: np.ndarray,
     item_vectors_t: np.ndarray,
     k: int,
     exclude: sparse.csr_matrix | None,
+    history: sparse.csr_matrix | None = None,
+    history_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     scores = user_vectors @ item_vectors_t
+    if history is not None and history_weight > 0:
+        # Blend with the user's own history: scores scaled to the user's best item first.
+        best = np.maximum(scores.max(axis=1, keepdims=True), np.float32(1e-6))
+        scores *= np.float32(1 - history_weight) / best
+        if history.nnz:
+            rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
+            scores[rows, history.indices] += np.float32(history_weight) * history.data
     if exclude is not None and exclude.nnz:
-        rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
-        scores[rows, exclude.indices] = NEG_INF
+        _add_sparse(scores, exclude, NEG_INF)
     n_items = scores.shape[1]
     if k < n_items:
         part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k :]
@@ -44,6 +57,8 @@ def top_k(
     exclude: sparse.csr_matrix | None = None,
     block_size: int = 4096,
     threads: int | None = None,
+    history: sparse.csr_matrix | None = None,
+    history_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best items for every user, best first.
 
@@ -54,6 +69,10 @@ def top_k(
     exclude:
         (users, items) sparse matrix; a stored entry removes that item for that user
         (its score becomes -inf and it sorts last).
+    history, history_weight:
+        (users, items) sparse matrix of the user's own interest in items in [0, 1]. With a
+        weight w > 0 a score becomes (1 - w) * score / (user's best score) + w * history:
+        people come back to what they looked at, and a recommender should know it.
     Returns item indices and scores, both (users, min(k, items)); excluded or missing
     slots have score -inf.
     """
@@ -65,11 +84,16 @@ def top_k(
     scores = np.empty((n_users, k), dtype=np.float32)
     if exclude is not None:
         exclude = sparse.csr_matrix(exclude)
+    if history is not None:
+        history = sparse.csr_matrix(history, dtype=np.float32)
 
     def run(start: int) -> None:
         stop = min(start + block_size, n_users)
         block_exclude = exclude[start:stop] if exclude is not None else None
-        idx, val = _block_top_k(user_vectors[start:stop], item_vectors_t, k, block_exclude)
+        block_history = history[start:stop] if history is not None else None
+        idx, val = _block_top_k(
+            user_vectors[start:stop], item_vectors_t, k, block_exclude, block_history, history_weight
+        )
         indices[start:stop] = idx
         scores[start:stop] = val
 
