@@ -312,7 +312,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
             metrics[name] = {"method": target.method, "reason": target.reason, **target.metrics}
         params = {
             "windows": config.windows.model_dump(),
-            "ml": config.ml.model_dump(exclude={"model_dir"}),
+            "ml": config.ml.model_dump(exclude={"model_dir", "report_dir"}),
             "cutoffs": {k: [c.isoformat() for c in v] for k, v in plan.cutoffs.items()},
             "users": len(user_ids),
             "items": len(item_ids),

@@ -1,0 +1,174 @@
+"""The learning step on a generated site: contract outputs, planted truth, honest metrics,
+cold-start items, publication, and no leakage from the future."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from insights import steps
+from insights.config import load_config
+from models_ml import pipeline, registry
+from tests.ml.conftest import truth
+
+
+def _query(root: Path, sql: str) -> pd.DataFrame:
+    con = duckdb.connect(str(root / "wh.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).df()
+    finally:
+        con.close()
+
+
+def test_user_insights_has_the_contract_columns_and_every_user(learned: dict) -> None:
+    root = learned["root"]
+    insights = _query(root, "select * from main.user_insights")
+    contract = [
+        "user_id", "as_of", "first_seen_at", "last_seen_at", "recency_days", "sessions_90d", "orders_90d",
+        "revenue_90d", "avg_order_value", "top_interests", "recommended_items", "purchase_probability",
+        "purchase_percentile", "churn_probability", "predicted_revenue", "segment", "model_version",
+    ]  # fmt: skip
+    assert set(contract) <= set(insights.columns)
+    users = _query(root, "select count(*) as n from main.dim_users")["n"][0]
+    assert len(insights) == users and insights["user_id"].is_unique
+    assert insights["purchase_probability"].between(0, 1).all()
+    assert insights["churn_probability"].between(0, 1).all()
+    assert insights["purchase_percentile"].between(0, 100).all()
+    assert (insights["predicted_revenue"] >= 0).all()
+    assert insights["segment"].notna().all()
+    assert (insights["model_version"] == learned["train"]["model_version"]).all()
+    for interests in insights["top_interests"]:
+        strengths = [i["strength"] for i in interests]
+        assert strengths == sorted(strengths, reverse=True) and all(0 <= s <= 1 for s in strengths)
+
+
+def test_recommendations_are_full_valid_and_diverse(learned: dict) -> None:
+    root, ml = learned["root"], learned["config"].ml
+    recs = _query(
+        root,
+        """
+        select r.*, i.category, i.in_stock,
+            exists (select 1 from main.fct_interactions f
+                    where f.user_id = r.user_id and f.item_id = r.item_id and f.purchases > 0) as bought
+        from main.recommendations r join main.dim_items i using (item_id)
+        """,
+    )
+    users = _query(root, "select count(*) as n from main.dim_users")["n"][0]
+    assert recs["user_id"].nunique() == users
+    assert (recs.groupby("user_id").size() == ml.recommendations).all()
+    assert recs["in_stock"].all() and not recs["bought"].any()
+    assert recs.groupby(["user_id", "category"]).size().max() <= ml.max_per_category
+    assert set(recs["reason"]) <= {"collaborative", "content", "trending"}
+    assert {"collaborative", "trending"} <= set(recs["reason"])
+    ranks = recs.sort_values(["user_id", "rank"]).groupby("user_id")["rank"].apply(list)
+    assert all(r == list(range(1, len(r) + 1)) for r in ranks)
+    similar = _query(root, "select * from main.item_similar")
+    assert not (similar["item_id"] == similar["similar_item_id"]).any()
+    trending = _query(root, "select * from main.trending")
+    assert "global" in set(trending["scope"])
+
+
+def test_planted_top_interest_is_the_first_reported_interest(learned: dict) -> None:
+    planted = truth(learned["root"])
+    insights = _query(
+        learned["root"],
+        """
+        select u.user_id, u.top_interests, d.events_90d
+        from main.user_insights u join main.dim_users d using (user_id)
+        where d.product_views_30d + d.add_to_carts_30d >= 10
+        """,
+    )
+    checked = agree = 0
+    for row in insights.itertuples(index=False):
+        person = planted.get(row.user_id)
+        if person is None or person["is_bot"] or not len(row.top_interests):
+            continue
+        first_category = next((i for i in row.top_interests if i["dimension"] == "category"), None)
+        checked += 1
+        agree += first_category is not None and first_category["value"] == person["top_category"]
+    assert checked >= 100
+    assert agree / checked >= 0.8, f"{agree}/{checked}"
+
+
+def test_purchase_model_beats_its_baseline_on_held_out_users(learned: dict) -> None:
+    purchase = learned["train"]["propensities"]["purchase"]
+    assert purchase["method"] == "lightgbm"
+    assert purchase["roc_auc"] >= 0.75
+    assert purchase["roc_auc"] > purchase["baseline_roc_auc"]
+    assert learned["train"]["status"] == "published"
+
+
+def test_backtest_beats_baselines_and_sees_no_future(learned: dict, tmp_path: Path) -> None:
+    """evaluate at a past instant; then the same backtest on a copy of the warehouse without
+    any event at or after that instant gives identical scores."""
+    config = learned["config"]
+    as_of = learned["as_of"] - timedelta(days=14)
+    report = steps.evaluate(config, as_of)
+    recs = report["recommendations"]
+    assert recs["model"]["hr_at_10"] > recs["popularity_baseline"]["hr_at_10"]
+    assert recs["model"]["hr_at_10"] > recs["past_items_baseline"]["hr_at_10"]
+    assert report["purchase"]["model"]["roc_auc"] > 0.7
+    assert (Path(config.ml.report_dir) / f"evaluation_{as_of:%Y-%m-%d}.md").exists()
+
+    bundle = registry.ModelBundle.load(Path(report["training"]["path"]))
+    with_future = pipeline.score(config, as_of, bundle=bundle, write=False)
+
+    shutil.copy(learned["root"] / "wh.duckdb", tmp_path / "wh.duckdb")
+    text = (
+        (learned["root"] / "insights.yml")
+        .read_text()
+        .replace(str(learned["root"] / "wh.duckdb"), str(tmp_path / "wh.duckdb"))
+    )
+    text = text.replace(str(learned["root"] / "models"), str(tmp_path / "models")).replace(
+        str(learned["root"] / "eval"), str(tmp_path / "eval")
+    )
+    (tmp_path / "insights.yml").write_text(text)
+    past = load_config(tmp_path / "insights.yml", environ={})
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("delete from raw.events where occurred_at >= ?", [as_of])
+    con.execute("drop schema if exists ml cascade")
+    con.close()
+    steps.transform(past, as_of, full_refresh=True)
+    retrained = pipeline.train(past, as_of, backtest=True)
+    assert retrained["model_version"] == report["training"]["model_version"]
+    without_future = pipeline.score(past, as_of, bundle=registry.ModelBundle.load(Path(retrained["path"])), write=False)
+    columns = ["user_id", "purchase_probability", "churn_probability", "predicted_revenue", "segment"]
+    pd.testing.assert_frame_equal(
+        with_future.users[columns].reset_index(drop=True), without_future.users[columns].reset_index(drop=True)
+    )
+    pd.testing.assert_frame_equal(
+        with_future.recommendations.reset_index(drop=True), without_future.recommendations.reset_index(drop=True)
+    )
+
+
+def test_a_brand_new_item_reaches_users_who_favour_its_category(learned: dict, tmp_path: Path) -> None:
+    root = learned["root"]
+    shutil.copytree(root / "site" / "catalog", tmp_path / "catalog")
+    catalog = pd.read_csv(tmp_path / "catalog" / "items.csv")
+    template = catalog[catalog["category"] == "Outdoor > Tents"].iloc[0].to_dict()
+    new = {
+        **template,
+        "item_id": "sku-new-tent",
+        "title": f"{template['brand']} Summit Tent 999",
+        "created_at": (learned["as_of"] - timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z"),
+        "in_stock": True,
+    }
+    pd.DataFrame([new]).to_csv(tmp_path / "catalog" / "new_items.csv", index=False)
+    shutil.copy(root / "wh.duckdb", tmp_path / "wh.duckdb")
+    text = (root / "insights.yml").read_text().replace(str(root / "wh.duckdb"), str(tmp_path / "wh.duckdb"))
+    text = text.replace(str(root / "site" / "catalog"), str(tmp_path / "catalog"))
+    (tmp_path / "insights.yml").write_text(text)
+    config = load_config(tmp_path / "insights.yml", environ={})
+    steps.ingest(config)
+    steps.transform(config, learned["as_of"])
+    scores = pipeline.score(config, learned["as_of"], write=False)
+    assert scores.model_version == learned["train"]["model_version"]  # the item is new to the model
+    reached = scores.recommendations[scores.recommendations["item_id"] == "sku-new-tent"]
+    assert len(reached) >= 5 and set(reached["reason"]) == {"content"}
+    top = scores.users.set_index("user_id")["top_category"].fillna("")
+    outdoor = top.loc[reached["user_id"]].str.startswith("Outdoor")
+    assert outdoor.mean() >= 0.8, top.loc[reached["user_id"]].value_counts()

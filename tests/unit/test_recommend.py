@@ -1,0 +1,81 @@
+"""Batch top-K, the category cap, and ALS on a checkerboard where the answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from models_ml import als
+from models_ml.metrics import ranking_metrics
+from models_ml.recommend import cap_per_group, similar_items, top_k
+
+
+def test_top_k_matches_a_full_sort_and_respects_exclusions() -> None:
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(300, 8)), rng.normal(size=(120, 8))
+    exclude = sparse.random(300, 120, density=0.05, random_state=1, format="csr")
+    idx, val = top_k(users, items, 10, exclude=exclude, block_size=64, threads=2)
+    scores = (users @ items.T).astype(np.float32)
+    scores[exclude.nonzero()] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(np.sort(idx, axis=1), np.sort(expected, axis=1))
+    assert np.all(np.diff(val, axis=1) <= 0)
+    for row in range(300):
+        assert not set(idx[row]) & set(exclude[row].indices)
+
+
+def test_history_weight_lifts_items_the_user_came_back_to() -> None:
+    users, items = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.9, 0.0], [0.1, 0.0]])
+    history = sparse.csr_matrix(np.array([[0.0, 0.0, 1.0]]))
+    plain, _ = top_k(users, items, 3)
+    blended, _ = top_k(users, items, 3, history=history, history_weight=0.9)
+    assert plain[0].tolist() == [0, 1, 2]
+    assert blended[0][0] == 2
+
+
+def test_category_cap_keeps_the_best_of_each_group() -> None:
+    idx = np.array([[0, 1, 2, 3, 4, 5]])
+    val = np.array([[6, 5, 4, 3, 2, 1]], dtype=np.float32)
+    groups = np.array([0, 0, 0, 1, 1, 2])
+    kept, scores = cap_per_group(idx, val, groups, cap=2, k=4)
+    assert kept[0].tolist() == [0, 1, 3, 4]
+    assert scores[0].tolist() == [6, 5, 3, 2]
+    short, _ = cap_per_group(idx, val, groups, cap=1, k=4)
+    assert short[0].tolist() == [0, 3, 5, -1]
+
+
+def test_similar_items_never_returns_the_item_itself() -> None:
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    idx, _ = similar_items(vectors, 1)
+    assert idx[:, 0].tolist() == [1, 0, 3, 2]
+
+
+def test_als_on_a_checkerboard_recommends_the_users_own_block() -> None:
+    """Users 0-19 like items 0-9, users 20-39 like items 10-19; each user has seen 6 of the
+    10 items of their block. The 4 unseen items of their own block must be their top 4."""
+    rng = np.random.default_rng(11)
+    rows, cols = [], []
+    for user in range(40):
+        block = 0 if user < 20 else 10
+        for item in rng.choice(np.arange(block, block + 10), size=6, replace=False):
+            rows.append(user)
+            cols.append(int(item))
+    matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(40, 20))
+    model = als.fit(matrix, als.ALSParams(factors=2, regularization=0.01, alpha=10.0, iterations=20), seed=3)
+    idx, _ = top_k(model.user_factors, model.item_factors, 4, exclude=matrix)
+    for user in range(40):
+        block = range(0, 10) if user < 20 else range(10, 20)
+        assert set(idx[user]) == set(block) - set(matrix[user].indices), (user, idx[user])
+    folded = als.fold_in(model.item_factors, als.ALSParams(2, 0.01, 10.0, 20), matrix)
+    again, _ = top_k(folded, model.item_factors, 4, exclude=matrix)
+    assert all(set(again[u]) == set(idx[u]) for u in range(40))
+
+
+def test_ranking_metrics_on_a_known_answer() -> None:
+    recommended = {"a": ["x", "y"], "b": ["z"]}
+    relevant = {"a": {"y"}, "b": {"q"}}
+    m = ranking_metrics(recommended, relevant, catalog_size=4)
+    assert m["hr_at_10"] == 0.5
+    assert abs(m["ndcg_at_10"] - 0.5 * (1 / np.log2(3))) < 1e-9
+    assert m["recall_at_20"] == 0.5
+    assert m["coverage"] == 0.75
