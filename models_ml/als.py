@@ -17,6 +17,7 @@ from itertools import product
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from implicit.cpu.als import AlternatingLeastSquares  # noqa: E402
 from scipy import sparse  # noqa: E402
 
@@ -40,8 +41,8 @@ def interaction_matrix(
     user_index: dict[str, int], item_index: dict[str, int], users: np.ndarray, items: np.ndarray, weights: np.ndarray
 ) -> sparse.csr_matrix:
     """(users, items) CSR matrix of weights; pairs with an unknown user or item are skipped."""
-    rows = np.array([user_index.get(u, -1) for u in users], dtype=np.int64)
-    cols = np.array([item_index.get(i, -1) for i in items], dtype=np.int64)
+    rows = pd.Series(users, dtype=object).map(user_index).fillna(-1).to_numpy(dtype=np.int64)
+    cols = pd.Series(items, dtype=object).map(item_index).fillna(-1).to_numpy(dtype=np.int64)
     ok = (rows >= 0) & (cols >= 0) & (np.asarray(weights, dtype=float) > 0)
     return sparse.csr_matrix(
         (np.asarray(weights, dtype=np.float32)[ok], (rows[ok], cols[ok])),

@@ -20,7 +20,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from insights.config import Config
 from insights.transform import build_snapshot, snapshot_schema_name
@@ -28,7 +27,7 @@ from insights.warehouse import connect, transaction
 from models_ml import als, data, interests, propensity, registry, segments
 from models_ml.content import CatalogEncoder, cold_vectors, fit_mapping
 from models_ml.metrics import classification_metrics, ranking_metrics, regression_metrics
-from models_ml.recommend import cap_per_group, top_k
+from models_ml.recommend import cap_per_group, similar_items, top_k
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +63,20 @@ def make_plan(config: Config, as_of: datetime, first_event: datetime, last_event
     anchor = min(as_of, last_event + timedelta(seconds=1))
     day = datetime(anchor.year, anchor.month, anchor.day)
     earliest = first_event + timedelta(days=MIN_HISTORY_DAYS)
-    windows = {
-        "purchase": config.windows.purchase_days,
-        "churn": config.windows.churn_days,
-        "value": config.windows.value_days,
-    }
     cutoffs: dict[str, list[datetime]] = {}
-    for target, window in windows.items():
+    for target, window in window_days(config).items():
         first_step = -(-window // ml.cutoff_step_days)  # ceil: the first grid point far enough back
         grid = (
             day - timedelta(days=ml.cutoff_step_days * j) for j in range(first_step, first_step + ml.training_cutoffs)
         )
         cutoffs[target] = [c for c in grid if c >= earliest]
     return Plan(as_of=as_of, anchor=anchor, als_split=day - timedelta(days=ml.validation_days), cutoffs=cutoffs)
+
+
+def window_days(config: Config) -> dict[str, int]:
+    """Each propensity's outcome window in days."""
+    w = config.windows
+    return {"purchase": w.purchase_days, "churn": w.churn_days, "value": w.value_days}
 
 
 def _indexed(values: list[str] | np.ndarray) -> dict[str, int]:
@@ -166,12 +166,7 @@ def _examples(
     con: duckdb.DuckDBPyConnection, config: Config, schemas: dict[datetime, str], cutoffs: list[datetime], target: str
 ) -> pd.DataFrame:
     """Features at each cutoff with the label from the window after it."""
-    window = {
-        "purchase": config.windows.purchase_days,
-        "churn": config.windows.churn_days,
-        "churn_inactive": config.windows.churn_days,
-        "value": config.windows.value_days,
-    }[target]
+    window = window_days(config)[target.removesuffix("_inactive")]
     frames = []
     for cutoff in cutoffs:
         feats = data.features(con, schemas[cutoff])
@@ -203,13 +198,16 @@ def _train_propensities(
         train = examples[examples["cutoff"] != cutoffs[0]] if cutoffs else examples
         if len(cutoffs) < 2:
             log.warning("%s: %d training cutoff(s) with a complete label window", name, len(cutoffs))
-        rule, window = {
-            "purchase": ("recent_order", config.windows.purchase_days),
-            "churn": ("recency", config.windows.churn_days),
-            "value": ("run_rate", config.windows.value_days),
-        }[name]
+        rule = {"purchase": "recent_order", "churn": "recency", "value": "run_rate"}[name]
         targets[name] = propensity.train_target(
-            name, kind, train, valid, config.ml.min_class_examples, config.ml.seed, rule=rule, window_days=window
+            name,
+            kind,
+            train,
+            valid,
+            config.ml.min_class_examples,
+            config.ml.seed,
+            rule=rule,
+            window_days=window_days(config)[name],
         )
     # Users already inactive for a whole churn window are outside the churn model's
     # population; their churn probability is the observed rate of their RFM cell.
@@ -437,16 +435,8 @@ def _trending(catalog: pd.DataFrame, limit: int) -> pd.DataFrame:
 
 
 def _similar(vectors: np.ndarray, catalog: pd.DataFrame, k: int) -> pd.DataFrame:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = vectors / np.where(norms == 0, 1, norms)
     targets = np.flatnonzero(catalog["in_stock"].fillna(False).to_numpy(dtype=bool))
-    position = {int(t): j for j, t in enumerate(targets)}
-    rows = [(i, position[i]) for i in range(len(catalog)) if i in position]
-    itself = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), ([r for r, _ in rows], [c for _, c in rows])),
-        shape=(len(catalog), len(targets)),
-    )
-    idx, val = top_k(unit, unit[targets], min(k, max(len(targets) - 1, 0)), exclude=itself)
+    idx, val = similar_items(vectors, k, candidates=targets)
     ok = np.isfinite(val)
     query = np.repeat(np.arange(len(catalog)), idx.shape[1])[ok.ravel()]
     ids = catalog["item_id"].to_numpy()
@@ -487,10 +477,11 @@ def _model_recommendations(
     )
     allowed = np.flatnonzero(catalog["in_stock"].fillna(False).to_numpy(dtype=bool))
     allowed_ids = catalog["item_id"].to_numpy()[allowed]
+    allowed_index = _indexed(list(allowed_ids))
     bought = mine[mine["purchases"] > 0] if ml.exclude_purchased else mine.iloc[0:0]
     exclude = als.interaction_matrix(
         user_index,
-        _indexed(list(allowed_ids)),
+        allowed_index,
         bought["user_id"].to_numpy(),
         bought["item_id"].to_numpy(),
         np.ones(len(bought)),
@@ -743,12 +734,16 @@ def default_backtest_as_of(config: Config) -> datetime:
 
 
 def _baseline_lists(
-    interactions: pd.DataFrame, catalog: pd.DataFrame, users: list[str], k: int, exclude_purchased: bool
+    interactions: pd.DataFrame,
+    catalog: pd.DataFrame,
+    users: list[str],
+    k: int,
+    bought: dict[str, set[str]],
+    exclude_purchased: bool,
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """The popularity baseline and the "your past items" baseline for ``users``."""
     live = catalog[catalog["in_stock"].fillna(False)].sort_values(["popularity", "item_id"], ascending=[False, True])
     popular = live["item_id"].tolist()
-    bought = interactions[interactions["purchases"] > 0].groupby("user_id")["item_id"].agg(set).to_dict()
     in_stock = set(popular)
     own = (
         interactions[interactions["item_id"].isin(in_stock)]
@@ -782,12 +777,7 @@ def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
         last_event = con.execute("select max(occurred_at) from main.fct_events").fetchone()[0]
         interactions = data.interactions(con, schema)
         catalog = data.items(con, schema)
-        windows = {
-            "purchase": config.windows.purchase_days,
-            "churn": config.windows.churn_days,
-            "value": config.windows.value_days,
-            "recommendations": config.ml.validation_days,
-        }
+        windows = {**window_days(config), "recommendations": config.ml.validation_days}
         outcomes = {
             name: data.labels(con, as_of, as_of + timedelta(days=days), config.transform.conversion_event)
             for name, days in windows.items()
@@ -811,16 +801,18 @@ def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
     relevant = relevant_frame.groupby("user_id")["item_id"].agg(set).to_dict()
     known = set(scores.users["user_id"])
     relevant = {u: items for u, items in relevant.items() if u in known}
+    bought = interactions[interactions["purchases"] > 0].groupby("user_id")["item_id"].agg(set).to_dict()
     if config.ml.exclude_purchased:
         # Items bought before the as-of instant are never recommended (ml.exclude_purchased),
         # so coming back to them is no hit a recommendation could have made.
-        bought = interactions[interactions["purchases"] > 0].groupby("user_id")["item_id"].agg(set).to_dict()
         relevant = {u: items - bought.get(u, set()) for u, items in relevant.items()}
         relevant = {u: items for u, items in relevant.items() if items}
     model_lists = scores.recommendations.sort_values(["user_id", "rank"]).groupby("user_id")["item_id"].agg(list)
     # Twenty per user for recall@20: the model's list is re-ranked from its own scores.
     k20 = max(20, config.ml.recommendations)
-    popular, history = _baseline_lists(interactions, catalog, sorted(relevant), k20, config.ml.exclude_purchased)
+    popular, history = _baseline_lists(
+        interactions, catalog, sorted(relevant), k20, bought, config.ml.exclude_purchased
+    )
     size = int(catalog["in_stock"].fillna(False).sum())
     report["recommendations"] = {
         "model": ranking_metrics(model_lists.to_dict(), relevant, size),

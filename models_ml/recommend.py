@@ -17,7 +17,7 @@ from scipy import sparse
 NEG_INF = np.float32(-np.inf)
 
 
-def _add_sparse(scores: np.ndarray, matrix: sparse.csr_matrix, value: np.ndarray | np.float32) -> None:
+def _set_sparse(scores: np.ndarray, matrix: sparse.csr_matrix, value: np.ndarray | np.float32) -> None:
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
     scores[rows, matrix.indices] = value
 
@@ -39,7 +39,7 @@ def _block_top_k(
             rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
             scores[rows, history.indices] += np.float32(history_weight) * history.data
     if exclude is not None and exclude.nnz:
-        _add_sparse(scores, exclude, NEG_INF)
+        _set_sparse(scores, exclude, NEG_INF)
     n_items = scores.shape[1]
     if k < n_items:
         part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k :]
@@ -139,10 +139,19 @@ def cap_per_group(
     return kept_rows_idx, kept_rows_scores
 
 
-def similar_items(item_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar items of every item by cosine of their vectors, itself excluded."""
+def similar_items(
+    item_vectors: np.ndarray, k: int, candidates: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar items of every item by cosine of their vectors, itself excluded.
+
+    ``candidates`` (item indices, e.g. the in-stock ones) limits what may be returned; the
+    result's indices point into it. By default every item is a candidate.
+    """
     norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
     unit = (item_vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
     n = unit.shape[0]
-    itself = sparse.identity(n, dtype=np.float32, format="csr")
-    return top_k(unit, unit, min(k, max(n - 1, 0)), exclude=itself)
+    targets = np.arange(n) if candidates is None else np.asarray(candidates)
+    itself = sparse.csr_matrix(
+        (np.ones(len(targets), dtype=np.float32), (targets, np.arange(len(targets)))), shape=(n, len(targets))
+    )
+    return top_k(unit, unit[targets], min(k, max(len(targets) - 1, 0)), exclude=itself)
