@@ -32,6 +32,8 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/dbt_build.py
+	$(BIN)/python bench/batch_scoring.py
+	$(BIN)/python bench/learning.py
 
 clean:
 	rm -rf $(VENV) warehouse datastore out .pytest_cache

@@ -1,14 +1,15 @@
 """Batch top-K scoring: every user against every allowed item, fast.
 
-Scores are blocked matrix products (a block of users times all item vectors, float32) with
-a partial sort (``argpartition``) per block, so memory stays at one block's score matrix
-and no Python loop runs per user. Blocks are spread over threads: BLAS and numpy's
+Scores are blocked matrix products (a block of users times all item vectors, float32) into
+a reused buffer, then a vectorised top-k selection per block (see ``_select_top_k``), so
+memory stays at one block's score matrix per thread and no Python loop runs per user. Blocks are spread over threads: BLAS and numpy's
 partition release the GIL.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,15 +23,54 @@ def _set_sparse(scores: np.ndarray, matrix: sparse.csr_matrix, value: np.ndarray
     scores[rows, matrix.indices] = value
 
 
+def _select_top_k(scores: np.ndarray, k: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k largest scores (indices and values, best first, ties by lower index).
+
+    A full partial sort touches every score several times; this reads them twice. Columns
+    are dealt into ``m`` strided groups of ``chunk``; the k-th largest group maximum is a
+    lower bound of the row's k-th largest score, so only groups whose maximum reaches it
+    (about k of them) are gathered and sorted.
+    """
+    n_rows, n_items = scores.shape
+    if k == 0:
+        return np.empty((n_rows, 0), dtype=np.int32), np.empty((n_rows, 0), dtype=np.float32)
+    m = n_items // chunk
+    if m < 4 * k:
+        if k < n_items:
+            part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k :]
+        else:
+            part = np.broadcast_to(np.arange(n_items), (n_rows, n_items)).copy()
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -part_scores), axis=1)
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+    body = scores[:, : m * chunk].reshape(n_rows, chunk, m)  # group q holds columns q, q + m, q + 2m...
+    group_max = body.max(axis=1)
+    bound = np.partition(group_max, m - k, axis=1)[:, m - k]
+    rows, groups = np.nonzero(group_max >= bound[:, None])
+    values = body[rows, :, groups]
+    columns = groups[:, None] + m * np.arange(chunk, dtype=np.int64)[None, :]
+    keep = values >= bound[rows][:, None]
+    rows = np.broadcast_to(rows[:, None], values.shape)[keep]
+    columns, values = columns[keep], values[keep]
+    if n_items > m * chunk:  # the few columns past the last full group are all candidates
+        tail = scores[:, m * chunk :]
+        rows = np.concatenate([rows, np.repeat(np.arange(n_rows), tail.shape[1])])
+        columns = np.concatenate([columns, np.tile(np.arange(m * chunk, n_items), n_rows)])
+        values = np.concatenate([values, tail.ravel()])
+    order = np.lexsort((columns, -values, rows))
+    rows, columns, values = rows[order], columns[order], values[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n_rows))[rows]
+    first = rank < k
+    return columns[first].reshape(n_rows, k).astype(np.int32), values[first].reshape(n_rows, k)
+
+
 def _block_top_k(
-    user_vectors: np.ndarray,
-    item_vectors_t: np.ndarray,
+    scores: np.ndarray,
     k: int,
     exclude: sparse.csr_matrix | None,
     history: sparse.csr_matrix | None = None,
     history_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    scores = user_vectors @ item_vectors_t
     if history is not None and history_weight > 0:
         # Blend with the user's own history: scores scaled to the user's best item first.
         best = np.maximum(scores.max(axis=1, keepdims=True), np.float32(1e-6))
@@ -40,14 +80,7 @@ def _block_top_k(
             scores[rows, history.indices] += np.float32(history_weight) * history.data
     if exclude is not None and exclude.nnz:
         _set_sparse(scores, exclude, NEG_INF)
-    n_items = scores.shape[1]
-    if k < n_items:
-        part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k :]
-    else:
-        part = np.broadcast_to(np.arange(n_items), (scores.shape[0], n_items)).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+    return _select_top_k(scores, k)
 
 
 def top_k(
@@ -55,7 +88,7 @@ def top_k(
     item_vectors: np.ndarray,
     k: int,
     exclude: sparse.csr_matrix | None = None,
-    block_size: int = 4096,
+    block_size: int = 64,
     threads: int | None = None,
     history: sparse.csr_matrix | None = None,
     history_weight: float = 0.0,
@@ -87,13 +120,18 @@ def top_k(
     if history is not None:
         history = sparse.csr_matrix(history, dtype=np.float32)
 
+    # One score buffer per thread, reused block after block: a fresh block-sized array
+    # would cost as much in page faults as the matrix product itself.
+    buffers = threading.local()
+
     def run(start: int) -> None:
         stop = min(start + block_size, n_users)
+        if getattr(buffers, "scores", None) is None:
+            buffers.scores = np.empty((min(block_size, n_users), item_vectors_t.shape[1]), dtype=np.float32)
+        block = np.matmul(user_vectors[start:stop], item_vectors_t, out=buffers.scores[: stop - start])
         block_exclude = exclude[start:stop] if exclude is not None else None
         block_history = history[start:stop] if history is not None else None
-        idx, val = _block_top_k(
-            user_vectors[start:stop], item_vectors_t, k, block_exclude, block_history, history_weight
-        )
+        idx, val = _block_top_k(block, k, block_exclude, block_history, history_weight)
         indices[start:stop] = idx
         scores[start:stop] = val
 
