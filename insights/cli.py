@@ -135,6 +135,95 @@ def cmd_score(args: argparse.Namespace, config: Config) -> None:
     _print_score(steps.score(config, steps.parse_as_of(args.as_of)))
 
 
+def _print_cohorts(cohorts: list[dict[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("cohort", "users", "target", "holdout", "mean p(buy)", "expected buyers", "lift", "file"):
+        table.add_column(column, justify="left" if column in ("cohort", "file") else "right")
+    for c in cohorts:
+        mean = c["mean_purchase_probability"]
+        table.add_row(
+            c["cohort"],
+            f"{c['users']:,}",
+            f"{c['target']:,}",
+            f"{c['holdout']:,}",
+            "-" if mean is None else f"{100 * mean:.1f}%",
+            f"{c['expected_conversions']:,.1f}",
+            "-" if c["lift"] is None else f"{c['lift']:.2f}x",
+            c.get("file", ""),
+        )
+    _console().print(table)
+
+
+def _print_export(summary: dict[str, Any]) -> None:
+    console = _console()
+    _print_cohorts(summary["cohorts"]["cohorts"], f"Cohorts as of {summary['as_of']}")
+    store = summary["datastore"]
+    console.print(
+        f"Datastore: partition dt={store['dt']} (run {store['run_id']}) in {store['root']}: "
+        + ", ".join(f"{name} {t['rows']:,}" for name, t in store["tables"].items())
+    )
+    seg = summary["segment"]
+    if not seg.get("enabled", True):
+        console.print("Segment: disabled.")
+    elif seg["dry_run"]:
+        console.print(
+            f"Segment (dry run): would send {seg['would_send']:,} identify calls in {seg['batches']} batch(es) - "
+            f"added {seg['added']:,}, changed {seg['changed']:,}, unchanged {seg['unchanged']:,}, "
+            f"invalid {seg['invalid']:,}; written to {seg['path']}"
+        )
+    else:
+        console.print(
+            f"Segment: sent {seg['sent']:,}, failed {seg['failed']:,} (retried next run) - added {seg['added']:,}, "
+            f"changed {seg['changed']:,}, unchanged {seg['unchanged']:,}, invalid {seg['invalid']:,}"
+        )
+    serving = summary["serving"]
+    console.print(
+        f"Recommendation table: {serving['users']:,} users, {serving['items']:,} items with similar items, "
+        f"{serving['trending_scopes']:,} trending lists in {serving['path']}"
+    )
+
+
+def cmd_export(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+
+    _print_export(steps.export(config, steps.parse_as_of(args.as_of) if args.as_of else None))
+
+
+def cmd_cohort(args: argparse.Namespace, config: Config) -> None:
+    from exports.cohorts import run_cohorts
+    from insights.warehouse import connect
+
+    con = connect(config, read_only=True)
+    try:
+        result = run_cohorts(config, con, names=args.name or None, where=args.where, out_dir=args.out)
+    finally:
+        con.close()
+    _print_cohorts(result["cohorts"], f"Cohorts as of {result['as_of']}")
+
+
+def cmd_recs(args: argparse.Namespace, config: Config) -> None:
+    import json
+
+    from exports.serving import recs
+
+    print(json.dumps(recs(config, args.user_id, args.limit), indent=2))
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> None:
+    from exports.serving import make_server
+
+    server = make_server(config, args.host, args.port)
+    host, port = server.server_address[:2]
+    secured = "bearer token required" if os.environ.get(config.serving.token_env) else "no token configured"
+    print(f"Serving recommendations from {config.resolve(config.serving.path)} on http://{host}:{port} ({secured})")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def cmd_evaluate(args: argparse.Namespace, config: Config) -> None:
     from insights import steps
     from models_ml.pipeline import render_report
@@ -159,6 +248,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
         ("transform", lambda: steps.transform(config, as_of)),
         ("train", lambda: steps.train(config, as_of)),
         ("score", lambda: steps.score(config, as_of)),
+        ("export", lambda: steps.export(config, as_of)),
     ]
     done: list[tuple[str, float, str]] = []
     for name, step in plan:
@@ -183,6 +273,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
         elif name == "score":
             _print_score(outcome)
             detail = f"{outcome['users']:,} users scored, {outcome['recommendations']:,} recommendations"
+        elif name == "export":
+            _print_export(outcome)
+            detail = f"{len(outcome['cohorts']['cohorts'])} cohorts, datastore dt={outcome['datastore']['dt']}"
         else:
             detail = ""
         done.append((name, elapsed, detail))
@@ -195,6 +288,16 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
     console.print("    user_insights, recommendations, item_similar, trending, user_interests (schema main)")
     console.print("    ml.model_versions (model registry)")
     console.print(f"  model artifacts: {config.resolve(config.ml.model_dir)}")
+    console.print(f"  cohort CSVs: {config.resolve(config.cohorts.out_dir)} (summary.csv and one file per cohort)")
+    console.print(
+        f"  datastore (Parquet): {config.datastore.uri if config.datastore.uri.startswith('s3://') else config.resolve(config.datastore.uri)}"
+    )
+    if config.segment.enabled:
+        where = config.resolve(config.segment.dry_run_path) if config.segment.dry_run else config.segment.endpoint
+        console.print(f"  Segment identify calls: {where}{' (dry run)' if config.segment.dry_run else ''}")
+    console.print(
+        f"  recommendation table: {config.resolve(config.serving.path)} (insights serve, insights recs USER_ID)"
+    )
 
 
 def cmd_sample(args: argparse.Namespace, config: Config) -> None:
@@ -243,6 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="backtest every model against its baselines")
     p.add_argument("--as-of", help="ISO date or timestamp (UTC); default: the purchase window before the data's end")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="cohort CSVs, the datastore, the Segment sync and the recommendation table")
+    p.add_argument("--as-of", help="must match the scored as-of instant (default: the scored one)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("cohort", help="write cohort CSV reports (all defined cohorts by default)")
+    p.add_argument("--name", action="append", help="only this cohort (repeatable)")
+    p.add_argument("--where", help="an ad-hoc filter, e.g. \"purchase_percentile >= 90 and interest('Outdoor') > 0.3\"")
+    p.add_argument("--out", help="folder for the CSVs (default: cohorts.out_dir)")
+    p.set_defaults(func=cmd_cohort)
+
+    p = sub.add_parser("recs", help="one user's recommendations from the published table")
+    p.add_argument("user_id")
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=cmd_recs)
+
+    p = sub.add_parser("serve", help="the real-time read API")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", help="the whole pipeline once")
     p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")

@@ -218,16 +218,94 @@ class MLConfig(_Strict):
     seed: int = 42
 
 
+class CohortDefinition(_Strict):
+    """One cohort: a filter over ``user_insights`` and how its CSV looks."""
+
+    name: str = Field(..., min_length=1, max_length=120)
+    description: str = ""
+    where: str = Field(..., min_length=1, description="Filter in the cohort filter language (README).")
+    columns: list[str] | None = Field(None, description="Columns of the CSV, in order (default: the standard set).")
+    sort: str = Field("purchase_probability desc", description="'<column> [asc|desc]', comma-separated.")
+    limit: int | None = Field(None, ge=1, description="At most this many users (after sorting).")
+    holdout: float = Field(0.0, ge=0, lt=1, description="Share held out by a stable hash of user and cohort.")
+    per_category: bool = Field(
+        False, description="One cohort per top-level category; ':category' in the filter and '{category}' in the name."
+    )
+
+
+class CohortsConfig(_Strict):
+    defaults: bool = Field(True, description="Include the shipped cohorts (README) besides the ones defined here.")
+    definitions: list[CohortDefinition] = Field(default_factory=list)
+    folder: str | None = Field("./cohorts", description="More definitions: every *.yml file in this folder.")
+    out_dir: str = Field("./out/cohorts", description="Where the CSV reports and the summary go.")
+
+
 class DatastoreConfig(_Strict):
-    uri: str = "./datastore"
+    uri: str = Field("./datastore", description="Local folder or s3://bucket/prefix.")
     retention: int = Field(7, ge=1, description="Partitions kept per table.")
+    multipart_threshold_mb: int = Field(64, ge=5, description="S3 uploads above this size are multipart.")
+    aws_conn_id: str | None = Field(None, description="Airflow connection with the S3 credentials (under Airflow).")
 
 
 class SegmentConfig(_Strict):
     enabled: bool = True
-    dry_run: bool = True
+    dry_run: bool = Field(True, description="Write what would be sent to dry_run_path instead of sending.")
     dry_run_path: str = "./out/segment_dry_run.jsonl"
-    endpoint: str = "https://api.segment.io/v1/batch"
+    endpoint: str = Field("https://api.segment.io/v1/batch", description="EU workspaces: events.eu1.segmentapis.com.")
+    write_key_env: str = Field("SEGMENT_WRITE_KEY", description="Environment variable holding the write key.")
+    trait_prefix: str = Field("insights_", description="Prefix of every trait name.")
+    traits: dict[str, str] = Field(
+        default_factory=lambda: {
+            "purchase_probability": "purchase_probability",
+            "purchase_percentile": "purchase_percentile",
+            "churn_probability": "churn_probability",
+            "predicted_revenue": "predicted_revenue",
+            "segment": "segment",
+            "cohorts": "cohorts",
+            "top_interests": "top_interests",
+            "recommended_items": "recommended_items",
+        },
+        description="Trait name (before the prefix) -> user_insights column.",
+    )
+    decimals: int = Field(2, ge=0, le=6, description="Probabilities and amounts are rounded so noise is no change.")
+    full_resync: bool = Field(False, description="Send every user, changed or not.")
+    max_batch_bytes: int = Field(500_000, ge=1_000, le=500_000)
+    max_batch_messages: int = Field(2_500, ge=1, le=2_500)
+    max_message_bytes: int = Field(32_000, ge=500, le=32_000)
+    max_retries: int = Field(5, ge=0, description="Retries of a batch after 429, 5xx or a timeout.")
+    backoff_seconds: float = Field(1.0, ge=0, description="First retry delay; doubles each time.")
+    max_wait_seconds: float = Field(60.0, ge=0, description="Longest single wait, Retry-After included.")
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class BoostRule(_Strict):
+    category: str | None = None
+    brand: str | None = None
+    item_id: str | None = None
+    factor: float = Field(..., gt=0)
+
+
+class PinRule(_Strict):
+    item_id: str
+    position: int = Field(..., ge=1)
+
+
+class MerchandisingRules(_Strict):
+    exclude_out_of_stock: bool = True
+    exclude_categories: list[str] = Field(default_factory=list, description="A category path or any prefix of it.")
+    exclude_items: list[str] = Field(default_factory=list)
+    boost: list[BoostRule] = Field(default_factory=list, description="Multiply the score of matching items.")
+    pin: list[PinRule] = Field(default_factory=list, description="Put an item at a position (1 = first).")
+
+
+class ServingConfig(_Strict):
+    path: str = Field("./warehouse/recommendations.sqlite", description="The published recommendation table.")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token_env: str = Field("INSIGHTS_API_TOKEN", description="Variable with the bearer token; no token, no auth.")
+    default_limit: int = Field(10, ge=1)
+    max_limit: int = Field(100, ge=1)
+    rules: MerchandisingRules = Field(default_factory=MerchandisingRules)
 
 
 class SampleConfig(_Strict):
@@ -248,6 +326,8 @@ class Config(_Strict):
     ml: MLConfig = Field(default_factory=MLConfig)
     datastore: DatastoreConfig = Field(default_factory=DatastoreConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    cohorts: CohortsConfig = Field(default_factory=CohortsConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
     # Where the config came from, for error messages and relative paths; not a YAML key.

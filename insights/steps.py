@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -97,3 +98,82 @@ def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
     from models_ml.pipeline import evaluate as backtest
 
     return backtest(config, as_of)
+
+
+def export(config: Config, as_of: datetime | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Deliver the scored insights: cohort CSVs, the datastore partition, the Segment trait
+    sync and the real-time recommendation table, in that order."""
+    import uuid
+
+    import pandas as pd
+
+    from exports.cohorts import run_cohorts
+    from exports.datastore import TableData, publish
+    from exports.segment import sync
+    from exports.serving import publish_table
+
+    con = connect(config)
+    try:
+        exists = con.execute(
+            "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'user_insights'"
+        ).fetchone()[0]
+        if not exists:
+            raise RuntimeError("main.user_insights does not exist yet: run insights score first")
+        scored_as_of, versions = con.execute(
+            "select max(as_of), list(distinct model_version order by model_version) from main.user_insights"
+        ).fetchone()
+        if scored_as_of is None:
+            raise RuntimeError("main.user_insights is empty: nothing to export")
+        if as_of is not None and as_of != scored_as_of:
+            raise RuntimeError(
+                f"user_insights was scored as of {scored_as_of}, not {as_of}: run insights score --as-of first"
+            )
+        as_of = scored_as_of
+        run_id = run_id or f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        timings: dict[str, float] = {}
+
+        started = time.perf_counter()
+        cohorts = run_cohorts(config, con, as_of)
+        timings["cohorts"] = time.perf_counter() - started
+
+        membership = cohorts.pop("membership")
+        if not membership.empty:
+            membership.insert(0, "as_of", pd.Timestamp(as_of))
+        summary = pd.DataFrame(cohorts["cohorts"]).drop(columns=["file"], errors="ignore")
+        summary.insert(0, "as_of", pd.Timestamp(as_of))
+        tables = [
+            TableData("user_insights"),
+            TableData("recommendations"),
+            TableData("item_similar"),
+            TableData("trending"),
+            TableData("user_interests"),
+            TableData("cohorts", frame=membership),
+            TableData("cohort_summary", frame=summary),
+            TableData(
+                "model_metrics",
+                sql="select model_version, trained_at, as_of, data_start, data_end, status, reason, "
+                "params::varchar as params, metrics::varchar as metrics from ml.model_versions",
+            ),
+        ]
+        started = time.perf_counter()
+        datastore = publish(config, con, tables, as_of, run_id, {"model_version": ",".join(versions or [])})
+        timings["datastore"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        segment = sync(config, con, as_of, run_id)
+        timings["segment"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        serving = publish_table(config, con, run_id)
+        timings["serving"] = time.perf_counter() - started
+    finally:
+        con.close()
+    return {
+        "as_of": str(as_of),
+        "run_id": run_id,
+        "cohorts": cohorts,
+        "datastore": datastore,
+        "segment": segment,
+        "serving": serving,
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    }

@@ -3,9 +3,6 @@
 import gzip
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -110,33 +107,6 @@ def test_failed_validation_loads_nothing_and_says_why(tmp_path: Path) -> None:
     summary = ingest(tmp_path, [source], validation={"warn_only": ["price_non_negative"]})
     assert summary["totals"]["loaded"] == 2
     assert "price_non_negative" in summary["loads"][0]["warnings"][0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> str:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def test_s3_prefix_is_ingested_incrementally(

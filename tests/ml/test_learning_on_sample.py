@@ -12,6 +12,7 @@ import pandas as pd
 
 from insights import steps
 from insights.config import load_config
+from insights.warehouse import connect
 from models_ml import pipeline, registry
 from tests.ml.conftest import truth
 
@@ -172,3 +173,29 @@ def test_a_brand_new_item_reaches_users_who_favour_its_category(learned: dict, t
     top = scores.users.set_index("user_id")["top_category"].fillna("")
     outdoor = top.loc[reached["user_id"]].str.startswith("Outdoor")
     assert outdoor.mean() >= 0.8, top.loc[reached["user_id"]].value_counts()
+
+
+def test_export_delivers_the_scored_site(learned: dict) -> None:
+    """The delivery step on a real scored site: cohorts agree with the model's cohorts,
+    the datastore holds every user, and the API answers with the scored lists."""
+    from exports.datastore import read_latest
+    from exports.serving import recs
+
+    config = learned["config"]
+    summary = steps.export(config, learned["as_of"])
+    users = learned["score"]["users"]
+    assert summary["datastore"]["tables"]["user_insights"]["rows"] == users
+    ready = next(c for c in summary["cohorts"]["cohorts"] if c["cohort"] == "Ready to buy")
+    con = connect(config, read_only=True)
+    try:
+        flagged = con.execute(
+            "select count(*) from main.user_insights where list_contains(cohorts, 'Ready to buy')"
+        ).fetchone()[0]
+        user, first = con.execute(
+            "select user_id, item_id from main.recommendations where rank = 1 order by user_id limit 1"
+        ).fetchone()
+    finally:
+        con.close()
+    assert ready["users"] == flagged and ready["lift"] > 1.5
+    assert len(read_latest(config, "user_insights")) == users
+    assert recs(config, user, 3)["items"][0]["item_id"] == first

@@ -1,0 +1,160 @@
+"""Cohort filters and reports: the language is data, never SQL; CSVs a spreadsheet reads."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from exports.cohorts import CohortError, run_cohorts
+from exports.filters import FilterError, column_types, compile_filter
+from insights.config import Config
+from insights.warehouse import connect
+
+
+def _users(config: Config, where: str, bindings: dict | None = None) -> set[str]:
+    con = connect(config, read_only=True)
+    try:
+        types = column_types(con.execute("describe main.user_insights").fetchall())
+        compiled = compile_filter(where, types, bindings)
+        return {
+            r[0]
+            for r in con.execute(
+                f"select user_id from main.user_insights where {compiled.sql}", compiled.params
+            ).fetchall()
+        }
+    finally:
+        con.close()
+
+
+def test_filters_select_what_they_say(small: Config) -> None:
+    con = connect(small, read_only=True)
+    rows = con.execute(
+        "select user_id, purchase_percentile, segment, orders_lifetime, top_interests, cohorts, is_identified from main.user_insights"
+    ).fetchall()
+    con.close()
+    expected = {r[0] for r in rows if r[1] >= 80 and r[2] in ("At risk", "Lost")}
+    assert _users(small, "purchase_percentile >= 80 and segment in ('At risk', 'Lost')") == expected
+    expected = {r[0] for r in rows if any(i["value"] == "Outdoor" and i["strength"] >= 0.5 for i in r[4])}
+    assert expected and _users(small, "interest('Outdoor') >= 50%") == expected
+    assert _users(small, "interest(:c) >= 0.5", {"c": "Outdoor"}) == expected
+    expected = {r[0] for r in rows if "Ready to buy" in r[5] or not r[6]}
+    assert _users(small, "in_cohort('Ready to buy') or not is_identified") == expected
+    expected = {r[0] for r in rows if not (10 <= r[1] <= 20) and r[3] != 0}
+    assert _users(small, "purchase_percentile not between 10 and 20 and orders_lifetime <> 0") == expected
+    assert _users(small, "avg_order_value is null") == {r[0] for r in rows if r[3] == 0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("purchse_probability > 0.5", "unknown column 'purchse_probability' (did you mean 'purchase_probability'?)"),
+        ("segment > 3", "'segment' is text, but '3' is number"),
+        ("recency_days", "is number, not a condition"),
+        ("x'; drop table users; --", "unexpected character"),
+        ("segment = 'a'; drop table main.user_insights; --", "unexpected character ';'"),
+        ("segment = 'a' or 1 = 1", "expected a column or a function, found '1'"),
+        ("load_csv('/etc/passwd') > 0", "unknown function 'load_csv'"),
+        ("purchase_probability > (select 1)", "expected a value, found '('"),
+        ("segment = null", "compare with null using 'is null'"),
+        ("interest(:nope) > 0", "placeholder :nope has no value"),
+        ("", "empty filter"),
+    ],
+)
+def test_bad_filters_are_named_not_run(small: Config, text: str, message: str) -> None:
+    con = connect(small, read_only=True)
+    types = column_types(con.execute("describe main.user_insights").fetchall())
+    con.close()
+    with pytest.raises(FilterError) as caught:
+        compile_filter(text, types)
+    assert message in str(caught.value)
+    if "unknown column" in message:
+        assert "known columns: " in str(caught.value) and "purchase_percentile" in str(caught.value)
+    con = duckdb.connect(str(Path(small.warehouse.path)), read_only=True)
+    assert con.execute("select count(*) from main.user_insights").fetchone()[0] == 60
+    con.close()
+
+
+def test_cohort_csvs_and_summary(small: Config) -> None:
+    con = connect(small, read_only=True)
+    try:
+        first = run_cohorts(small, con)
+        second = run_cohorts(small, con)
+    finally:
+        con.close()
+    out = Path(small.cohorts.out_dir)
+    names = [c["cohort"] for c in first["cohorts"]]
+    assert names[:5] == ["Ready to buy", "Long shots", "At risk of churn", "Potential VIPs", "Dormant"]
+    assert {"Interested in Outdoor", "Interested in Home", "Interested in Fashion"} <= set(names)
+    with open(out / "ready_to_buy.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ["User ID", "Segment", "Purchase probability (14 days)"]
+    assert header[-1] == "Group"
+    assert len(body) == 12  # percentile >= 80 of 60 users
+    probability = [float(r[2].rstrip("%")) for r in body]
+    assert probability == sorted(probability, reverse=True) and all(r[2].endswith("%") for r in body)
+    interests = body[0][header.index("Top interests")]
+    assert "(" in interests and "brand: Brand" in interests
+    assert "Item " in body[0][header.index("Recommended items")]
+    # Holdout is a stable function of user and cohort: the same on every run.
+    assert second["membership"].equals(first["membership"])
+    ready = first["membership"][first["membership"]["cohort"] == "Ready to buy"]
+    summary = next(c for c in first["cohorts"] if c["cohort"] == "Ready to buy")
+    target = ready[ready["group"] == "target"]
+    assert summary["target"] == len(target) and summary["holdout"] == len(ready) - len(target)
+    assert summary["expected_conversions"] == pytest.approx(target["purchase_probability"].sum(), abs=0.05)
+    mean_all = sum(u / 60 for u in range(60)) / 60
+    assert summary["lift"] == pytest.approx(target["purchase_probability"].mean() / mean_all, abs=0.01)
+    with open(out / "summary.csv", encoding="utf-8") as fh:
+        assert fh.readline().startswith("as_of,cohort,description,users,target,holdout")
+
+
+def test_holdout_share_is_close_to_asked(small: Config) -> None:
+    definition = {"name": "Everyone", "where": "recency_days >= 0", "holdout": 0.3}
+    config = small.model_copy(
+        update={"cohorts": small.cohorts.model_copy(update={"definitions": [definition], "defaults": False})}
+    )
+    con = connect(config, read_only=True)
+    try:
+        groups = run_cohorts(config, con)["membership"]["group"]
+    finally:
+        con.close()
+    assert 0.15 <= (groups == "holdout").mean() <= 0.45
+
+
+def test_adhoc_pull_and_folder_definitions(small: Config, tmp_path: Path) -> None:
+    folder = tmp_path / "cohort_defs"
+    folder.mkdir()
+    (folder / "ours.yml").write_text(
+        "- name: Big spenders\n  where: revenue_lifetime >= 90\n  columns: [user_id, revenue_lifetime]\n  sort: revenue_lifetime desc\n"
+    )
+    config = small.model_copy(
+        update={"cohorts": small.cohorts.model_copy(update={"folder": str(folder), "defaults": False})}
+    )
+    con = connect(config, read_only=True)
+    try:
+        result = run_cohorts(config, con)
+        assert [c["cohort"] for c in result["cohorts"]] == ["Big spenders"]
+        assert result["cohorts"][0]["users"] == 15
+        adhoc = run_cohorts(
+            config, con, where="segment = 'Lost' and purchase_percentile >= 50", out_dir=str(tmp_path / "adhoc")
+        )
+        assert adhoc["cohorts"][0]["users"] == len(_users(config, "segment = 'Lost' and purchase_percentile >= 50"))
+        (folder / "ours.yml").write_text("- name: Broken\n  where: revenu_lifetime >= 90\n")
+        with pytest.raises(CohortError) as caught:
+            run_cohorts(config, con)
+        assert (
+            "ours.yml" in str(caught.value)
+            and "Broken" in str(caught.value)
+            and "revenue_lifetime" in str(caught.value)
+        )
+        (folder / "ours.yml").write_text("- name: Typo\n  wher: x > 1\n")
+        with pytest.raises(CohortError, match="ours.yml: cohort 'Typo'"):
+            run_cohorts(config, con)
+    finally:
+        con.close()
+    header = (tmp_path / "cohorts_out" / "big_spenders.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "User ID,Revenue (lifetime),Group"

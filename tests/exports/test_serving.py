@@ -1,0 +1,150 @@
+"""The recommendation table and its read API: contract answers, rules, token, atomic swaps."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from exports.serving import make_server, publish_table, recs
+from insights.config import Config, MerchandisingRules
+from insights.warehouse import connect
+
+
+def _publish(config: Config, run_id: str = "r1") -> dict:
+    con = connect(config, read_only=True)
+    try:
+        return publish_table(config, con, run_id)
+    finally:
+        con.close()
+
+
+def _get(base: str, path: str, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def api(small: Config):  # noqa: ANN201
+    _publish(small)
+    server = make_server(small, "127.0.0.1", 0, token="")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", small
+    server.shutdown()
+    server.server_close()
+
+
+def _expected(config: Config, user_id: str) -> list[str]:
+    con = connect(config, read_only=True)
+    try:
+        return [
+            r[0]
+            for r in con.execute(
+                "select r.item_id from main.recommendations r join main.dim_items i using (item_id) "
+                "where user_id = ? and i.in_stock order by rank",
+                [user_id],
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+
+
+def test_contract_answers(api: tuple[str, Config]) -> None:
+    base, config = api
+    status, body = _get(base, "/v1/users/u001/recommendations?limit=5")
+    assert status == 200 and body["user_id"] == "u001"
+    assert [i["item_id"] for i in body["items"]] == _expected(config, "u001")[:5]
+    assert all(set(i) == {"item_id", "score", "reason"} and i["reason"] == "collaborative" for i in body["items"])
+    status, body = _get(base, "/v1/users/someone-new/recommendations")
+    assert status == 200 and len(body["items"]) == 10 and {i["reason"] for i in body["items"]} == {"trending"}
+    assert "i003" not in [i["item_id"] for i in body["items"]]  # out of stock
+    status, body = _get(base, "/v1/items/i001/similar?limit=3")
+    assert status == 200 and [i["item_id"] for i in body["items"]] == ["i002", "i004", "i005"]
+    assert _get(base, "/v1/items/nope/similar")[0] == 404
+    status, body = _get(base, "/healthz")
+    assert status == 200 and body["status"] == "ok" and body["model_version"] == "v1"
+    assert recs(config, "u001", 5) == _get(base, "/v1/users/u001/recommendations?limit=5")[1]
+    # Hostile ids are data: an unknown user, not an error.
+    assert _get(base, "/v1/users/%27%3B%20drop%20table%20recs%3B--/recommendations")[0] == 200
+    assert _get(base, "/v1/users/..%2F..%2Fetc%2Fpasswd/recommendations")[0] == 200
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "limit=-1"])
+def test_limit_is_bounded(api: tuple[str, Config], query: str) -> None:
+    status, body = _get(api[0], f"/v1/users/u001/recommendations?{query}")
+    assert status == 400 and "limit must be" in body["error"]
+
+
+def test_request_size_is_bounded(api: tuple[str, Config]) -> None:
+    assert _get(api[0], "/v1/users/" + "x" * 3000 + "/recommendations")[0] == 414
+
+
+def test_token_is_required_when_configured(small: Config) -> None:
+    _publish(small)
+    server = make_server(small, "127.0.0.1", 0, token="s3cret")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert _get(base, "/v1/users/u001/recommendations")[0] == 401
+        assert _get(base, "/v1/users/u001/recommendations", token="wrong")[0] == 401
+        assert _get(base, "/v1/users/u001/recommendations", token="s3cret")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_merchandising_rules(small: Config) -> None:
+    _publish(small)
+    plain = [i["item_id"] for i in recs(small, "u001", 10)["items"]]
+    rules = MerchandisingRules(
+        exclude_categories=["Home"],
+        boost=[{"brand": "Brand2", "factor": 10.0}],
+        pin=[{"item_id": "i039", "position": 2}],
+    )
+    config = small.model_copy(update={"serving": small.serving.model_copy(update={"rules": rules})})
+    items = recs(config, "u001", 10)["items"]
+    con = connect(small, read_only=True)
+    info = {r[0]: r[1:] for r in con.execute("select item_id, category, brand from main.dim_items").fetchall()}
+    con.close()
+    assert len(items) == 10
+    assert items[1] == {"item_id": "i039", "score": items[1]["score"], "reason": "pinned"}
+    rest = [i for i in items if i["reason"] != "pinned"]
+    assert not any(info[i["item_id"]][0].startswith("Home") for i in items)
+    ranked = [i for i in rest if i["reason"] == "collaborative"]
+    assert [i["score"] for i in ranked] == sorted((i["score"] for i in ranked), reverse=True)
+    boosted = [i["item_id"] for i in ranked if info[i["item_id"]][1] == "Brand2"]
+    assert boosted and ranked[0]["item_id"] in boosted
+    assert {i["item_id"] for i in ranked} <= set(plain)
+    assert any(i["reason"] == "trending" for i in rest)  # filled after the exclusions
+
+
+def test_no_errors_or_partial_lists_while_publishing(api: tuple[str, Config]) -> None:
+    base, config = api
+    errors: list[str] = []
+    done = threading.Event()
+    answered = [0]
+
+    def hammer() -> None:
+        while not done.is_set():
+            status, body = _get(base, "/v1/users/u002/recommendations?limit=10")
+            answered[0] += 1
+            if status != 200 or len(body["items"]) != 10:
+                errors.append(f"{status} {body}")
+
+    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for run in range(8):
+        _publish(config, f"swap{run}")
+    done.set()
+    for w in workers:
+        w.join()
+    assert errors == [] and answered[0] > 20
