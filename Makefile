@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dbt_build.py
 	$(BIN)/python bench/batch_scoring.py
 	$(BIN)/python bench/learning.py
+	$(BIN)/python bench/serving_latency.py --publish-nice 19
 
 clean:
 	rm -rf $(VENV) warehouse datastore out .pytest_cache
