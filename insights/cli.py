@@ -151,9 +151,12 @@ def _print_cohorts(cohorts: list[dict[str, Any]], title: str) -> None:
             "-" if mean is None else f"{100 * mean:.1f}%",
             f"{c['expected_conversions']:,.1f}",
             "-" if c["lift"] is None else f"{c['lift']:.2f}x",
-            c.get("file", ""),
+            os.path.basename(c.get("file", "")),
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    if cohorts and cohorts[0].get("file"):
+        console.print(f"CSV files and summary.csv in {os.path.dirname(cohorts[0]['file'])}")
 
 
 def _print_export(summary: dict[str, Any]) -> None:

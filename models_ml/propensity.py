@@ -112,7 +112,7 @@ class TrainedTarget:
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        data["heuristic"] = {"overall": self.heuristic.overall, "cells": self.heuristic.cells}
+        data["heuristic"] = dict(self.heuristic.__dict__)
         return data
 
     @classmethod

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
 from models_ml import registry
 from models_ml.metrics import classification_metrics
-from models_ml.propensity import Heuristic, train_target
+from models_ml.propensity import Heuristic, TrainedTarget, train_target
 
 
 def _users(n: int, seed: int, cutoff: str) -> pd.DataFrame:
@@ -67,6 +69,9 @@ def test_no_labelled_history_uses_a_stated_rule() -> None:
     assert trained.method == "heuristic" and "no cutoff" in trained.reason
     users = pd.DataFrame({"recency_days": [0.0, 15.0, 90.0], "orders_lifetime": [1, 1, 1]})
     assert trained.predict(users).tolist() == [0.0, 0.5, 1.0]
+    # The rule survives saving and loading with the model version (scoring reads it back).
+    reloaded = TrainedTarget.from_json(json.loads(json.dumps(trained.to_json())))
+    assert reloaded.predict(users).tolist() == [0.0, 0.5, 1.0]
 
 
 def test_heuristic_cells_shrink_towards_the_overall_rate() -> None:
