@@ -368,7 +368,8 @@ def run_cohorts(
             )
         )
     summary = pd.DataFrame(summaries)
-    if not summary.empty:
+    if not summary.empty and where is None and not names:
+        # Only a run of every cohort rewrites summary.csv; ad-hoc and partial pulls leave it.
         summary.insert(0, "as_of", pd.Timestamp(as_of_value))
         shown = summary.drop(columns=["file"])
         tmp = folder / ".summary.csv.tmp"

@@ -139,9 +139,9 @@ def test_adhoc_pull_and_folder_definitions(small: Config, tmp_path: Path) -> Non
         result = run_cohorts(config, con)
         assert [c["cohort"] for c in result["cohorts"]] == ["Big spenders"]
         assert result["cohorts"][0]["users"] == 15
-        adhoc = run_cohorts(
-            config, con, where="segment = 'Lost' and purchase_percentile >= 50", out_dir=str(tmp_path / "adhoc")
-        )
+        adhoc = run_cohorts(config, con, where="segment = 'Lost' and purchase_percentile >= 50")
+        summary = (tmp_path / "cohorts_out" / "summary.csv").read_text()
+        assert "Big spenders" in summary and "Ad hoc" not in summary  # an ad-hoc pull leaves the summary
         assert adhoc["cohorts"][0]["users"] == len(_users(config, "segment = 'Lost' and purchase_percentile >= 50"))
         (folder / "ours.yml").write_text("- name: Broken\n  where: revenu_lifetime >= 90\n")
         with pytest.raises(CohortError) as caught:
