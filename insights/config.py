@@ -244,7 +244,9 @@ class DatastoreConfig(_Strict):
     uri: str = Field("./datastore", description="Local folder or s3://bucket/prefix.")
     retention: int = Field(7, ge=1, description="Partitions kept per table.")
     multipart_threshold_mb: int = Field(64, ge=5, description="S3 uploads above this size are multipart.")
-    aws_conn_id: str | None = Field(None, description="Airflow connection with the S3 credentials (not wired yet: comes with the DAGs).")
+    aws_conn_id: str | None = Field(
+        None, description="Airflow connection with the S3 credentials (not wired yet: comes with the DAGs)."
+    )
 
 
 class SegmentConfig(_Strict):
