@@ -125,6 +125,11 @@ def _definitions_from_file(path: Path) -> list[tuple[dict[str, Any], str]]:
     return [(item, str(path)) for item in items]
 
 
+def window_bindings(config: Config) -> dict[str, float]:
+    """The placeholders every filter may use: ``:churn_days`` and ``:purchase_days``."""
+    return {"churn_days": float(config.windows.churn_days), "purchase_days": float(config.windows.purchase_days)}
+
+
 def load_cohorts(config: Config, categories: list[str]) -> list[Cohort]:
     """The shipped cohorts (unless ``cohorts.defaults`` is false), those in the config and
     those in the ``cohorts.folder`` files, with ``per_category`` ones expanded."""
@@ -138,7 +143,7 @@ def load_cohorts(config: Config, categories: list[str]) -> list[Cohort]:
         if folder.is_dir():
             for path in sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")]):
                 raw += _definitions_from_file(path)
-    base = {"churn_days": float(config.windows.churn_days), "purchase_days": float(config.windows.purchase_days)}
+    base = window_bindings(config)
     cohorts: dict[str, Cohort] = {}
     for item, where in raw:
         try:
@@ -171,19 +176,13 @@ def load_cohorts(config: Config, categories: list[str]) -> list[Cohort]:
     return list(cohorts.values())
 
 
-def _described(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    return column_types(con.execute(f"describe ({VIEW_SQL})").fetchall())
+def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """The cohort's users, sorted and limited, with a ``group`` column (target or holdout).
 
-
-def _all_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return [r[0] for r in con.execute(f"describe ({VIEW_SQL})").fetchall()]
-
-
-def select(con: duckdb.DuckDBPyConnection, cohort: Cohort) -> pd.DataFrame:
-    """The cohort's users, sorted and limited, with a ``group`` column (target or holdout)."""
+    ``described`` is DuckDB's ``describe`` of the cohort view (taken once per run)."""
     definition = cohort.definition
-    types = _described(con)
-    everything = _all_columns(con)
+    types = column_types(described)
+    everything = [row[0] for row in described]
     try:
         compiled = compile_filter(definition.where, types, cohort.bindings)
         order = compile_sort(definition.sort, types)
@@ -322,7 +321,8 @@ def run_cohorts(
 ) -> dict[str, Any]:
     """Write one CSV per cohort (or one ad-hoc pull for ``where``) and a summary CSV.
 
-    Returns the summary rows, the files written and the membership (for the datastore)."""
+    Returns the summary rows, the files written, and the summary and membership frames
+    (for the datastore)."""
     categories = [
         r[0]
         for r in con.execute(
@@ -330,8 +330,7 @@ def run_cohorts(
         ).fetchall()
     ]
     if where is not None:
-        cohorts = [Cohort(CohortDefinition(name="Ad hoc", where=where), "--where", {})]
-        cohorts[0].bindings = {"churn_days": float(config.windows.churn_days)}
+        cohorts = [Cohort(CohortDefinition(name="Ad hoc", where=where), "--where", window_bindings(config))]
     else:
         cohorts = load_cohorts(config, categories)
         if names:
@@ -344,10 +343,11 @@ def run_cohorts(
     baseline = con.execute("select avg(purchase_probability) from main.user_insights").fetchone()[0] or 0.0
     titles = dict(con.execute("select item_id, title from main.dim_items").fetchall())
     folder = Path(out_dir or config.resolve(config.cohorts.out_dir))
+    described = con.execute(f"describe ({VIEW_SQL})").fetchall()
     summaries, files, members = [], [], []
     used: set[str] = set()
     for cohort in cohorts:
-        frame = select(con, cohort)
+        frame = select(con, cohort, described)
         name = slug(cohort.name)
         while name in used:
             name += "_"
@@ -367,13 +367,18 @@ def run_cohorts(
                 }
             )
         )
-    summary = pd.DataFrame(summaries)
-    if not summary.empty and where is None and not names:
+    summary = pd.DataFrame(summaries).drop(columns=["file"], errors="ignore")
+    summary.insert(0, "as_of", pd.Timestamp(as_of_value))
+    if summaries and where is None and not names:
         # Only a run of every cohort rewrites summary.csv; ad-hoc and partial pulls leave it.
-        summary.insert(0, "as_of", pd.Timestamp(as_of_value))
-        shown = summary.drop(columns=["file"])
         tmp = folder / ".summary.csv.tmp"
-        shown.to_csv(tmp, index=False, float_format="%.4g")
+        summary.to_csv(tmp, index=False, float_format="%.4g")
         os.replace(tmp, folder / "summary.csv")
     membership = pd.concat(members, ignore_index=True) if members else pd.DataFrame()
-    return {"as_of": str(as_of_value), "cohorts": summaries, "files": files, "membership": membership}
+    return {
+        "as_of": str(as_of_value),
+        "cohorts": summaries,
+        "files": files,
+        "summary": summary,
+        "membership": membership,
+    }

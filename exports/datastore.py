@@ -19,6 +19,7 @@ them too.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -217,12 +218,12 @@ def publish(
                 query = "select * from _publish_frame"
             else:
                 query = table.sql or f"select * from main.{table.name}"
-            con.execute(
+            # COPY answers with the number of rows it wrote.
+            rows = con.execute(
                 f"copy ({query}) to '{local.as_posix()}' (format parquet, compression zstd, row_group_size 100000)"
-            )
+            ).fetchone()[0]
             if table.frame is not None:
                 con.unregister("_publish_frame")
-            rows = con.execute(f"select count(*) from read_parquet('{local.as_posix()}')").fetchone()[0]
             schema = [
                 {"name": r[0], "type": r[1]}
                 for r in con.execute(f"describe select * from read_parquet('{local.as_posix()}')").fetchall()
@@ -308,7 +309,5 @@ def read_latest(config: Config, table: str, store: Store | None = None) -> pd.Da
         data = store.get_bytes(entry["key"])
         if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise DatastoreError(f"{store.location(entry['key'])}: missing or not the file the manifest lists")
-        import io
-
         frames.append(pd.read_parquet(io.BytesIO(data)))
     return pd.concat(frames, ignore_index=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,19 +112,18 @@ class _Parser:
             raise self._fail(f"unexpected {self._peek()[1]!r}")
         return sql
 
-    def _or(self) -> str:
-        parts = [self._and()]
-        while self._is_word("or"):
+    def _chain(self, word: str, operand: Callable[[], str]) -> str:
+        parts = [operand()]
+        while self._is_word(word):
             self.pos += 1
-            parts.append(self._and())
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else "(" + f" {word.upper()} ".join(parts) + ")"
+
+    def _or(self) -> str:
+        return self._chain("or", self._and)
 
     def _and(self) -> str:
-        parts = [self._not()]
-        while self._is_word("and"):
-            self.pos += 1
-            parts.append(self._not())
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return self._chain("and", self._not)
 
     def _not(self) -> str:
         if self._is_word("not"):

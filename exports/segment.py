@@ -84,16 +84,15 @@ def current_traits(con: duckdb.DuckDBPyConnection, config: Config) -> list[tuple
             f"known: {', '.join(sorted(known))}"
         )
     names = list(seg.traits)
-    select = ", ".join(f'"{seg.traits[n]}"' for n in names)
+    # Recommended items go as their ids: the scores mean nothing to a marketing tool.
+    columns = {"recommended_items": "coalesce(list_transform(recommended_items, lambda x: x.item_id), []::varchar[])"}
+    select = ", ".join(columns.get(seg.traits[n], f'"{seg.traits[n]}"') for n in names)
     rows = con.execute(
         f"select user_id, {select} from main.user_insights where is_identified and user_id is not null order by user_id"
     ).fetchall()
     out = []
     for row in rows:
         traits = {f"{seg.trait_prefix}{name}": _clean(value, seg.decimals) for name, value in zip(names, row[1:])}
-        if "recommended_items" in seg.traits and f"{seg.trait_prefix}recommended_items" in traits:
-            items = traits[f"{seg.trait_prefix}recommended_items"] or []
-            traits[f"{seg.trait_prefix}recommended_items"] = [i["item_id"] if isinstance(i, dict) else i for i in items]
         out.append((row[0], traits))
     return out
 

@@ -139,8 +139,7 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
         membership = cohorts.pop("membership")
         if not membership.empty:
             membership.insert(0, "as_of", pd.Timestamp(as_of))
-        summary = pd.DataFrame(cohorts["cohorts"]).drop(columns=["file"], errors="ignore")
-        summary.insert(0, "as_of", pd.Timestamp(as_of))
+        summary = cohorts.pop("summary")
         tables = [
             TableData("user_insights"),
             TableData("recommendations"),
