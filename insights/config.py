@@ -48,6 +48,12 @@ class WarehouseConfig(_Strict):
     path: str = Field("./warehouse/insights.duckdb", description="DuckDB file of the warehouse.")
     threads: int = Field(2, ge=1, description="DuckDB worker threads.")
     memory_limit: str = Field("4GB", description="DuckDB memory limit (spills to disk above).")
+    lock_timeout_seconds: float = Field(
+        3600,
+        ge=0,
+        description="How long a step waits for another step (another process, cron job or Airflow task) to "
+        "finish writing the warehouse before it gives up.",
+    )
 
 
 class S3Config(_Strict):
@@ -144,6 +150,15 @@ DEFAULT_EVENT_WEIGHTS = {
 }
 
 
+# User agents of crawlers, monitors and headless browsers (case-insensitive), the usual
+# suspects of the IAB list and of Snowplow's bot filter.
+BOT_USERAGENT_PATTERN = (
+    "(?i)(bot|crawl|slurp|spider|archiv|spinn|sniff|seo|audit|survey|pingdom|worm|capture|(browser|screen)shots|"
+    "analyz|index|thumb|check|facebookexternalhit|phantomjs|headlesschrome|python-requests|curl/|wget|"
+    "go-http-client|semalt)"
+)
+
+
 class TransformConfig(_Strict):
     """Knobs of the dbt models; each becomes the dbt var ``insights__<name>``."""
 
@@ -158,6 +173,9 @@ class TransformConfig(_Strict):
     min_visit_seconds: int = Field(5, ge=0, description="Time before the tracker's first page ping.")
     bot_max_events_per_minute: int = Field(
         20, ge=1, description="Non-ping events per visitor-minute above this are a bot."
+    )
+    bot_useragent_pattern: str = Field(
+        BOT_USERAGENT_PATTERN, description="Regular expression (RE2) of the user agents of crawlers and monitors."
     )
     conversion_event: str = Field("purchase", description="The key conversion: an event type or a custom event name.")
     funnel_steps: list[str] = Field(
@@ -244,9 +262,6 @@ class DatastoreConfig(_Strict):
     uri: str = Field("./datastore", description="Local folder or s3://bucket/prefix.")
     retention: int = Field(7, ge=1, description="Partitions kept per table.")
     multipart_threshold_mb: int = Field(64, ge=5, description="S3 uploads above this size are multipart.")
-    aws_conn_id: str | None = Field(
-        None, description="Airflow connection with the S3 credentials (not wired yet: comes with the DAGs)."
-    )
 
 
 class SegmentConfig(_Strict):
@@ -310,6 +325,35 @@ class ServingConfig(_Strict):
     rules: MerchandisingRules = Field(default_factory=MerchandisingRules)
 
 
+class ReportConfig(_Strict):
+    out_dir: str = Field("./out/reports", description="Where the HTML run report is written (also to the datastore).")
+
+
+class AirflowConfig(_Strict):
+    """How the DAGs in ``dags/`` schedule the pipeline and where their credentials come from."""
+
+    ingest_schedule: str | None = Field("@hourly", description="clickstream_ingest: cron or preset; null: manual.")
+    refresh_schedule: str | None = Field(
+        "0 */4 * * *", description="insights_refresh on a clock (cron or preset); null: only on new data."
+    )
+    refresh_on_new_data: bool = Field(True, description="Also start insights_refresh when ingest loaded new events.")
+    training_schedule: str | None = Field("@daily", description="insights_training: cron or preset; null: manual.")
+    start_date: str = Field("2026-01-01", description="First data interval of every DAG (UTC); catchup is off.")
+    retries: int = Field(2, ge=0, description="Retries of every task.")
+    retry_delay_minutes: float = Field(5, gt=0, description="First retry delay; doubles each retry.")
+    max_retry_delay_minutes: float = Field(60, gt=0)
+    task_timeout_minutes: float = Field(180, gt=0, description="A task running longer fails (and retries).")
+    pool: str | None = Field(
+        None, description="Airflow pool for the warehouse-writing tasks (create it first: airflow pools set)."
+    )
+    aws_conn_id: str | None = Field(
+        None, description="Airflow connection (type aws) with the S3 credentials; else the environment."
+    )
+    segment_conn_id: str | None = Field(
+        None, description="Airflow connection whose password is the Segment write key; else the environment."
+    )
+
+
 class SampleConfig(_Strict):
     users: int = Field(2000, ge=1)
     days: int = Field(60, ge=1)
@@ -330,6 +374,8 @@ class Config(_Strict):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     cohorts: CohortsConfig = Field(default_factory=CohortsConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    airflow: AirflowConfig = Field(default_factory=AirflowConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
     # Where the config came from, for error messages and relative paths; not a YAML key.

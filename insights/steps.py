@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from insights.config import Config
 from insights.ingest import LoadResult, run_ingest
-from insights.warehouse import connect
+from insights.warehouse import connect, exclusive
 
 log = logging.getLogger(__name__)
+
+Step = TypeVar("Step", bound=Callable[..., dict[str, Any]])
+
+
+def holds_warehouse(step: Step) -> Step:
+    """The step holds the warehouse lock while it runs: DuckDB allows one writer per file and
+    no reader beside another process's writer, so the CLI, cron jobs and the Airflow tasks
+    of different DAGs queue up instead of failing."""
+
+    @functools.wraps(step)
+    def locked(config: Config, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        with exclusive(config, step.__name__):
+            return step(config, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 def parse_as_of(value: str | datetime | None) -> datetime:
@@ -33,6 +50,7 @@ def parse_as_of(value: str | datetime | None) -> datetime:
     return moment
 
 
+@holds_warehouse
 def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
     """Load new and changed input files into the warehouse; returns per-load counts."""
     con = connect(config)
@@ -53,6 +71,7 @@ def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
     }
 
 
+@holds_warehouse
 def transform(config: Config, as_of: datetime, full_refresh: bool = False) -> dict[str, Any]:
     """dbt build of the warehouse models as of ``as_of``; returns per-model rows and timings."""
     from insights.transform import run_dbt
@@ -76,6 +95,7 @@ def transform(config: Config, as_of: datetime, full_refresh: bool = False) -> di
     }
 
 
+@holds_warehouse
 def train(config: Config, as_of: datetime) -> dict[str, Any]:
     """Fit and version every model as of ``as_of``; publish unless worse than the last."""
     from models_ml.pipeline import train as train_models
@@ -83,6 +103,7 @@ def train(config: Config, as_of: datetime) -> dict[str, Any]:
     return train_models(config, as_of)
 
 
+@holds_warehouse
 def score(config: Config, as_of: datetime) -> dict[str, Any]:
     """Score every user with the published models; writes user_insights and the
     recommendation, similar-item and trending tables."""
@@ -92,6 +113,7 @@ def score(config: Config, as_of: datetime) -> dict[str, Any]:
     return score_summary(score_users(config, as_of))
 
 
+@holds_warehouse
 def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
     """Backtest at a past instant against baselines (default: the latest instant whose
     purchase window is complete)."""
@@ -100,6 +122,7 @@ def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
     return backtest(config, as_of)
 
 
+@holds_warehouse
 def export(config: Config, as_of: datetime | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Deliver the scored insights: cohort CSVs, the datastore partition, the Segment trait
     sync and the real-time recommendation table, in that order."""
@@ -176,3 +199,75 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
         "serving": serving,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
+
+
+@holds_warehouse
+def published_model(config: Config) -> str | None:
+    """The version of the published model scoring uses, or None before the first training."""
+    from pathlib import Path
+
+    from models_ml import registry
+
+    if not Path(config.resolve(config.warehouse.path)).exists():
+        return None
+    con = connect(config, read_only=True)
+    try:
+        found = registry.published(con)
+    finally:
+        con.close()
+    return found["model_version"] if found else None
+
+
+@holds_warehouse
+def report(
+    config: Config,
+    as_of: datetime | None = None,
+    run_id: str | None = None,
+    steps_summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The HTML run report of the scored insights, written locally and to the datastore.
+    Reads the warehouse only."""
+    from exports.report import write_report
+
+    con = connect(config, read_only=True)
+    try:
+        return write_report(config, con, as_of, run_id, steps_summary)
+    finally:
+        con.close()
+
+
+def headline(step: str, summary: dict[str, Any]) -> str:
+    """One line of what a step produced, for ``insights run``, the DAG logs and the run report."""
+    if step == "ingest":
+        t = summary["totals"]
+        return (
+            f"{t['loaded']:,} events loaded from {t['files']:,} files, {t['duplicates']:,} duplicates, "
+            f"{t['quarantined']:,} quarantined"
+        )
+    if step == "transform":
+        rows, tests = summary["rows"], summary["tests"]
+        return (
+            f"{rows.get('fct_sessions', 0):,} sessions, {rows.get('dim_users', 0):,} users, "
+            f"dbt tests {tests['passed']}/{tests['total']}"
+        )
+    if step == "train":
+        return f"model {summary['model_version']} {summary['status']}"
+    if step == "score":
+        trained = summary.get("trained_first")
+        first = f"trained {trained['model_version']} first; " if trained else ""
+        return f"{first}{summary['users']:,} users scored, {summary['recommendations']:,} recommendations"
+    if step == "export":
+        seg = summary["segment"]
+        if not seg.get("enabled", True):
+            synced = "Segment off"
+        elif seg.get("dry_run"):
+            synced = f"Segment dry run {seg['would_send']:,}"
+        else:
+            synced = f"Segment sent {seg['sent']:,}, failed {seg['failed']:,}"
+        return (
+            f"{len(summary['cohorts']['cohorts'])} cohorts, datastore dt={summary['datastore']['dt']}, {synced}, "
+            f"{summary['serving']['users']:,} users in the recommendation table"
+        )
+    if step == "report":
+        return f"run report {summary['path']}"
+    return ""

@@ -7,13 +7,23 @@ bookkeeping (file manifest, per-load counts, quarantine, validation results).
 
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
 from insights.config import Config
+
+log = logging.getLogger(__name__)
 
 CANONICAL_EVENT_COLUMNS: dict[str, str] = {
     "event_id": "VARCHAR",
@@ -159,3 +169,91 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         con.execute("rollback")
         raise
     con.execute("commit")
+
+
+class WarehouseBusy(RuntimeError):
+    """Another step held the warehouse for longer than ``warehouse.lock_timeout_seconds``."""
+
+
+# Held locks of this process, by lock file: steps nest (``insights run`` holds the lock while
+# a step takes it again), and a second flock on the same file from the same process would
+# wait for itself.
+_held: dict[str, list] = {}
+_held_guard = threading.Lock()
+
+
+def lock_path(config: Config) -> Path:
+    return Path(config.resolve(config.warehouse.path) + ".lock")
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return "another process"
+    return f"step '{info.get('step', '?')}' (pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')})"
+
+
+@contextmanager
+def exclusive(config: Config, step: str, poll_seconds: float = 0.5) -> Iterator[None]:
+    """Hold the warehouse for one writing step. DuckDB allows one writer per file; steps take
+    this lock so that a cron job, a CLI run and Airflow tasks of different DAGs queue up
+    instead of failing on DuckDB's own lock. Waits up to ``warehouse.lock_timeout_seconds``."""
+    path = lock_path(config)
+    key = str(path)
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is not None:
+            entry[1] += 1
+    if entry is not None:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                entry[1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held for the whole step
+    deadline = time.monotonic() + config.warehouse.lock_timeout_seconds
+    announced = False
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = _holder(path)
+                handle.close()
+                raise WarehouseBusy(
+                    f"{step}: the warehouse {config.resolve(config.warehouse.path)} is still being written by "
+                    f"{holder} after {config.warehouse.lock_timeout_seconds:g}s (warehouse.lock_timeout_seconds)"
+                ) from None
+            if not announced:
+                log.warning("%s: waiting for the warehouse, held by %s", step, _holder(path))
+                announced = True
+            time.sleep(poll_seconds)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        json.dumps(
+            {
+                "step": step,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+    )
+    handle.flush()
+    entry = [handle, 1]
+    with _held_guard:
+        _held[key] = entry
+    try:
+        yield
+    finally:
+        with _held_guard:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[key]
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                handle.close()

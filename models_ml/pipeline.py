@@ -261,6 +261,7 @@ def _train_als(
         best, trials = als.tune(train_matrix, relevant, exclude, grid, ml.history_weights, ml.seed)
         chosen = next(t for t in trials if t["params"] == best.__dict__)
         validation = {k: v for k, v in chosen.items() if k != "params"}
+        validation["popularity_baseline"] = als.popularity_baseline(train_matrix, relevant, exclude)
     else:
         best, trials, validation = grid[len(grid) // 2], [], {"note": "no interactions after the split"}
     report = {"params": best.__dict__, "validation": validation, "trials": trials, "split_at": plan.als_split}

@@ -47,8 +47,8 @@
     end
 {%- endmacro %}
 
-{#- User agents of crawlers, monitors and headless browsers (case-insensitive), the usual
-    suspects of the IAB list and of Snowplow's bot filter. -#}
+{#- User agents of crawlers and monitors: the var insights__bot_useragent_pattern (config
+    transform.bot_useragent_pattern), as a quoted SQL literal. -#}
 {% macro bot_useragent_pattern() -%}
-    '(?i)(bot|crawl|slurp|spider|archiv|spinn|sniff|seo|audit|survey|pingdom|worm|capture|(browser|screen)shots|analyz|index|thumb|check|facebookexternalhit|phantomjs|headlesschrome|python-requests|curl/|wget|go-http-client|semalt)'
+    '{{ var('insights__bot_useragent_pattern') | replace("'", "''") }}'
 {%- endmacro %}
