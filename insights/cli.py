@@ -194,6 +194,13 @@ def cmd_export(args: argparse.Namespace, config: Config) -> None:
     _print_export(steps.export(config, steps.parse_as_of(args.as_of) if args.as_of else None))
 
 
+def cmd_report(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+
+    result = steps.report(config, steps.parse_as_of(args.as_of) if args.as_of else None)
+    _console().print(f"Run report as of {result['as_of']}: {result['path']} (and {result['datastore']})")
+
+
 def cmd_cohort(args: argparse.Namespace, config: Config) -> None:
     from exports.cohorts import run_cohorts
     from insights.warehouse import connect
@@ -238,51 +245,87 @@ def cmd_evaluate(args: argparse.Namespace, config: Config) -> None:
     console.print(f"Written to {folder}/evaluation_{report['as_of'][:10]}.json and .md")
 
 
+class _RunBoard:
+    """The live table of ``insights run``: every step with its status, time and result."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.rows = [{"step": n, "status": "waiting", "seconds": 0.0, "detail": ""} for n in names]
+        self.started: float | None = None
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="insights run", title_justify="left")
+        for column, justify in (("step", "left"), ("status", "left"), ("time", "right"), ("result", "left")):
+            table.add_column(column, justify=justify)
+        styles = {"done": "green", "running": "bold yellow", "failed": "bold red", "not run": "dim", "waiting": "dim"}
+        for row in self.rows:
+            seconds = row["seconds"]
+            if row["status"] == "running" and self.started is not None:
+                seconds = time.perf_counter() - self.started
+            table.add_row(
+                row["step"],
+                f"[{styles[row['status']]}]{row['status']}[/]",
+                f"{seconds:.1f}s" if row["status"] in ("done", "running", "failed") else "",
+                row["detail"],
+            )
+        return table
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> None:
-    """Every step that exists, in order, with per-step timing and a final summary."""
+    """Every step in order under a live table (status, time, result), each step's details as
+    it finishes, the run report, and where everything went. A failure names the step."""
+    import uuid
+
+    from rich.live import Live
+
     from insights import steps
 
     console = _console()
     as_of = steps.parse_as_of(args.as_of)
+    run_id = f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     # Ingestion loads everything available; the as-of instant bounds the later steps.
-    console.print(f"as-of {as_of:%Y-%m-%d %H:%M:%S} UTC")
-    plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("ingest", lambda: steps.ingest(config)),
-        ("transform", lambda: steps.transform(config, as_of)),
-        ("train", lambda: steps.train(config, as_of)),
-        ("score", lambda: steps.score(config, as_of)),
-        ("export", lambda: steps.export(config, as_of)),
-    ]
-    done: list[tuple[str, float, str]] = []
-    for name, step in plan:
-        started = time.perf_counter()
-        with console.status(f"[bold]{name}[/bold] running..."):
+    console.print(f"Run {run_id}: as of {as_of:%Y-%m-%d %H:%M:%S} UTC, config {config.source_file or 'defaults'}")
+    board = _RunBoard(["ingest", "transform", "train", "score", "export", "report"])
+    plan: dict[str, Callable[[], dict[str, Any]]] = {
+        "ingest": lambda: steps.ingest(config),
+        "transform": lambda: steps.transform(config, as_of),
+        "train": lambda: steps.train(config, as_of),
+        "score": lambda: steps.score(config, as_of),
+        "export": lambda: steps.export(config, as_of, run_id=run_id),
+        "report": lambda: steps.report(
+            config,
+            as_of,
+            run_id=run_id,
+            steps_summary={"steps": [r for r in board.rows if r["status"] == "done"], **outcomes},
+        ),
+    }
+    printers: dict[str, Callable[[dict[str, Any]], None]] = {
+        "ingest": _print_ingest,
+        "transform": _print_transform,
+        "train": _print_train,
+        "score": _print_score,
+        "export": _print_export,
+        "report": lambda r: console.print(f"Run report: {r['path']} (and {r['datastore']})"),
+    }
+    outcomes: dict[str, dict[str, Any]] = {}
+    with Live(board, console=console, refresh_per_second=4, transient=False):
+        for row in board.rows:
+            name = row["step"]
+            row["status"], board.started = "running", time.perf_counter()
             try:
-                outcome = step()
+                outcome = plan[name]()
             except Exception as exc:
+                row.update(
+                    status="failed", seconds=time.perf_counter() - board.started, detail=str(exc).splitlines()[0]
+                )
+                for later in board.rows:
+                    if later["status"] == "waiting":
+                        later["status"] = "not run"
                 raise RuntimeError(f"step '{name}' failed: {exc}") from exc
-        elapsed = time.perf_counter() - started
-        if name == "ingest":
-            _print_ingest(outcome)
-            totals = outcome["totals"]
-            detail = f"{totals['loaded']:,} loaded, {totals['duplicates']:,} duplicates, {totals['quarantined']:,} quarantined"
-        elif name == "transform":
-            _print_transform(outcome)
-            rows = outcome["rows"]
-            detail = f"{rows.get('fct_sessions', 0):,} sessions, {rows.get('dim_users', 0):,} users"
-        elif name == "train":
-            _print_train(outcome)
-            detail = f"model {outcome['model_version']} {outcome['status']}"
-        elif name == "score":
-            _print_score(outcome)
-            detail = f"{outcome['users']:,} users scored, {outcome['recommendations']:,} recommendations"
-        elif name == "export":
-            _print_export(outcome)
-            detail = f"{len(outcome['cohorts']['cohorts'])} cohorts, datastore dt={outcome['datastore']['dt']}"
-        else:
-            detail = ""
-        done.append((name, elapsed, detail))
-        console.print(f"[green]done[/green] {name} in {elapsed:.1f}s {detail}")
+            row.update(status="done", seconds=time.perf_counter() - board.started, detail=steps.headline(name, outcome))
+            outcomes[name] = outcome
+            printers[name](outcome)
     console.print("\n[bold]Outputs[/bold]")
     console.print(f"  warehouse (DuckDB): {config.resolve(config.warehouse.path)}")
     console.print("    raw.events, raw.catalog_items, ingest.loads, ingest.quarantine, ingest.validation_results")
@@ -301,6 +344,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> None:
     console.print(
         f"  recommendation table: {config.resolve(config.serving.path)} (insights serve, insights recs USER_ID)"
     )
+    console.print(f"  run report (HTML): {config.resolve(config.report.out_dir)}/run_report_{as_of:%Y-%m-%d}.html")
 
 
 def cmd_sample(args: argparse.Namespace, config: Config) -> None:
@@ -353,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="cohort CSVs, the datastore, the Segment sync and the recommendation table")
     p.add_argument("--as-of", help="must match the scored as-of instant (default: the scored one)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="the HTML run report of the scored insights")
+    p.add_argument("--as-of", help="must match the scored as-of instant (default: the scored one)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("cohort", help="write cohort CSV reports (all defined cohorts by default)")
     p.add_argument("--name", action="append", help="only this cohort (repeatable)")
