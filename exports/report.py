@@ -139,7 +139,8 @@ def _recommendations(
 def _quality(con: duckdb.DuckDBPyConnection, config: Config) -> dict[str, Any]:
     loads = con.execute(
         "select coalesce(sum(lines_read), 0), coalesce(sum(loaded), 0), coalesce(sum(duplicates), 0), "
-        "coalesce(sum(quarantined), 0), count(*), count(*) filter (where status <> 'ok') from ingest.loads"
+        "coalesce(sum(quarantined), 0), count(*), count(*) filter (where status <> 'ok'), "
+        "coalesce(sum(control_messages), 0) from ingest.loads"
     ).fetchone()
     reasons = con.execute(
         r"""
@@ -167,6 +168,7 @@ def _quality(con: duckdb.DuckDBPyConnection, config: Config) -> dict[str, Any]:
         "quarantined": int(loads[3]),
         "loads": int(loads[4]),
         "loads_not_ok": int(loads[5]),
+        "control_messages": int(loads[6]),
         "quarantine_reasons": [[r[0], int(r[1])] for r in reasons],
         "raw_events": int(raw_events),
         "bot_agent_events": int(bots),

@@ -199,3 +199,49 @@ def test_export_delivers_the_scored_site(learned: dict) -> None:
     assert ready["users"] == flagged and ready["lift"] > 1.5
     assert len(read_latest(config, "user_insights")) == users
     assert recs(config, user, 3)["items"][0]["item_id"] == first
+
+
+def test_run_report_shows_every_section_with_real_numbers(learned: dict) -> None:
+    """The HTML report of the scored site: every section present with its charts, numbers that
+    agree with the warehouse, nothing fetched from the network."""
+    import json
+    import re
+
+    from exports.report import SECTIONS
+
+    config = learned["config"]
+    exported = steps.export(config, learned["as_of"])
+    result = steps.report(config, learned["as_of"], run_id="report-test", steps_summary={"export": exported})
+    html = Path(result["path"]).read_text(encoding="utf-8")
+    for key, title in SECTIONS:
+        assert f'<section id="{key}">' in html and title in html, key
+    assert html.count("<svg") >= 12
+    # Offline: no scripts, stylesheets or images from anywhere (the SVG namespace is not a fetch).
+    assert "<script" not in html
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    # The same numbers are stored beside it in the datastore.
+    data = json.loads(
+        Path(
+            config.resolve(config.datastore.uri), "reports", "dt=" + result["as_of"][:10], "run_report.json"
+        ).read_text()
+    )
+    users = learned["score"]["users"]
+    assert data["summary"]["users"] == users
+    assert sum(data["purchase_histogram"]["counts"]) == users
+    funnel = data["funnel"]["sessions"]
+    assert len(funnel) == 4 and all(a >= b for a, b in zip(funnel, funnel[1:])) and funnel[-1] > 0
+    assert sum(n for _, n in data["segments"]) == users
+    assert {c["cohort"] for c in data["cohorts"]} >= {"Ready to buy", "Dormant"}
+    assert all(c["lift"] is not None for c in data["cohorts"] if c["users"])
+    purchase = data["propensities"]["purchase"]
+    assert purchase["method"] == "lightgbm" and len(purchase["held_out"]["calibration"]) == 10
+    assert "calibration" in purchase["held_out_baseline"]
+    current = data["recommendations"]["current"]
+    assert current["hr_at_10"] > current["popularity_baseline"]["hr_at_10"]
+    quality = data["quality"]
+    assert quality["lines_read"] == (
+        quality["loaded"] + quality["duplicates"] + quality["quarantined"] + quality["control_messages"]
+    )
+    assert quality["bot_agent_events"] > 0 and quality["clean_events"] < quality["raw_events"]
+    assert {d for d, *_ in data["interests"]} >= {"category", "brand"}
+    assert [s["step"] for s in data["steps"]] == ["export"]

@@ -86,3 +86,17 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     config = load_config(cfg, environ={})
     assert config.resolve(config.warehouse.path) == str(tmp_path / "sub" / "w.duckdb")
     assert config.resolve("s3://b/p") == "s3://b/p"
+
+
+def test_dbt_project_var_defaults_match_the_config_defaults() -> None:
+    """dbt run on its own (without the CLI passing vars) behaves as the documented defaults."""
+    import yaml
+
+    from insights.config import Config
+
+    project = yaml.safe_load((Path(__file__).resolve().parents[2] / "dbt_project" / "dbt_project.yml").read_text())
+    declared = project["vars"]
+    for name, value in Config().transform.dbt_vars().items():
+        if name in declared:
+            assert declared[name] == value, name
+    assert "insights__bot_useragent_pattern" in declared
