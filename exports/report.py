@@ -26,6 +26,7 @@ import numpy as np
 
 from exports import charts
 from insights.config import Config
+from insights.warehouse import scored_as_of
 
 SECTIONS = [
     ("summary", "At a glance"),
@@ -189,16 +190,7 @@ def gather(
     run when given). JSON-serialisable, so a test or a notebook can check it."""
     from models_ml import registry
 
-    if not _exists(con, "main", "user_insights"):
-        raise RuntimeError("main.user_insights does not exist yet: run insights score before the report")
-    scored_as_of = _one(con, "select max(as_of) from main.user_insights")
-    if scored_as_of is None:
-        raise RuntimeError("main.user_insights is empty: nothing to report")
-    if as_of is not None and as_of != scored_as_of:
-        raise RuntimeError(
-            f"user_insights was scored as of {scored_as_of}, not {as_of}: run insights score --as-of first"
-        )
-    as_of = scored_as_of
+    as_of, _ = scored_as_of(con, as_of, "report")
     published = registry.published(con)
     users = con.execute(
         "select count(*), count(*) filter (where is_identified), avg(purchase_probability), "

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from insights.config import Config
 from insights.ingest import LoadResult, run_ingest
-from insights.warehouse import connect, exclusive
+from insights.warehouse import connect, exclusive, scored_as_of
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +137,7 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
 
     con = connect(config)
     try:
-        exists = con.execute(
-            "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'user_insights'"
-        ).fetchone()[0]
-        if not exists:
-            raise RuntimeError("main.user_insights does not exist yet: run insights score first")
-        scored_as_of, versions = con.execute(
-            "select max(as_of), list(distinct model_version order by model_version) from main.user_insights"
-        ).fetchone()
-        if scored_as_of is None:
-            raise RuntimeError("main.user_insights is empty: nothing to export")
-        if as_of is not None and as_of != scored_as_of:
-            raise RuntimeError(
-                f"user_insights was scored as of {scored_as_of}, not {as_of}: run insights score --as-of first"
-            )
-        as_of = scored_as_of
+        as_of, versions = scored_as_of(con, as_of, "export")
         run_id = run_id or f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         timings: dict[str, float] = {}
 

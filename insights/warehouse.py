@@ -159,6 +159,24 @@ def connect(config: Config, read_only: bool = False) -> duckdb.DuckDBPyConnectio
     return con
 
 
+def scored_as_of(con: duckdb.DuckDBPyConnection, as_of: datetime | None, step: str) -> tuple[datetime, list[str]]:
+    """The as-of instant ``main.user_insights`` was scored at, and its model versions; what
+    delivers or reports the scores refuses another instant than the scored one."""
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'user_insights'"
+    ).fetchone()[0]
+    if not exists:
+        raise RuntimeError(f"main.user_insights does not exist yet: run insights score before {step}")
+    scored, versions = con.execute(
+        "select max(as_of), list(distinct model_version order by model_version) from main.user_insights"
+    ).fetchone()
+    if scored is None:
+        raise RuntimeError(f"main.user_insights is empty: nothing to {step}")
+    if as_of is not None and as_of != scored:
+        raise RuntimeError(f"user_insights was scored as of {scored}, not {as_of}: run insights score --as-of first")
+    return scored, list(versions or [])
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All or nothing: a crash or an error inside leaves the warehouse as it was."""
