@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import duckdb
 import pandas as pd
 
+from insights import faults
 from insights.config import Config
 from insights.storage import s3_client, split_s3
 
@@ -242,9 +243,11 @@ def publish(
                 "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             local.unlink()
+        faults.reached("publish.data")
         # Phase 2: manifests (a partition is complete from here on).
         for name, manifest in manifests.items():
             store.put_bytes(f"{name}/dt={dt}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+        faults.reached("publish.manifests")
         # Phase 3: pointers.
         for name in manifests:
             pointer = {"dt": dt, "run_id": run_id, "manifest": f"dt={dt}/{MANIFEST}"}

@@ -34,6 +34,7 @@ from typing import Any
 
 import duckdb
 
+from insights import faults
 from insights.config import Config
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ def sync(
         summary["batches"] += 1
         stamp = datetime.now(UTC).replace(tzinfo=None)
         if outcome.ok:
+            faults.reached("segment.batch")
             con.executemany(
                 "insert or replace into segment.sent_traits values (?, ?, ?, ?, ?, ?)",
                 [

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # implicit's ALS is many times slower with threaded OpenBLAS; must be set before numpy loads.
@@ -199,6 +200,11 @@ def cmd_report(args: argparse.Namespace, config: Config) -> None:
 
     result = steps.report(config, steps.parse_as_of(args.as_of) if args.as_of else None)
     _console().print(f"Run report as of {result['as_of']}: {result['path']} (and {result['datastore']})")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(Path(result["path"]).resolve().as_uri()):
+            _console().print("No browser found here: open the file above in one.")
 
 
 def cmd_cohort(args: argparse.Namespace, config: Config) -> None:
@@ -400,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="the HTML run report of the scored insights")
     p.add_argument("--as-of", help="must match the scored as-of instant (default: the scored one)")
+    p.add_argument("--open", action="store_true", help="open the report in the default browser")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("cohort", help="write cohort CSV reports (all defined cohorts by default)")

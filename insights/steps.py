@@ -10,6 +10,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from insights import faults
 from insights.config import Config
 from insights.ingest import LoadResult, run_ingest
 from insights.warehouse import connect, exclusive, scored_as_of
@@ -145,6 +146,7 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
         cohorts = run_cohorts(config, con, as_of)
         timings["cohorts"] = time.perf_counter() - started
 
+        faults.reached("export.cohorts")
         membership = cohorts.pop("membership")
         if not membership.empty:
             membership.insert(0, "as_of", pd.Timestamp(as_of))

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from insights import faults
 from insights.config import Config
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def run_dbt(
     env, work = _dbt_environment(config)
     results_file = work / "target" / "run_results.json"
     results_file.unlink(missing_ok=True)
+    faults.reached("transform.dbt")
     proc = subprocess.run(runner + args, capture_output=True, text=True, env=env)
     log.debug("dbt %s output:\n%s", command, proc.stdout)
     result = TransformResult(as_of=as_of.isoformat(sep=" "), command=command)

@@ -340,7 +340,12 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
             status, reason = "backtest", "trained for a backtest; never published"
         else:
             if current is not None and current["model_version"] == version:
-                ok, reason = True, "published: retrained the published version (same data and parameters)"
+                # The same data and parameters give the same version: keep its record as it
+                # was, so that a re-run (after a crash, or a retry) changes nothing.
+                ok = True
+                reason = con.execute(
+                    "select reason from ml.model_versions where model_version = ?", [version]
+                ).fetchone()[0]
             else:
                 ok, reason = registry.compare(metrics, (current or {}).get("metrics"), config.ml.publish_tolerance)
             status = "published" if ok else "rejected"

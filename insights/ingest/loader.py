@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from insights import faults
 from insights.config import (
     CatalogSource,
     Config,
@@ -142,6 +143,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
                     files.append(pending)
             if files:
                 results.append(_load_batch(con, source, files, config, pool))
+                faults.reached("ingest.batch")
     if unchanged:
         # Same content under a new modification time (a touch, a re-upload): remember the
         # new time so the file is not read again, and load nothing.
