@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
@@ -293,7 +294,7 @@ h2{font-size:19px;margin:0 0 4px} .lead{color:#4b5563;margin:0 0 14px;font-size:
 .kpi span{color:#6b7280;font-size:12px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0;width:100%}
 th,td{padding:5px 8px;border-bottom:1px solid #e5e7eb;text-align:right} th:first-child,td:first-child{text-align:left}
-th{color:#374151;background:#f9fafb} .note{color:#6b7280;font-size:12px} .warn{color:#b45309}
+th{color:#374151;background:#f9fafb} td.t{text-align:left} .note{color:#6b7280;font-size:12px} .warn{color:#b45309}
 """
 
 
@@ -301,9 +302,16 @@ def _kpi(value: str, label: str) -> str:
     return f'<div class="kpi"><b>{escape(value)}</b><span>{escape(label)}</span></div>'
 
 
+def _cell(value: Any) -> str:
+    """Numbers align right, text left."""
+    text = str(value)
+    numeric = bool(re.fullmatch(r"[-+]?[\d.,]+(%|x|s)?|-", text))
+    return f"<td>{escape(text)}</td>" if numeric else f'<td class="t">{escape(text)}</td>'
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -549,8 +557,8 @@ def render(data: dict[str, Any], config: Config) -> str:
         "(bots, late arrivals, events outside a page view).",
         '<div class="grid">'
         + charts.hbar(
-            ["lines read", "loaded", "duplicates", "quarantined"],
-            [q["lines_read"], q["loaded"], q["duplicates"], q["quarantined"]],
+            ["lines read", "loaded", "duplicates", "quarantined", "Singer control messages"],
+            [q["lines_read"], q["loaded"], q["duplicates"], q["quarantined"], q["control_messages"]],
             "Ingestion",
             color=charts.PALETTE[5],
         )
