@@ -64,6 +64,11 @@ class S3Config(_Strict):
 class _SourceBase(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Unique source name.")
     path: str = Field(..., description="Local folder/file or s3://bucket/prefix.")
+    schema_drift: Literal["stop", "load"] = Field(
+        "stop",
+        description="A mapped column missing from a batch: stop (load nothing, name the column) or load "
+        "(the column as empty, a warning on the load; rows that need it are quarantined).",
+    )
     pattern: str = Field("**/*", description="Glob of files below path.")
     enabled: bool = True
 

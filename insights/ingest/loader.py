@@ -175,14 +175,21 @@ def _parse_snowplow(
 
 
 def _parse_events_file(
-    source: EventsFileSource, files: list[PendingFile], con: duckdb.DuckDBPyConnection, pool: ThreadPoolExecutor
+    source: EventsFileSource,
+    files: list[PendingFile],
+    con: duckdb.DuckDBPyConnection,
+    pool: ThreadPoolExecutor,
+    warnings: list[str],
 ) -> tuple[str, int]:
     tables = list(pool.map(lambda f: mapped.read_table_file(decompress(f.data, f.ref.path), f.ref.path), files))
     table = pa.concat_tables(tables, promote_options="permissive")
     con.register("batch_rows", table)
     con.register("batch_event_types", mapped.event_types_table(source))
     columns = [c for c in table.column_names if c not in mapped.META]
-    return mapped.mapped_sql("batch_rows", columns, source, "batch_event_types", source.name), table.num_rows
+    sql = mapped.mapped_sql(
+        "batch_rows", columns, source, "batch_event_types", source.name, source.schema_drift, warnings
+    )
+    return sql, table.num_rows
 
 
 @dataclass
@@ -197,7 +204,11 @@ class _SingerBatch:
 
 
 def _parse_singer(
-    source: SingerSource, files: list[PendingFile], con: duckdb.DuckDBPyConnection, pool: ThreadPoolExecutor
+    source: SingerSource,
+    files: list[PendingFile],
+    con: duckdb.DuckDBPyConnection,
+    pool: ThreadPoolExecutor,
+    warnings: list[str],
 ) -> _SingerBatch:
     def parse(f: PendingFile) -> mapped.SingerFile:
         name = f.ref.path.rsplit("/", 1)[-1].split(".", 1)[0]
@@ -220,7 +231,9 @@ def _parse_singer(
         con.register(view, table)
         con.register(f"{view}_types", mapped.event_types_table(mapping))
         columns = [c for c in table.column_names if c not in mapped.META]
-        sqls.append(mapped.mapped_sql(view, columns, mapping, f"{view}_types", source.name))
+        sqls.append(
+            mapped.mapped_sql(view, columns, mapping, f"{view}_types", source.name, source.schema_drift, warnings)
+        )
     for p in parsed:
         control += len(p.schemas) + len(p.states)
         bad.extend(p.bad)
@@ -577,7 +590,7 @@ def _load_batch(
             if isinstance(source, CatalogSource):
                 per_file = _load_catalog(con, source, files, result, started)
             elif isinstance(source, SingerSource):
-                batch = _parse_singer(source, files, con, pool)
+                batch = _parse_singer(source, files, con, pool, result.warnings)
                 result.lines_read = batch.lines_read
                 result.control_messages = batch.control
                 result.loaded += batch.other_records
@@ -594,7 +607,7 @@ def _load_batch(
                 if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
                     sql, lines, texts = _parse_snowplow(source, files, con, pool)
                 else:
-                    sql, lines = _parse_events_file(source, files, con, pool)
+                    sql, lines = _parse_events_file(source, files, con, pool, result.warnings)
                 result.lines_read = lines
                 per_file = _load_events(con, sql, source, files, result, config, started, [], texts)
             if not result.reconciles:

@@ -107,10 +107,19 @@ def read_table_file(data: bytes, source_file: str) -> pa.Table:
 _CASTS = {"TIMESTAMP": "timestamp", "DOUBLE": "double"}
 
 
-def mapped_sql(view: str, columns: list[str], mapping: StreamMapping, types_view: str, source_name: str) -> str:
+def mapped_sql(
+    view: str,
+    columns: list[str],
+    mapping: StreamMapping,
+    types_view: str,
+    source_name: str,
+    drift: str = "stop",
+    warnings: list[str] | None = None,
+) -> str:
     """Canonical rows from a text-column view, by the source's maps.
 
-    Output columns as :func:`insights.ingest.snowplow.canonical_sql`.
+    Output columns as :func:`insights.ingest.snowplow.canonical_sql`. A mapped column the
+    batch lacks stops the load (``drift`` "stop") or is read as empty with a warning ("load").
     """
     available = set(columns)
     exprs: dict[str, str] = {}
@@ -120,10 +129,17 @@ def mapped_sql(view: str, columns: list[str], mapping: StreamMapping, types_view
             continue
         source_col = mapping.columns.get(canonical, canonical)
         if source_col not in available:
-            if canonical in mapping.columns:
+            if canonical in mapping.columns and drift == "load":
+                if warnings is not None:
+                    warnings.append(
+                        f"{source_name}: column '{source_col}' (mapped to {canonical}) is missing from this batch; "
+                        "loaded as empty (schema_drift: load)"
+                    )
+            elif canonical in mapping.columns:
                 raise ValueError(
                     f"source '{source_name}': column '{source_col}' (mapped to {canonical}) is not in "
-                    f"the data; columns present: {', '.join(sorted(available)) or 'none'}"
+                    f"the data; columns present: {', '.join(sorted(available)) or 'none'} "
+                    "(set the source's schema_drift: load to load the rest)"
                 )
             exprs[canonical] = f"null::{kind}"
             continue
