@@ -36,6 +36,7 @@ import duckdb
 
 from insights import faults
 from insights.config import Config
+from insights.warehouse import insert_rows
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,9 @@ def sync(
         stamp = datetime.now(UTC).replace(tzinfo=None)
         if outcome.ok:
             faults.reached("segment.batch")
-            con.executemany(
-                "insert or replace into segment.sent_traits values (?, ?, ?, ?, ?, ?)",
+            insert_rows(
+                con,
+                "segment.sent_traits",
                 [
                     (
                         m["userId"],
@@ -291,6 +293,7 @@ def sync(
                     )
                     for m in batch
                 ],
+                verb="insert or replace",
             )
             summary["sent"] += len(batch)
         else:
@@ -312,5 +315,4 @@ def sync(
 
 
 def _log(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
-    if rows:
-        con.executemany("insert into segment.sync_log values (?, ?, ?, ?, ?, ?, ?)", rows)
+    insert_rows(con, "segment.sync_log", rows)

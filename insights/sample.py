@@ -265,7 +265,7 @@ def make_catalog(n_items: int, days: int, rng: random.Random) -> list[Item]:
     return items
 
 
-def make_people(n: int, days: int, rng: random.Random, ids: _Ids) -> list[Person]:
+def make_people(n: int, days: int, rng: random.Random, ids: _Ids, activity: float = 1.0) -> list[Person]:
     groups = list(TAXONOMY)
     people = []
     for i in range(n):
@@ -288,7 +288,7 @@ def make_people(n: int, days: int, rng: random.Random, ids: _Ids) -> list[Person
                 register_day=register_day,
                 start_day=start,
                 churn_day=churn,
-                rate=rng.lognormvariate(-2.0, 0.8),
+                rate=activity * rng.lognormvariate(-2.0, 0.8),
                 interests=interests,
                 brands=brand_weights,
                 price_sensitivity=rng.uniform(0.2, 1.8),
@@ -339,6 +339,7 @@ class SiteSimulator:
         end: datetime,
         items: int | None = None,
         compresslevel: int = 6,
+        activity: float = 1.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.ids = _Ids(self.rng)
@@ -347,7 +348,8 @@ class SiteSimulator:
         self.end = end
         self.start_ms = int((end - timedelta(days=days)).timestamp() * 1000)
         self.items = make_catalog(items or max(200, users // 4), days, self.rng)
-        self.people = make_people(users, days, self.rng, self.ids)
+        self.activity = activity
+        self.people = make_people(users, days, self.rng, self.ids, activity)
         n_bots = max(2, users // 100)
         self.bots = [self._bot(i) for i in range(n_bots)]
         self.writers = _Writers(out, compresslevel)
@@ -804,7 +806,7 @@ class SiteSimulator:
                     else:
                         self.web_session(person, day, start)
             for bot in self.bots:
-                if rng.random() < 0.5:
+                if rng.random() < 0.5 * min(1.0, self.activity):
                     self.counts["bot_events"] += 1
                     self.web_session(bot, day, day_ms + rng.randint(0, 80_000_000))
             self.writers.flush_tsv(before_ms=day_ms - 12 * 3_600_000)
@@ -947,8 +949,11 @@ def generate(
     end: datetime | None = None,
     items: int | None = None,
     compresslevel: int = 6,
+    activity: float = 1.0,
 ) -> dict:
-    """Write a whole sample site below ``out`` and return what was generated (counts)."""
+    """Write a whole sample site below ``out`` and return what was generated (counts).
+    ``activity`` scales every person's visit rate (1: about 2.5 events per person-day; a
+    large site of mostly occasional visitors has far less)."""
     out = Path(out)
     end = end or datetime(2026, 11, 1, tzinfo=UTC)
     for sub in ("snowplow_enriched", "singer", "catalog", "truth"):
@@ -956,10 +961,18 @@ def generate(
         if target.exists():
             for path in sorted(target.rglob("*"), reverse=True):
                 path.unlink() if path.is_file() else path.rmdir()
-    sim = SiteSimulator(users, days, seed, out, end, items, compresslevel)
+    sim = SiteSimulator(users, days, seed, out, end, items, compresslevel, activity)
     sim.write_catalog()
     counts = sim.run()
     sim.write_truth()
-    summary = {"users": users, "days": days, "seed": seed, "items": len(sim.items), "end": end.isoformat(), **counts}
+    summary = {
+        "users": users,
+        "days": days,
+        "seed": seed,
+        "activity": activity,
+        "items": len(sim.items),
+        "end": end.isoformat(),
+        **counts,
+    }
     (out / "truth" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -38,7 +38,7 @@ from insights.ingest import mapped, snowplow
 from insights.ingest.textio import quote_ident, split_lines
 from insights.ingest.validate import VALIDATION_QUERY, validate_events
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
-from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, transaction
+from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, transaction
 
 log = logging.getLogger(__name__)
 
@@ -242,13 +242,13 @@ def _parse_singer(
     def finish(c: duckdb.DuckDBPyConnection, load_id: str, now: datetime) -> None:
         records = [(source.name, *r[:3], r[3], r[4], load_id, now) for p in parsed for r in p.raw_records]
         if records:
-            c.executemany("insert into raw.singer_records values (?, ?, ?, ?, ?, ?, ?, ?)", records)
+            insert_rows(c, "raw.singer_records", records)
         schemas = [(source.name, *s, load_id, now) for p in parsed for s in p.schemas]
         if schemas:
-            c.executemany("insert into raw.singer_schemas values (?, ?, ?, ?, ?, ?, ?, ?)", schemas)
+            insert_rows(c, "raw.singer_schemas", schemas)
         states = [(source.name, *s, load_id, now) for p in parsed for s in p.states]
         if states:
-            c.executemany("insert into raw.singer_state values (?, ?, ?, ?, ?, ?)", states)
+            insert_rows(c, "raw.singer_state", states)
 
     sql = " union all by name ".join(f"({s})" for s in sqls) if sqls else None
     return _SingerBatch(sql, event_lines, other, control, bad, finish, lines_read)
@@ -257,11 +257,9 @@ def _parse_singer(
 def _insert_quarantine(
     con: duckdb.DuckDBPyConnection, rows: list[tuple[str, int, str, str]], source_name: str, load_id: str, now: datetime
 ) -> None:
-    if rows:
-        con.executemany(
-            "insert into ingest.quarantine values (?, ?, ?, ?, ?, ?, ?)",
-            [(load_id, source_name, f, n, raw, reason, now) for f, n, raw, reason in rows],
-        )
+    insert_rows(
+        con, "ingest.quarantine", [(load_id, source_name, f, n, raw, reason, now) for f, n, raw, reason in rows]
+    )
 
 
 def _forget_files(con: duckdb.DuckDBPyConnection, source_name: str, files: list[PendingFile], table: str) -> int:

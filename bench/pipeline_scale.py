@@ -1,0 +1,183 @@
+"""The whole pipeline at scale: generate a site of about N events, run every stage in its own
+process (wall time and peak memory each), then one more hour of events through the refresh
+path (ingest, transform, score, export, report: what insights_refresh runs).
+
+    python bench/pipeline_scale.py --events 10000000      # about 500k users, 50k items, 90 days
+    python bench/pipeline_scale.py --events 1000000 --events 3000000 --events 10000000
+
+The site keeps the issue's shape at every size: 20 events per user over 90 days (most
+visitors come a few times), a tenth as many items as users. The last hour of files is held
+back for the incremental run. Results go to bench/results/pipeline.jsonl. Targets on the
+2-core reference machine at 10M events: full run <= 300 s, peak memory <= 6 GB,
+incremental refresh <= 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _record import record  # noqa: E402  (bench/ is the script's folder)
+
+EVENTS_PER_USER = 20
+# Visit-rate scale of the generator that gives about EVENTS_PER_USER over 90 days.
+ACTIVITY = 0.09
+END = datetime(2026, 11, 1)
+FULL = ["ingest", "transform", "train", "score", "export", "report"]
+REFRESH = ["ingest", "transform", "score", "export", "report"]
+
+
+def run_stage(stage: str, as_of: str) -> None:
+    """Child mode: one step in this process, its summary's headline as JSON on stdout."""
+    from insights import steps
+    from insights.config import load_config
+
+    config = load_config()
+    moment = steps.parse_as_of(as_of)
+    call = {
+        "ingest": lambda: steps.ingest(config),
+        "transform": lambda: steps.transform(config, moment),
+        "train": lambda: steps.train(config, moment),
+        "score": lambda: steps.score(config, moment),
+        "export": lambda: steps.export(config, moment),
+        "report": lambda: steps.report(config, moment),
+    }[stage]
+    summary = call()
+    out = {"headline": steps.headline(stage, summary)}
+    if stage == "export":
+        out["parts"] = summary["seconds"]
+    if stage == "transform":
+        out["slowest"] = sorted(((m["name"], m["seconds"]) for m in summary["models"]), key=lambda x: -x[1])[:5]
+    print("STAGE" + json.dumps(out))
+
+
+def _stage(stage: str, as_of: str, env: dict[str, str], cwd: Path) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--stage", stage, "--as-of", as_of],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # wait4: this stage's own peak memory, its children's (dbt) included.
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{stage} failed ({proc.returncode}):\n{err[-3000:]}")
+    line = next((x for x in out.splitlines() if x.startswith("STAGE")), "STAGE{}")
+    result = {"stage": stage, "seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+    result.update(json.loads(line[len("STAGE") :]))
+    print(f"  {stage:<9} {seconds:7.1f}s  {result['peak_rss_mb']:6,} MB  {result.get('headline', '')}", flush=True)
+    return result
+
+
+def bench(events: int, days: int, workdir: Path) -> dict:
+    from insights.config import default_sources
+    from insights.sample import generate
+
+    users = max(100, events // EVENTS_PER_USER)
+    site = workdir / "site"
+    started = time.perf_counter()
+    summary = generate(
+        site, users=users, days=days, seed=3, items=max(200, users // 10), activity=ACTIVITY, compresslevel=1
+    )
+    generate_seconds = time.perf_counter() - started
+    # Hold back the last hour of web files: the incremental run loads it.
+    hours = sorted({p.parent for p in (site / "snowplow_enriched").rglob("*.tsv.gz")})
+    # The last hour of the site's days (later folders hold only late arrivals).
+    last_hour = max(h for h in hours if datetime.strptime("/".join(h.parts[-4:]), "%Y/%m/%d/%H") < END)
+    later = workdir / "later"
+    shutil.move(str(last_hour), str(later))
+    held = sum(1 for _ in later.glob("*.tsv.gz"))
+    hour = datetime.strptime("/".join(last_hour.parts[-4:]), "%Y/%m/%d/%H")
+    as_of = hour.isoformat()
+    config = workdir / "insights.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "sources": default_sources(str(site)),
+                "cohorts": {"folder": None},
+                "warehouse": {"memory_limit": "5GB"},
+            }
+        )
+    )
+    env = {**os.environ, "INSIGHTS_CONFIG": str(config), "OPENBLAS_NUM_THREADS": "1"}
+    print(
+        f"{events:,} events asked: {summary['web_events']:,} web + {summary['app_events']:,} app events, "
+        f"{users:,} people, {summary['items']:,} items, generated in {generate_seconds:.0f}s; as of {as_of}"
+    )
+    full = [_stage(stage, as_of, env, workdir) for stage in FULL]
+    shutil.move(str(later), str(last_hour))
+    next_as_of = (hour + timedelta(hours=1)).isoformat()
+    refresh = [_stage(stage, next_as_of, env, workdir) for stage in REFRESH]
+    import duckdb
+
+    con = duckdb.connect(str(workdir / "warehouse" / "insights.duckdb"), read_only=True)
+    counts = con.execute(
+        "select (select count(*) from raw.events), (select count(*) from main.user_insights), "
+        "(select count(*) from main.dim_items)"
+    ).fetchone()
+    con.close()
+    return {
+        "benchmark": "pipeline_scale",
+        "events_asked": events,
+        "raw_events": counts[0],
+        "users_scored": counts[1],
+        "items": counts[2],
+        "days": days,
+        "generate_seconds": round(generate_seconds, 1),
+        "full_seconds": round(sum(s["seconds"] for s in full), 1),
+        "full_peak_rss_mb": max(s["peak_rss_mb"] for s in full),
+        "stages": full,
+        "incremental_hour_files": held,
+        "incremental_seconds": round(sum(s["seconds"] for s in refresh), 1),
+        "incremental_peak_rss_mb": max(s["peak_rss_mb"] for s in refresh),
+        "incremental_stages": refresh,
+        "targets": {"full_seconds": 300, "peak_rss_mb": 6144, "incremental_seconds": 60},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, action="append", help="approximate events (repeatable)")
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--workdir", help="keep the data here (default: a temporary folder per size, removed)")
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        run_stage(args.stage, args.as_of)
+        return
+    for events in args.events or [10_000_000]:
+        work = (
+            Path(args.workdir) / f"events_{events}"
+            if args.workdir
+            else Path(tempfile.mkdtemp(prefix="insights-scale-"))
+        )
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        try:
+            record("pipeline", bench(events, args.days, work))
+        finally:
+            if not args.workdir:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
