@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format install bench clean
+.PHONY: demo test lint format install bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/batch_scoring.py
 	$(BIN)/python bench/learning.py
 	$(BIN)/python bench/serving_latency.py --publish-nice 19
+
+# The whole pipeline at 1M, 3M and 10M events (about 40 minutes on the 2-core machine).
+bench-scale: $(STAMP)
+	$(BIN)/python bench/pipeline_scale.py --events 1000000 --events 3000000 --events 10000000
 
 clean:
 	rm -rf $(VENV) warehouse datastore out .pytest_cache

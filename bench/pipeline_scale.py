@@ -7,7 +7,12 @@ path (ingest, transform, score, export, report: what insights_refresh runs).
 
 The site keeps the issue's shape at every size: 20 events per user over 90 days (most
 visitors come a few times), a tenth as many items as users. The last hour of files is held
-back for the incremental run. Results go to bench/results/pipeline.jsonl. Targets on the
+back for the incremental run. Before it, everything already loaded is aged by two hours
+(``loaded_at`` moved back): in production the history was loaded long before this hour,
+while here it was loaded minutes earlier and would all fall inside the incremental
+models' one-hour lookback. ``--refresh-again DIR`` repeats the incremental run on a kept
+work folder (the last load is taken out and loaded again). Results go to
+bench/results/pipeline.jsonl. Targets on the
 2-core reference machine at 10M events: full run <= 300 s, peak memory <= 6 GB,
 incremental refresh <= 60 s.
 """
@@ -86,6 +91,57 @@ def _stage(stage: str, as_of: str, env: dict[str, str], cwd: Path) -> dict:
     return result
 
 
+def _age_history(workdir: Path, hours: float = 2.0) -> None:
+    """Move every ``loaded_at`` of the warehouse back, as if the history had been loaded
+    ``hours`` before the incremental run (see the module docstring)."""
+    import duckdb
+
+    con = duckdb.connect(str(workdir / "warehouse" / "insights.duckdb"))
+    tables = con.execute(
+        "select c.table_schema, c.table_name from information_schema.columns c join information_schema.tables t "
+        "using (table_schema, table_name) where c.column_name = 'loaded_at' and t.table_type = 'BASE TABLE' "
+        "and c.table_schema in ('raw', 'main')"
+    ).fetchall()
+    for schema, table in tables:
+        con.execute(f"update {schema}.{table} set loaded_at = loaded_at - interval ({hours}) hour")
+    con.execute(f"update ingest.load_manifest set loaded_at = loaded_at - interval ({hours}) hour")
+    con.close()
+
+
+def _refresh(workdir: Path, as_of: str, env: dict[str, str]) -> dict:
+    _age_history(workdir)
+    refresh = [_stage(stage, as_of, env, workdir) for stage in REFRESH]
+    return {
+        "incremental_seconds": round(sum(s["seconds"] for s in refresh), 1),
+        "incremental_peak_rss_mb": max(s["peak_rss_mb"] for s in refresh),
+        "incremental_stages": refresh,
+    }
+
+
+def refresh_again(workdir: Path) -> dict:
+    """The incremental run once more on a kept work folder: the last load is removed from
+    the raw tables and the load manifest, history aged, then the refresh path runs."""
+    import duckdb
+
+    con = duckdb.connect(str(workdir / "warehouse" / "insights.duckdb"))
+    load_id, as_of = con.execute(
+        "select load_id, (select max(as_of) from main.user_insights) from ingest.loads "
+        "where source_name = 'web' order by started_at desc limit 1"
+    ).fetchone()
+    con.execute("delete from raw.events where load_id = ?", [load_id])
+    con.execute("delete from ingest.load_manifest where load_id = ?", [load_id])
+    events = con.execute("select count(*) from raw.events").fetchone()[0]
+    con.close()
+    env = {**os.environ, "INSIGHTS_CONFIG": str(workdir / "insights.yml"), "OPENBLAS_NUM_THREADS": "1"}
+    print(f"refresh again on {workdir} ({events:,} events), as of {as_of:%Y-%m-%dT%H:%M:%S}")
+    return {
+        "benchmark": "pipeline_scale_refresh",
+        "workdir": str(workdir),
+        "raw_events": events,
+        **_refresh(workdir, as_of.isoformat(), env),
+    }
+
+
 def bench(events: int, days: int, workdir: Path) -> dict:
     from insights.config import default_sources
     from insights.sample import generate
@@ -124,7 +180,7 @@ def bench(events: int, days: int, workdir: Path) -> dict:
     full = [_stage(stage, as_of, env, workdir) for stage in FULL]
     shutil.move(str(later), str(last_hour))
     next_as_of = (hour + timedelta(hours=1)).isoformat()
-    refresh = [_stage(stage, next_as_of, env, workdir) for stage in REFRESH]
+    refresh = _refresh(workdir, next_as_of, env)
     import duckdb
 
     con = duckdb.connect(str(workdir / "warehouse" / "insights.duckdb"), read_only=True)
@@ -145,9 +201,7 @@ def bench(events: int, days: int, workdir: Path) -> dict:
         "full_peak_rss_mb": max(s["peak_rss_mb"] for s in full),
         "stages": full,
         "incremental_hour_files": held,
-        "incremental_seconds": round(sum(s["seconds"] for s in refresh), 1),
-        "incremental_peak_rss_mb": max(s["peak_rss_mb"] for s in refresh),
-        "incremental_stages": refresh,
+        **refresh,
         "targets": {"full_seconds": 300, "peak_rss_mb": 6144, "incremental_seconds": 60},
     }
 
@@ -157,11 +211,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, action="append", help="approximate events (repeatable)")
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--workdir", help="keep the data here (default: a temporary folder per size, removed)")
+    parser.add_argument("--refresh-again", metavar="DIR", help="repeat the incremental run on a kept work folder")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
         run_stage(args.stage, args.as_of)
+        return
+    if args.refresh_again:
+        record("pipeline", refresh_again(Path(args.refresh_again)))
         return
     for events in args.events or [10_000_000]:
         work = (

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from insights import steps
 from insights.config import load_config
 from tests.conftest import FIXTURES, write_config
+from tests.unit.test_mapped_sources import STREAM
 
 SETTINGS = settings(
     max_examples=40,
@@ -140,25 +141,7 @@ def _singer(i: int) -> str:
 
 
 # A damaged line may rename the only record's column: load what can be loaded.
-SINGER = {
-    "name": "app",
-    "kind": "singer_jsonl",
-    "schema_drift": "load",
-    "streams": {
-        "events": {
-            "columns": {
-                "event_id": "insert_id",
-                "event_name": "event_type",
-                "occurred_at": "event_time",
-                "user_id": "user_id",
-                "anonymous_id": "device_id",
-                "item_id": "props.product_id",
-                "price": "props.price",
-            },
-            "event_types": {"Product Viewed": "product_view"},
-        }
-    },
-}
+SINGER = {"name": "app", "kind": "singer_jsonl", "schema_drift": "load", "streams": {"events": STREAM}}
 
 
 @SETTINGS
