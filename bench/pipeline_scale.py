@@ -50,15 +50,7 @@ def run_stage(stage: str, as_of: str) -> None:
 
     config = load_config()
     moment = steps.parse_as_of(as_of)
-    call = {
-        "ingest": lambda: steps.ingest(config),
-        "transform": lambda: steps.transform(config, moment),
-        "train": lambda: steps.train(config, moment),
-        "score": lambda: steps.score(config, moment),
-        "export": lambda: steps.export(config, moment),
-        "report": lambda: steps.report(config, moment),
-    }[stage]
-    summary = call()
+    summary = steps.run_step(stage, config, moment)
     out = {"headline": steps.headline(stage, summary)}
     if stage == "export":
         out["parts"] = summary["seconds"]

@@ -176,7 +176,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _partitions(store: Store, table: str) -> dict[str, list[str]]:
+def partitions(store: Store, table: str) -> dict[str, list[str]]:
+    """The keys below ``<table>/dt=<date>/`` by date."""
     found: dict[str, list[str]] = {}
     for key in store.list(f"{table}/"):
         parts = key.split("/")
@@ -276,12 +277,12 @@ def _clean(store: Store, table: str, retention: int) -> int:
     """Drop files no manifest lists, then complete partitions beyond the retention (never
     the one ``_latest`` points to). Returns how many files were removed."""
     pointer = latest(store, table) or {}
-    partitions = _partitions(store, table)
-    complete = sorted(dt for dt, keys in partitions.items() if any(k.endswith(MANIFEST) for k in keys))
+    found = partitions(store, table)
+    complete = sorted(dt for dt, keys in found.items() if any(k.endswith(MANIFEST) for k in keys))
     keep = set(complete[-retention:]) | ({pointer["dt"]} if pointer.get("dt") else set())
     oldest_kept = min(keep) if keep else None
     doomed: list[str] = []
-    for dt, keys in partitions.items():
+    for dt, keys in found.items():
         if dt in keep:
             manifest = read_manifest(store, table, dt) or {}
             listed = {f["key"] for f in manifest.get("files", [])} | {f"{table}/dt={dt}/{MANIFEST}"}

@@ -195,7 +195,7 @@ def gather(
     published = registry.published(con)
     users = con.execute(
         "select count(*), count(*) filter (where is_identified), avg(purchase_probability), "
-        "sum(predicted_revenue), list(distinct model_version) from main.user_insights"
+        "sum(predicted_revenue) from main.user_insights"
     ).fetchone()
     probabilities = np.array(
         [r[0] for r in con.execute("select purchase_probability from main.user_insights").fetchall()], dtype=float
@@ -610,7 +610,7 @@ def write_report(
     steps_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render the report and store it locally and in the datastore; returns where."""
-    from exports.datastore import open_store
+    from exports.datastore import open_store, partitions
 
     data = gather(config, con, as_of, run_id, steps_summary)
     html = render(data, config)
@@ -625,8 +625,8 @@ def write_report(
     key = f"reports/dt={dt}/run_report.html"
     store.put_bytes(key, html.encode("utf-8"))
     store.put_bytes(f"reports/dt={dt}/run_report.json", json.dumps(data, indent=1, default=str).encode("utf-8"))
-    kept = sorted({k.split("/")[1] for k in store.list("reports/") if k.count("/") == 2 and "/dt=" in f"/{k}"})
-    stale = kept[: max(0, len(kept) - config.datastore.retention)]
+    reports = partitions(store, "reports")
+    stale = sorted(reports)[: -config.datastore.retention]
     if stale:
-        store.delete([k for k in store.list("reports/") if k.split("/")[1] in stale])
+        store.delete([key for dt in stale for key in reports[dt]])
     return {"path": str(local), "datastore": store.location(key), "as_of": data["as_of"], "bytes": len(html)}

@@ -26,12 +26,12 @@ log = logging.getLogger(__name__)
 CLICKSTREAM_ASSET_URI = "insights://warehouse/raw.events"
 
 
-def dag_settings(config: Config | None = None) -> dict[str, Any]:
+def dag_settings(config: Config) -> dict[str, Any]:
     """The arguments every DAG shares: start date, no catchup, one run at a time, retries
     with exponential backoff, a task timeout, and tags."""
     import pendulum
 
-    settings = (config or load_config()).airflow
+    settings = config.airflow
     default_args: dict[str, Any] = {
         "owner": "user-insights",
         "retries": settings.retries,
@@ -57,15 +57,15 @@ def clickstream_asset() -> Any:
     return Asset(CLICKSTREAM_ASSET_URI, extra={"table": "raw.events"})
 
 
-def ingest_schedule(config: Config | None = None) -> Any:
-    return (config or load_config()).airflow.ingest_schedule
+def ingest_schedule(config: Config) -> Any:
+    return config.airflow.ingest_schedule
 
 
-def refresh_schedule(config: Config | None = None) -> Any:
+def refresh_schedule(config: Config) -> Any:
     """The clock, the Asset, or either (whichever comes first), as configured."""
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
-    settings = (config or load_config()).airflow
+    settings = config.airflow
     clock = CronTriggerTimetable(settings.refresh_schedule, timezone="UTC") if settings.refresh_schedule else None
     if settings.refresh_on_new_data and clock is not None:
         return AssetOrTimeSchedule(timetable=clock, assets=[clickstream_asset()])
@@ -74,10 +74,10 @@ def refresh_schedule(config: Config | None = None) -> Any:
     return clock
 
 
-def training_schedule(config: Config | None = None) -> Any:
+def training_schedule(config: Config) -> Any:
     from airflow.sdk import CronTriggerTimetable
 
-    cron = (config or load_config()).airflow.training_schedule
+    cron = config.airflow.training_schedule
     return CronTriggerTimetable(cron, timezone="UTC") if cron else None
 
 
@@ -182,38 +182,32 @@ def run_step(step: str, context: Mapping[str, Any] | None = None, **kwargs: Any)
     (JSON, for XCom and the run report)."""
     from insights import steps
 
-    if context is None:
-        from airflow.sdk import get_current_context
-
-        context = get_current_context()
+    context = _current(context)
     config = load_config()
     run_id = _run_id(context)
     started = time.perf_counter()
+    as_of = as_of_from_context(context)
+    log.info("%s as of %s (run %s)", step, as_of, run_id)
     with connection_credentials(config) as config:
-        if step == "ingest":
-            summary = steps.ingest(config)
-        else:
-            as_of = as_of_from_context(context)
-            log.info("%s as of %s (run %s)", step, as_of, run_id)
-            if step == "transform":
-                summary = steps.transform(config, as_of)
-            elif step == "train":
-                summary = steps.train(config, as_of)
-            elif step == "score":
-                trained = None
-                if kwargs.get("train_if_missing") and steps.published_model(config) is None:
-                    log.info("no published model yet: training one as of %s first", as_of)
-                    trained = steps.train(config, as_of)
-                summary = {**steps.score(config, as_of), "trained_first": trained}
-            elif step == "export":
-                summary = steps.export(config, as_of, run_id=run_id)
-            elif step == "report":
-                summary = steps.report(config, as_of, run_id=run_id, steps_summary=kwargs.get("steps_summary"))
-            else:
-                raise ValueError(f"unknown step '{step}'")
+        trained = None
+        if step == "score" and kwargs.get("train_if_missing") and steps.published_model(config) is None:
+            log.info("no published model yet: training one as of %s first", as_of)
+            trained = steps.train(config, as_of)
+        summary = steps.run_step(step, config, as_of, run_id, kwargs.get("steps_summary"))
+        if step == "score":
+            summary["trained_first"] = trained
     summary["elapsed_seconds"] = round(time.perf_counter() - started, 2)
     log.info("%s: %s", step, steps.headline(step, summary))
     return _jsonable(summary)
+
+
+def _current(context: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The given task context, or the running task's."""
+    if context is not None:
+        return context
+    from airflow.sdk import get_current_context
+
+    return get_current_context()
 
 
 def _run_id(context: Mapping[str, Any]) -> str:
@@ -228,10 +222,7 @@ def announce_new_data(summary: Mapping[str, Any], context: Mapping[str, Any] | N
     skip, so that no refresh is started for nothing."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    if context is None:
-        from airflow.sdk import get_current_context
-
-        context = get_current_context()
+    context = _current(context)
     loaded = int(summary.get("totals", {}).get("loaded", 0))
     if loaded == 0:
         raise AirflowSkipException("no new events: the clickstream asset is not updated")

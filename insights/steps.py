@@ -166,7 +166,7 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
             ),
         ]
         started = time.perf_counter()
-        datastore = publish(config, con, tables, as_of, run_id, {"model_version": ",".join(versions or [])})
+        datastore = publish(config, con, tables, as_of, run_id, {"model_version": ",".join(versions)})
         timings["datastore"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -222,6 +222,28 @@ def report(
         return write_report(config, con, as_of, run_id, steps_summary)
     finally:
         con.close()
+
+
+def run_step(
+    step: str,
+    config: Config,
+    as_of: datetime,
+    run_id: str | None = None,
+    steps_summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One step by name, as ``insights run``, the Airflow tasks and the benchmarks call it
+    (ingestion loads whatever is new; the other steps work as of ``as_of``)."""
+    calls: dict[str, Callable[[], dict[str, Any]]] = {
+        "ingest": lambda: ingest(config),
+        "transform": lambda: transform(config, as_of),
+        "train": lambda: train(config, as_of),
+        "score": lambda: score(config, as_of),
+        "export": lambda: export(config, as_of, run_id=run_id),
+        "report": lambda: report(config, as_of, run_id=run_id, steps_summary=steps_summary),
+    }
+    if step not in calls:
+        raise ValueError(f"unknown step '{step}'; steps: {', '.join(calls)}")
+    return calls[step]()
 
 
 def headline(step: str, summary: dict[str, Any]) -> str:

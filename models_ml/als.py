@@ -88,6 +88,15 @@ def history_matrix(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
     return sparse.csr_matrix(scale @ matrix)
 
 
+def _validation_users(
+    train: sparse.csr_matrix, relevant: dict[int, set[int]]
+) -> tuple[np.ndarray, dict[str, set[str]]]:
+    """The users scored on the time split (something relevant after it, history before it)
+    and their relevant items, keyed as ``ranking_metrics`` wants."""
+    users = np.array(sorted(u for u, items in relevant.items() if items and train[u].nnz), dtype=np.int64)
+    return users, {str(u): {str(i) for i in relevant[u]} for u in users}
+
+
 def tune(
     train: sparse.csr_matrix,
     relevant: dict[int, set[int]],
@@ -99,9 +108,8 @@ def tune(
     """Fit every candidate on ``train`` and score the next period's items (``relevant``:
     user row -> item columns), each with every history weight; the best NDCG@10 wins (HR@10,
     then fewer factors, break ties). Returns the winner and every candidate's metrics."""
-    users = np.array(sorted(u for u, items in relevant.items() if items and train[u].nnz), dtype=np.int64)
+    users, truth = _validation_users(train, relevant)
     history = history_matrix(train[users])
-    truth = {str(u): {str(i) for i in relevant[u]} for u in users}
     trials: list[dict[str, object]] = []
     best: tuple[tuple[float, float, int], ALSParams] | None = None
     for base in grid:
@@ -132,14 +140,13 @@ def popularity_baseline(
 ) -> dict[str, float]:
     """The same split scored by recommending everyone the items most users interacted with
     (less what they bought): the baseline the ALS model must beat, measured as ``tune`` does."""
-    users = np.array(sorted(u for u, items in relevant.items() if items and train[u].nnz), dtype=np.int64)
+    users, truth = _validation_users(train, relevant)
     popularity = np.diff(sparse.csc_matrix(train).indptr)
     ranked = np.lexsort((np.arange(len(popularity)), -popularity))
     recommended = {}
     for u in users:
         skip = set(exclude[u].indices)
         recommended[str(u)] = [str(i) for i in ranked[: 20 + len(skip)] if i not in skip][:20]
-    truth = {str(u): {str(i) for i in relevant[u]} for u in users}
     return ranking_metrics(recommended, truth, train.shape[1])
 
 
