@@ -1,7 +1,8 @@
 {#- The incremental pattern of the event models (after Snowplow's): take the high-water
     mark of loaded_at in this model minus a lookback, find the scopes (tracker session, or
     visitor history without one) that received events since, and recompute those scopes
-    whole. With restitch, scopes of anonymous ids that were just identified are recomputed
+    whole (the CTE named by `events` should be NOT MATERIALIZED, so that only the touched
+    scopes' rows are read, not a copy of every event). With restitch, scopes of anonymous ids that were just identified are recomputed
     too, so earlier sessions move to the user. Defines the CTE `events_in_scope` from the
     CTE named by `events`. -#}
 {% macro events_in_touched_scopes(events='events', restitch=false) -%}
@@ -38,7 +39,8 @@ events_in_scope as (
 
 )
 {%- else -%}
-events_in_scope as (
+{#- Streamed, not copied: a full build's scope is every event. -#}
+events_in_scope as not materialized (
 
     select * from {{ events }}
 

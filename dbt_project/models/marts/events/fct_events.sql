@@ -4,7 +4,11 @@
 -- session, or visitor history when the source has no sessions) that received an event
 -- since the last run, so its result equals a full refresh.
 
-with events as (
+-- Speed: the wide rows (30+ columns) never go through a window or a materialised CTE. The
+-- windows (bot rate, derived sessions) run over narrow projections and come back by join,
+-- and the wide CTEs are NOT MATERIALIZED, so DuckDB streams them instead of copying (and
+-- spilling) every event; the scans they repeat are columnar and cheap.
+with events as not materialized (
 
     select * from {{ ref('stg_insights__events') }}
     {% if var('insights__app_ids') | length > 0 %}
@@ -17,13 +21,13 @@ with events as (
 
 {{ events_in_touched_scopes('events') }},
 
-duplicate_ids as (
+duplicate_ids as materialized (
 
     select event_id from events_in_scope group by event_id having count(*) > 1
 
 ),
 
-deduplicated as (
+deduplicated as not materialized (
 
     -- The earliest collector time wins, as in Snowplow's models. Ingestion already keeps
     -- one copy per id, so only the (rare) ids seen twice pay for the window.
@@ -39,63 +43,73 @@ deduplicated as (
 
 ),
 
-rates as (
+bot_hours as materialized (
 
-    -- Views and searches in the minute up to each event, within the scope.
-    select
-        *,
-        count(*) filter (where event_type not in ('page_ping', 'custom')) over (
-            partition by scope_key
-            order by occurred_at
-            range between interval 60 second preceding and current row
-        ) as events_last_minute
-    from deduplicated
+    -- The clock hours of a scope with a bot's rate: more views and searches in the minute
+    -- up to some event than a person makes. The whole hour goes: its other requests are
+    -- the same crawler, and hour-aligned as-of instants see whole hours.
+    select scope_key, hour
+    from (
+        select
+            scope_key,
+            date_trunc('hour', occurred_at) as hour,
+            count(*) filter (where counts) over (
+                partition by scope_key
+                order by occurred_at
+                range between interval 60 second preceding and current row
+            ) as events_last_minute
+        from (
+            select scope_key, occurred_at, event_type not in ('page_ping', 'custom') as counts
+            from deduplicated
+        )
+    )
+    group by scope_key, hour
+    having max(events_last_minute) > {{ var('insights__bot_max_events_per_minute') }}
 
 ),
 
-flagged as (
+bot_agents as materialized (
 
-    select
-        *,
-        -- The whole clock hour of a scope goes once it shows a bot's rate: its other
-        -- requests are the same crawler. Hour-aligned as-of instants see whole hours.
-        max(events_last_minute) over (
-            partition by scope_key, date_trunc('hour', occurred_at)
-        ) as peak_events_per_minute,
-        is_flagged_bot
-            or regexp_matches(coalesce(useragent, ''), {{ bot_useragent_pattern() }}) as is_bot_agent,
-        coalesce(
+    -- Agents are few and repeat: match the pattern once per distinct agent.
+    select useragent
+    from (select distinct useragent from deduplicated where useragent is not null)
+    where regexp_matches(useragent, {{ bot_useragent_pattern() }})
+
+),
+
+kept as not materialized (
+
+    select deduplicated.*
+    from deduplicated
+    anti join bot_hours
+        on bot_hours.scope_key = deduplicated.scope_key
+        and bot_hours.hour = date_trunc('hour', deduplicated.occurred_at)
+    anti join bot_agents on bot_agents.useragent = deduplicated.useragent
+    where not is_flagged_bot
+        and not coalesce(
             collector_tstamp > dvce_created_tstamp + to_seconds(86400 * {{ var('insights__days_late_allowed') }}),
             false
-        ) as is_too_late
-    from rates
-
-),
-
-kept as (
-
-    select * exclude (events_last_minute, peak_events_per_minute, is_bot_agent, is_too_late)
-    from flagged
-    where not is_bot_agent
-        and not is_too_late
-        and peak_events_per_minute <= {{ var('insights__bot_max_events_per_minute') }}
+        )
         -- Snowplow's web tracker attaches the page context to every event; one without it
         -- cannot be placed on a page view, and Snowplow's models leave it out too.
         and not coalesce(source_kind like 'snowplow%' and platform = 'web' and page_view_id is null, false)
 
 ),
 
-derived_sessions as (
+derived_sessions as materialized (
 
     -- Sessions for sources without a tracker session id: a new one after the timeout.
     select
-        * exclude (starts_session),
+        event_id,
         md5(visitor_id || '#' || sum(starts_session) over (
             partition by scope_key order by occurred_at, event_id rows unbounded preceding
-        )::varchar) as session_id
+        )::varchar) as derived_session_id
     from (
         select
-            *,
+            event_id,
+            visitor_id,
+            scope_key,
+            occurred_at,
             case
                 when lag(occurred_at) over visitor_timeline is null then 1
                 when occurred_at - lag(occurred_at) over visitor_timeline
@@ -109,15 +123,17 @@ derived_sessions as (
 
 ),
 
-sessionized as (
+sessionized as not materialized (
 
-    select *, tracker_session_id as session_id from kept where tracker_session_id is not null
-    union all by name
-    select * from derived_sessions
+    select kept.*, coalesce(kept.tracker_session_id, derived_sessions.derived_session_id) as session_id
+    from kept
+    left join derived_sessions
+        on kept.tracker_session_id is null
+        and derived_sessions.event_id = kept.event_id
 
 ),
 
-session_starts as (
+session_starts as materialized (
 
     select session_id, min(occurred_at) as session_started_at
     from sessionized
@@ -125,7 +141,7 @@ session_starts as (
 
 ),
 
-capped as (
+capped as not materialized (
 
     select sessionized.*, session_starts.session_started_at
     from sessionized

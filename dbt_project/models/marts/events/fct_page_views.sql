@@ -2,7 +2,7 @@
 -- Page views with engaged time from page pings (Snowplow's heartbeat definition),
 -- de-duplicated on the page view id (the first page_view event of an id wins).
 
-with events as (
+with events as not materialized (
 
     select * from {{ ref('fct_events') }}
 

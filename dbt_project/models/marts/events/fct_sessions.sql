@@ -3,7 +3,7 @@
 -- received events, and those whose anonymous id was just identified (re-stitching the
 -- visitor's earlier sessions to the user).
 
-with events as (
+with events as not materialized (
 
     select * from {{ ref('fct_events') }}
 
