@@ -110,6 +110,8 @@ def _print_train(summary: dict[str, Any]) -> None:
         numbers = ", ".join(f"{k} {v:.3f}" for k, v in target.items() if isinstance(v, float))
         console.print(f"  {name}: {target['method']} - {target['reason']}" + (f"; {numbers}" if numbers else ""))
     console.print(f"  artifacts: {summary['path']}")
+    if summary.get("seconds"):
+        console.print("  seconds: " + ", ".join(f"{part} {sec:.1f}" for part, sec in summary["seconds"].items()))
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> None:

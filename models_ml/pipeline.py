@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -228,7 +230,11 @@ def _train_propensities(
 
 
 def _train_als(
-    con: duckdb.DuckDBPyConnection, config: Config, schemas: dict[datetime, str], plan: Plan
+    con: duckdb.DuckDBPyConnection,
+    config: Config,
+    schemas: dict[datetime, str],
+    plan: Plan,
+    timings: dict[str, float],
 ) -> tuple[als.ALSParams, dict[str, Any], pd.DataFrame, pd.DataFrame, list[str], list[str], Any]:
     ml = config.ml
     now_schema = schemas[plan.as_of]
@@ -258,7 +264,8 @@ def _train_als(
         items.difference_update(exclude[user].indices)
     relevant = {u: items for u, items in relevant.items() if items}
     if relevant and train_matrix.nnz:
-        best, trials = als.tune(train_matrix, relevant, exclude, grid, ml.history_weights, ml.seed)
+        with _timed(timings, "als_tuning"):
+            best, trials = als.tune(train_matrix, relevant, exclude, grid, ml.history_weights, ml.seed)
         chosen = next(t for t in trials if t["params"] == best.__dict__)
         validation = {k: v for k, v in chosen.items() if k != "params"}
         validation["popularity_baseline"] = als.popularity_baseline(train_matrix, relevant, exclude)
@@ -270,8 +277,19 @@ def _train_als(
     matrix = als.interaction_matrix(
         _indexed(user_ids), item_index, now["user_id"].to_numpy(), now["item_id"].to_numpy(), now["weight"].to_numpy()
     )
-    model = als.fit(matrix, best, ml.seed)
+    with _timed(timings, "als_fit"):
+        model = als.fit(matrix, best, ml.seed)
     return best, report, catalog, now, user_ids, item_ids, model
+
+
+@contextmanager
+def _timed(timings: dict[str, float], part: str):
+    """Adds the seconds the block took to ``timings[part]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[part] = round(timings.get(part, 0.0) + time.perf_counter() - started, 2)
 
 
 def _version(as_of: datetime, params: dict[str, Any]) -> str:
@@ -294,18 +312,22 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
     if last_event is None:
         raise MLError(f"no events before {as_of:%Y-%m-%d %H:%M:%S}: run `insights ingest` and `insights transform`")
     plan = make_plan(config, as_of, first_event, last_event)
-    schemas = _feature_schemas(config, [as_of, *plan.instants()])
+    timings: dict[str, float] = {}
+    with _timed(timings, "feature_snapshots"):
+        schemas = _feature_schemas(config, [as_of, *plan.instants()])
     con = connect(config)
     try:
-        best, als_report, catalog, now, user_ids, item_ids, model = _train_als(con, config, schemas, plan)
+        best, als_report, catalog, now, user_ids, item_ids, model = _train_als(con, config, schemas, plan, timings)
         users_per_item = now.groupby("item_id")["user_id"].nunique()
         warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids])
         in_catalog = catalog.set_index("item_id")
         catalog_rows = np.array([i in in_catalog.index for i in item_ids])
-        encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
-        text = encoder.transform(in_catalog.loc[[i for i, c in zip(item_ids, catalog_rows) if c]].reset_index())
-        mapping = fit_mapping(text, model.item_factors[catalog_rows], warm[catalog_rows])
-        targets = _train_propensities(con, config, schemas, plan)
+        with _timed(timings, "catalog_encoder"):
+            encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
+            text = encoder.transform(in_catalog.loc[[i for i, c in zip(item_ids, catalog_rows) if c]].reset_index())
+            mapping = fit_mapping(text, model.item_factors[catalog_rows], warm[catalog_rows])
+        with _timed(timings, "propensities"):
+            targets = _train_propensities(con, config, schemas, plan)
         metrics: dict[str, Any] = {"als": als_report}
         for name, target in targets.items():
             metrics[name] = {"method": target.method, "reason": target.reason, **target.metrics}
@@ -355,7 +377,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
                 _prune_snapshots(con, schemas)
     finally:
         con.close()
-    log.info("model %s %s: %s", version, status, reason)
+    log.info("model %s %s: %s (seconds: %s)", version, status, reason, timings)
     return {
         "model_version": version,
         "status": status,
@@ -367,6 +389,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         },
         "users": len(user_ids),
         "items": len(item_ids),
+        "seconds": timings,
     }
 
 
