@@ -221,6 +221,13 @@ class MLConfig(_Strict):
     als_regularization: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)
     als_alpha: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0], min_length=1)
     als_iterations: int = Field(15, ge=1)
+    als_screen_iterations: int = Field(
+        5,
+        ge=1,
+        description="Every grid candidate is first fitted this many iterations on the time split; only the "
+        "best `als_finalists` are trained on to `als_iterations` (the same fit as from scratch) and compared.",
+    )
+    als_finalists: int = Field(3, ge=1, description="Grid candidates trained to full iterations after screening.")
     history_weights: list[float] = Field(
         default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 0.9],
         min_length=1,

@@ -51,17 +51,30 @@ def interaction_matrix(
     )
 
 
-def fit(matrix: sparse.csr_matrix, params: ALSParams, seed: int) -> AlternatingLeastSquares:
-    """ALS on a (users, items) weight matrix."""
-    model = AlternatingLeastSquares(
-        factors=params.factors,
-        regularization=params.regularization,
-        alpha=params.alpha,
-        iterations=params.iterations,
-        random_state=seed,
-        num_threads=0,
-    )
-    model.fit(matrix, show_progress=False)
+def fit(
+    matrix: sparse.csr_matrix, params: ALSParams, seed: int, model: AlternatingLeastSquares | None = None
+) -> AlternatingLeastSquares:
+    """ALS on a (users, items) weight matrix. Given the ``model`` of a shorter fit with the
+    same parameters and seed, it goes on from there to ``params.iterations`` in all: ALS
+    iterations are deterministic, so the result is the one a fit from scratch gives."""
+    if model is None:
+        model = AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=params.alpha,
+            iterations=params.iterations,
+            random_state=seed,
+            num_threads=0,
+        )
+        model.fit(matrix, show_progress=False)
+        model.iterations_done = params.iterations
+        return model
+    remaining = params.iterations - model.iterations_done
+    if remaining > 0:
+        model.iterations = remaining
+        model.fit(matrix, show_progress=False)
+        model.iterations = params.iterations
+        model.iterations_done = params.iterations
     return model
 
 
@@ -104,16 +117,24 @@ def tune(
     grid: list[ALSParams],
     history_weights: list[float],
     seed: int,
+    screen_iterations: int | None = None,
+    finalists: int | None = None,
 ) -> tuple[ALSParams, list[dict[str, object]]]:
-    """Fit every candidate on ``train`` and score the next period's items (``relevant``:
+    """Fit the candidates on ``train`` and score the next period's items (``relevant``:
     user row -> item columns), each with every history weight; the best NDCG@10 wins (HR@10,
-    then fewer factors, break ties). Returns the winner and every candidate's metrics."""
+    then fewer factors, break ties). Returns the winner and every candidate's metrics.
+
+    With ``screen_iterations`` and ``finalists`` (successive halving, as in Hyperband), every
+    candidate is first fitted only ``screen_iterations`` iterations; the ``finalists`` best
+    are then trained on to their full iterations (exactly the fit from scratch) and only they
+    compete. On 18 candidates at 5 of 15 iterations that is 8 fits' work instead of 18.
+    """
     users, truth = _validation_users(train, relevant)
     history = history_matrix(train[users])
     trials: list[dict[str, object]] = []
-    best: tuple[tuple[float, float, int], ALSParams] | None = None
-    for base in grid:
-        model = fit(train, base, seed)
+
+    def evaluate(model: AlternatingLeastSquares, base: ALSParams, stage: str) -> tuple[float, float, int]:
+        best_key = None
         for weight in history_weights:
             params = replace(base, history_weight=weight)
             idx, _ = top_k(
@@ -126,11 +147,36 @@ def tune(
             )
             recommended = {str(u): [str(i) for i in row] for u, row in zip(users, idx)}
             metrics = ranking_metrics(recommended, truth, train.shape[1])
-            trials.append({"params": params.__dict__, **metrics})
+            trials.append({"params": params.__dict__, "stage": stage, **metrics})
             key = (metrics["ndcg_at_10"], metrics["hr_at_10"], -params.factors)
-            log.info("ALS %s: ndcg@10 %.4f hr@10 %.4f", params, metrics["ndcg_at_10"], metrics["hr_at_10"])
-            if best is None or key > best[0]:
-                best = (key, params)
+            log.info("ALS %s %s: ndcg@10 %.4f hr@10 %.4f", stage, params, metrics["ndcg_at_10"], metrics["hr_at_10"])
+            if best_key is None or key > best_key[0]:
+                best_key = (key, params)
+        assert best_key is not None
+        return best_key
+
+    screening = (
+        screen_iterations is not None
+        and finalists is not None
+        and len(grid) > finalists
+        and any(screen_iterations < p.iterations for p in grid)
+    )
+    candidates: list[tuple[ALSParams, AlternatingLeastSquares | None]] = [(base, None) for base in grid]
+    if screening:
+        screened = []
+        for order, base in enumerate(grid):
+            short = replace(base, iterations=min(screen_iterations, base.iterations))
+            model = fit(train, short, seed)
+            key, _ = evaluate(model, short, "screen")
+            screened.append((key, -order, base, model))
+            # Keep only the finalists' models in memory.
+            screened = sorted(screened, key=lambda s: (s[0], s[1]), reverse=True)[:finalists]
+        candidates = [(base, model) for _, _, base, model in screened]
+    best: tuple[tuple[float, float, int], ALSParams] | None = None
+    for base, model in candidates:
+        key, params = evaluate(fit(train, base, seed, model), base, "final")
+        if best is None or key > best[0]:
+            best = (key, params)
     assert best is not None
     return best[1], trials
 

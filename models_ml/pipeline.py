@@ -265,8 +265,17 @@ def _train_als(
     relevant = {u: items for u, items in relevant.items() if items}
     if relevant and train_matrix.nnz:
         with _timed(timings, "als_tuning"):
-            best, trials = als.tune(train_matrix, relevant, exclude, grid, ml.history_weights, ml.seed)
-        chosen = next(t for t in trials if t["params"] == best.__dict__)
+            best, trials = als.tune(
+                train_matrix,
+                relevant,
+                exclude,
+                grid,
+                ml.history_weights,
+                ml.seed,
+                screen_iterations=ml.als_screen_iterations,
+                finalists=ml.als_finalists,
+            )
+        chosen = next(t for t in trials if t["params"] == best.__dict__ and t["stage"] == "final")
         validation = {k: v for k, v in chosen.items() if k != "params"}
         validation["popularity_baseline"] = als.popularity_baseline(train_matrix, relevant, exclude)
     else:
