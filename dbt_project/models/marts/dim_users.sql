@@ -87,12 +87,6 @@ activity as (
         count(*) filter (where occurred_at >= {{ as_of() }} - to_days(7)) as events_7d,
         count(*) filter (where occurred_at >= {{ as_of() }} - to_days(30)) as events_30d,
         count(*) filter (where occurred_at >= {{ as_of() }} - to_days(90)) as events_90d,
-        count(distinct session_id) filter (where occurred_at >= {{ as_of() }} - to_days(7)) as sessions_7d,
-        count(distinct session_id) filter (where occurred_at >= {{ as_of() }} - to_days(30)) as sessions_30d,
-        count(distinct session_id) filter (where occurred_at >= {{ as_of() }} - to_days(90)) as sessions_90d,
-        count(distinct session_id) as sessions_lifetime,
-        count(distinct occurred_at::date) filter (where occurred_at >= {{ as_of() }} - to_days(30)) as days_active_30d,
-        count(distinct occurred_at::date) filter (where occurred_at >= {{ as_of() }} - to_days(90)) as days_active_90d,
         count(*) filter (where event_type = 'page_view' and occurred_at >= {{ as_of() }} - to_days(30)) as page_views_30d,
         count(*) filter (where event_type = 'product_view' and occurred_at >= {{ as_of() }} - to_days(7)) as product_views_7d,
         count(*) filter (where event_type = 'product_view' and occurred_at >= {{ as_of() }} - to_days(30)) as product_views_30d,
@@ -104,6 +98,49 @@ activity as (
         bool_or(user_id is not null) as has_logged_in
     from events
     group by stitched_user_id
+
+),
+
+-- Sessions and active days in a window: each (user, session) and (user, day) once, with
+-- its last event. Counting those is one pass; six count(distinct) were six.
+user_sessions as (
+
+    select stitched_user_id as user_id, session_id, max(occurred_at) as last_at
+    from events
+    where session_id is not null
+    group by all
+
+),
+
+session_counts as (
+
+    select
+        user_id,
+        count(*) filter (where last_at >= {{ as_of() }} - to_days(7)) as sessions_7d,
+        count(*) filter (where last_at >= {{ as_of() }} - to_days(30)) as sessions_30d,
+        count(*) filter (where last_at >= {{ as_of() }} - to_days(90)) as sessions_90d,
+        count(*) as sessions_lifetime
+    from user_sessions
+    group by user_id
+
+),
+
+user_days as (
+
+    select stitched_user_id as user_id, occurred_at::date as day, max(occurred_at) as last_at
+    from events
+    group by all
+
+),
+
+day_counts as (
+
+    select
+        user_id,
+        count(*) filter (where last_at >= {{ as_of() }} - to_days(30)) as days_active_30d,
+        count(*) filter (where last_at >= {{ as_of() }} - to_days(90)) as days_active_90d
+    from user_days
+    group by user_id
 
 ),
 
@@ -177,12 +214,12 @@ final as (
         activity.events_7d,
         activity.events_30d,
         activity.events_90d,
-        activity.sessions_7d,
-        activity.sessions_30d,
-        activity.sessions_90d,
-        activity.sessions_lifetime,
-        activity.days_active_30d,
-        activity.days_active_90d,
+        coalesce(session_counts.sessions_7d, 0) as sessions_7d,
+        coalesce(session_counts.sessions_30d, 0) as sessions_30d,
+        coalesce(session_counts.sessions_90d, 0) as sessions_90d,
+        coalesce(session_counts.sessions_lifetime, 0) as sessions_lifetime,
+        coalesce(day_counts.days_active_30d, 0) as days_active_30d,
+        coalesce(day_counts.days_active_90d, 0) as days_active_90d,
         activity.page_views_30d,
         activity.product_views_7d,
         activity.product_views_30d,
@@ -228,6 +265,8 @@ final as (
     left join funnel_depth using (user_id)
     left join top_affinities using (user_id)
     left join devices using (user_id)
+    left join session_counts using (user_id)
+    left join day_counts using (user_id)
 
 )
 
