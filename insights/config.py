@@ -234,6 +234,12 @@ class MLConfig(_Strict):
         description="Candidate shares of the user's own history in the score, chosen on the time split.",
     )
     validation_days: int = Field(7, ge=1, description="Last days held out to choose ALS parameters.")
+    validation_max_users: int = Field(
+        20_000,
+        ge=100,
+        description="ALS candidates are scored on at most this many of the users active after the split "
+        "(a fixed random sample): the standard error of NDCG@10 on 20k users is about 0.002.",
+    )
     text_dimensions: int = Field(48, ge=2, description="Size of the catalog-text embedding (TF-IDF + SVD).")
     training_cutoffs: int = Field(5, ge=2, description="Past cutoffs that give propensity training examples.")
     cutoff_step_days: int = Field(7, ge=1, description="Days between training cutoffs.")

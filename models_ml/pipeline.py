@@ -229,6 +229,16 @@ def _train_propensities(
     return targets
 
 
+def sample_users(relevant: dict[int, set[int]], limit: int, seed: int) -> dict[int, set[int]]:
+    """At most ``limit`` users of ``relevant``, a fixed random sample. Scoring every ALS
+    candidate for every active user costs more than fitting it at 10M events; a sample of
+    20k ranks the candidates the same (NDCG@10's standard error there is about 0.002)."""
+    if len(relevant) <= limit:
+        return relevant
+    keep = np.random.default_rng(seed).choice(sorted(relevant), limit, replace=False)
+    return {int(u): relevant[int(u)] for u in sorted(keep)}
+
+
 def _train_als(
     con: duckdb.DuckDBPyConnection,
     config: Config,
@@ -263,6 +273,7 @@ def _train_als(
     for user, items in relevant.items():
         items.difference_update(exclude[user].indices)
     relevant = {u: items for u, items in relevant.items() if items}
+    relevant = sample_users(relevant, ml.validation_max_users, ml.seed)
     if relevant and train_matrix.nnz:
         with _timed(timings, "als_tuning"):
             best, trials = als.tune(

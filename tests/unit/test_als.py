@@ -65,3 +65,14 @@ def test_without_screening_every_candidate_is_trained_fully():
     grid = als.grid([4, 8], [0.1], [5.0], iterations=6)
     _, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3)
     assert len(trials) == 4 and {t["stage"] for t in trials} == {"final"}
+
+
+def test_validation_users_are_a_fixed_sample_when_there_are_too_many():
+    from models_ml.pipeline import sample_users
+
+    relevant = {u: {u % 7} for u in range(5000)}
+    first = sample_users(relevant, 1000, seed=3)
+    assert len(first) == 1000 and all(relevant[u] == items for u, items in first.items())
+    assert first == sample_users(relevant, 1000, seed=3)
+    assert first != sample_users(relevant, 1000, seed=4)
+    assert sample_users(relevant, 5000, seed=3) is relevant
