@@ -125,17 +125,21 @@ def tune(
     then fewer factors, break ties). Returns the winner and every candidate's metrics.
 
     With ``screen_iterations`` and ``finalists`` (successive halving, as in Hyperband), every
-    candidate is first fitted only ``screen_iterations`` iterations; the ``finalists`` best
-    are then trained on to their full iterations (exactly the fit from scratch) and only they
-    compete. On 18 candidates at 5 of 15 iterations that is 8 fits' work instead of 18.
+    candidate is first fitted only ``screen_iterations`` iterations and scored on the ALS
+    score alone (history weight 0); the ``finalists`` best are then trained on to their full
+    iterations (exactly the fit from scratch) and only they compete, with every history
+    weight. On 18 candidates at 5 of 15 iterations and 5 weights that is 8 fits' work
+    instead of 18, and 33 scorings instead of 90.
     """
     users, truth = _validation_users(train, relevant)
     history = history_matrix(train[users])
     trials: list[dict[str, object]] = []
 
-    def evaluate(model: AlternatingLeastSquares, base: ALSParams, stage: str) -> tuple[float, float, int]:
+    def evaluate(
+        model: AlternatingLeastSquares, base: ALSParams, stage: str, weights: list[float]
+    ) -> tuple[tuple[float, float, int], ALSParams]:
         best_key = None
-        for weight in history_weights:
+        for weight in weights:
             params = replace(base, history_weight=weight)
             idx, _ = top_k(
                 model.user_factors[users],
@@ -167,14 +171,14 @@ def tune(
         for order, base in enumerate(grid):
             short = replace(base, iterations=min(screen_iterations, base.iterations))
             model = fit(train, short, seed)
-            key, _ = evaluate(model, short, "screen")
+            key, _ = evaluate(model, short, "screen", [0.0])
             screened.append((key, -order, base, model))
             # Keep only the finalists' models in memory.
             screened = sorted(screened, key=lambda s: (s[0], s[1]), reverse=True)[:finalists]
         candidates = [(base, model) for _, _, base, model in screened]
     best: tuple[tuple[float, float, int], ALSParams] | None = None
     for base, model in candidates:
-        key, params = evaluate(fit(train, base, seed, model), base, "final")
+        key, params = evaluate(fit(train, base, seed, model), base, "final", history_weights)
         if best is None or key > best[0]:
             best = (key, params)
     assert best is not None

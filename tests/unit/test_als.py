@@ -43,11 +43,12 @@ def test_screening_trains_only_the_finalists_to_full_iterations():
     train, later = _planted()
     exclude = sparse.csr_matrix(train.shape, dtype=np.float32)
     grid = als.grid([4, 8], [0.01, 0.1], [1.0, 10.0], iterations=9)
-    best, trials = als.tune(train, later, exclude, grid, [0.0], seed=3, screen_iterations=3, finalists=2)
+    best, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, screen_iterations=3, finalists=2)
     screen = [t for t in trials if t["stage"] == "screen"]
     final = [t for t in trials if t["stage"] == "final"]
     assert len(screen) == len(grid) and all(t["params"]["iterations"] == 3 for t in screen)
-    assert len(final) == 2 and all(t["params"]["iterations"] == 9 for t in final)
+    assert all(t["params"]["history_weight"] == 0.0 for t in screen)
+    assert len(final) == 4 and all(t["params"]["iterations"] == 9 for t in final)
     # The finalists are the two best screened candidates, and the winner is the best final.
     ranked = sorted(screen, key=lambda t: (t["ndcg_at_10"], t["hr_at_10"], -t["params"]["factors"]), reverse=True)
     finalists = {(t["params"]["factors"], t["params"]["regularization"], t["params"]["alpha"]) for t in ranked[:2]}
