@@ -228,6 +228,12 @@ class MLConfig(_Strict):
         "best `als_finalists` are trained on to `als_iterations` (the same fit as from scratch) and compared.",
     )
     als_finalists: int = Field(3, ge=1, description="Grid candidates trained to full iterations after screening.")
+    als_screen_min_interactions: int = Field(
+        500_000,
+        ge=0,
+        description="Screening starts at this many (user, item) pairs on the time split; below it every "
+        "candidate is fitted fully (cheap there, and few validation users make short fits a noisy guide).",
+    )
     history_weights: list[float] = Field(
         default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 0.9],
         min_length=1,

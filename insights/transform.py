@@ -156,6 +156,10 @@ SNAPSHOT_MODELS = (
     "fct_interactions",
     "dim_items",
 )
+# What the training examples of a past cutoff read (dim_users and the models it is built from),
+# and what the ALS time split reads.
+FEATURE_MODELS = frozenset({"int_events_as_of", "int_funnel_user_days", "fct_user_affinities", "dim_users"})
+INTERACTION_MODELS = frozenset({"int_events_as_of", "fct_interactions"})
 
 
 def snapshot_schema_name(as_of: datetime) -> str:
@@ -163,19 +167,21 @@ def snapshot_schema_name(as_of: datetime) -> str:
     return f"pit_{as_of:%Y%m%d_%H%M%S}"
 
 
-def build_snapshot(config: Config, as_of: datetime) -> str:
-    """Build the as-of-dependent models (features, interactions, item stats) as of a past
-    instant into their own schema and return its name; main is left as it is.
+def build_snapshot(config: Config, as_of: datetime, models: frozenset[str] | None = None) -> str:
+    """Build the as-of-dependent models (features, interactions, item stats; or only
+    ``models`` of them) as of a past instant into their own schema and return its name; main
+    is left as it is.
 
     The learning step needs features at several past cutoffs (training examples) from the
     very SQL that computes today's features, so there is one definition of every feature.
     """
     schema = snapshot_schema_name(as_of)
+    wanted = set(SNAPSHOT_MODELS) if models is None else set(models)
     run_dbt(
         config,
         as_of,
         "run",
-        select=list(SNAPSHOT_MODELS),
+        select=[m for m in SNAPSHOT_MODELS if m in wanted],
         extra_vars={"insights__snapshot_schema": schema},
     )
     return schema

@@ -24,7 +24,13 @@ import numpy as np
 import pandas as pd
 
 from insights.config import Config
-from insights.transform import build_snapshot, snapshot_schema_name
+from insights.transform import (
+    FEATURE_MODELS,
+    INTERACTION_MODELS,
+    SNAPSHOT_MODELS,
+    build_snapshot,
+    snapshot_schema_name,
+)
 from insights.warehouse import connect, transaction
 from models_ml import als, data, interests, propensity, registry, segments
 from models_ml.content import CatalogEncoder, cold_vectors, fit_mapping
@@ -51,10 +57,6 @@ class Plan:
     anchor: datetime  # labels reach at most here: the as-of instant or the last event before it
     als_split: datetime
     cutoffs: dict[str, list[datetime]]  # per target, latest first
-
-    def instants(self) -> list[datetime]:
-        found = {self.als_split, *(c for cs in self.cutoffs.values() for c in cs)}
-        return sorted(found)
 
 
 def make_plan(config: Config, as_of: datetime, first_event: datetime, last_event: datetime) -> Plan:
@@ -91,18 +93,37 @@ create table if not exists ml.snapshots (
     schema_name varchar primary key, as_of timestamp, vars_hash varchar,
     events_loaded_at timestamp, catalog_loaded_at timestamp, built_at timestamp
 );
+-- The models a snapshot holds (comma-separated); null: all of SNAPSHOT_MODELS.
+alter table ml.snapshots add column if not exists models varchar;
 """
+
+
+def _needs(plan: Plan) -> dict[datetime, frozenset[str]]:
+    """The models training reads at each instant: everything now, the interactions at the
+    ALS split, the user features at each propensity cutoff."""
+    needs: dict[datetime, frozenset[str]] = {plan.as_of: frozenset(SNAPSHOT_MODELS)}
+    parts = [(plan.als_split, INTERACTION_MODELS)] + [(c, FEATURE_MODELS) for cs in plan.cutoffs.values() for c in cs]
+    for instant, models in parts:
+        needs[instant] = needs.get(instant, frozenset()) | models
+    return needs
 
 
 def _vars_hash(config: Config) -> str:
     return hashlib.sha256(json.dumps(config.transform.dbt_vars(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _feature_schemas(config: Config, instants: list[datetime]) -> dict[datetime, str]:
+def _feature_schemas(config: Config, instants: list[datetime] | dict[datetime, frozenset[str]]) -> dict[datetime, str]:
     """A schema with the as-of-dependent models for every instant: main when it matches,
     else a point-in-time snapshot, reused from an earlier run while it is still exact (same
-    transform settings, same catalog, no event loaded since that happened before it)."""
-    wanted = sorted(set(instants))
+    transform settings, same catalog, no event loaded since that happened before it) and
+    holds the models wanted. ``instants`` may map each instant to the models it needs (a
+    list of instants needs all of them)."""
+    needs = (
+        {i: frozenset(SNAPSHOT_MODELS) for i in instants}
+        if not isinstance(instants, dict)
+        else {i: frozenset(m) for i, m in instants.items()}
+    )
+    wanted = sorted(needs)
     con = connect(config)
     try:
         con.execute(_SNAPSHOTS_DDL)
@@ -122,11 +143,12 @@ def _feature_schemas(config: Config, instants: list[datetime]) -> dict[datetime,
                 schemas[instant] = "main"
                 continue
             row = con.execute(
-                "select events_loaded_at from ml.snapshots where schema_name = ? and vars_hash = ? "
+                "select events_loaded_at, models from ml.snapshots where schema_name = ? and vars_hash = ? "
                 "and catalog_loaded_at is not distinct from ?",
                 [name, vars_hash, catalog_loaded],
             ).fetchone()
-            if row and name in existing:
+            held = set(SNAPSHOT_MODELS) if row is None or row[1] is None else set(row[1].split(","))
+            if row and name in existing and needs[instant] <= held:
                 late = con.execute(
                     "select count(*) from main.fct_events where loaded_at > ? and occurred_at < ?", [row[0], instant]
                 ).fetchone()[0]
@@ -137,15 +159,24 @@ def _feature_schemas(config: Config, instants: list[datetime]) -> dict[datetime,
     built = []
     for instant in wanted:
         if instant not in schemas:
-            schemas[instant] = build_snapshot(config, instant)
+            schemas[instant] = build_snapshot(config, instant, needs[instant])
             built.append(instant)
     if built:
         con = connect(config)
         try:
             for instant in built:
                 con.execute(
-                    "insert or replace into ml.snapshots values (?, ?, ?, ?, ?, now()::timestamp)",
-                    [schemas[instant], instant, vars_hash, events_loaded, catalog_loaded],
+                    "insert or replace into ml.snapshots "
+                    "(schema_name, as_of, vars_hash, events_loaded_at, catalog_loaded_at, built_at, models) "
+                    "values (?, ?, ?, ?, ?, now()::timestamp, ?)",
+                    [
+                        schemas[instant],
+                        instant,
+                        vars_hash,
+                        events_loaded,
+                        catalog_loaded,
+                        ",".join(m for m in SNAPSHOT_MODELS if m in needs[instant]),
+                    ],
                 )
         finally:
             con.close()
@@ -283,7 +314,9 @@ def _train_als(
                 grid,
                 ml.history_weights,
                 ml.seed,
-                screen_iterations=ml.als_screen_iterations,
+                screen_iterations=ml.als_screen_iterations
+                if train_matrix.nnz >= ml.als_screen_min_interactions
+                else None,
                 finalists=ml.als_finalists,
             )
         chosen = next(t for t in trials if t["params"] == best.__dict__ and t["stage"] == "final")
@@ -334,7 +367,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
     plan = make_plan(config, as_of, first_event, last_event)
     timings: dict[str, float] = {}
     with _timed(timings, "feature_snapshots"):
-        schemas = _feature_schemas(config, [as_of, *plan.instants()])
+        schemas = _feature_schemas(config, _needs(plan))
     con = connect(config)
     try:
         best, als_report, catalog, now, user_ids, item_ids, model = _train_als(con, config, schemas, plan, timings)
