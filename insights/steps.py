@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 from insights import faults
 from insights.config import Config
 from insights.ingest import LoadResult, run_ingest
+from insights.timing import timed
 from insights.warehouse import connect, exclusive, scored_as_of
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,8 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
         run_id = run_id or f"{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         timings: dict[str, float] = {}
 
-        started = time.perf_counter()
-        cohorts = run_cohorts(config, con, as_of)
-        timings["cohorts"] = time.perf_counter() - started
+        with timed(timings, "cohorts"):
+            cohorts = run_cohorts(config, con, as_of)
 
         faults.reached("export.cohorts")
         membership = cohorts.pop("membership")
@@ -165,17 +164,14 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
                 "params::varchar as params, metrics::varchar as metrics from ml.model_versions",
             ),
         ]
-        started = time.perf_counter()
-        datastore = publish(config, con, tables, as_of, run_id, {"model_version": ",".join(versions)})
-        timings["datastore"] = time.perf_counter() - started
+        with timed(timings, "datastore"):
+            datastore = publish(config, con, tables, as_of, run_id, {"model_version": ",".join(versions)})
 
-        started = time.perf_counter()
-        segment = sync(config, con, as_of, run_id)
-        timings["segment"] = time.perf_counter() - started
+        with timed(timings, "segment"):
+            segment = sync(config, con, as_of, run_id)
 
-        started = time.perf_counter()
-        serving = publish_table(config, con, run_id)
-        timings["serving"] = time.perf_counter() - started
+        with timed(timings, "serving"):
+            serving = publish_table(config, con, run_id)
     finally:
         con.close()
     return {
@@ -185,7 +181,7 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
         "datastore": datastore,
         "segment": segment,
         "serving": serving,
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "seconds": timings,
     }
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from insights.config import Config
+from insights.timing import timed
 from insights.transform import (
     FEATURE_MODELS,
     INTERACTION_MODELS,
@@ -98,10 +97,13 @@ alter table ml.snapshots add column if not exists models varchar;
 """
 
 
+ALL_MODELS = frozenset(SNAPSHOT_MODELS)
+
+
 def _needs(plan: Plan) -> dict[datetime, frozenset[str]]:
     """The models training reads at each instant: everything now, the interactions at the
     ALS split, the user features at each propensity cutoff."""
-    needs: dict[datetime, frozenset[str]] = {plan.as_of: frozenset(SNAPSHOT_MODELS)}
+    needs: dict[datetime, frozenset[str]] = {plan.as_of: ALL_MODELS}
     parts = [(plan.als_split, INTERACTION_MODELS)] + [(c, FEATURE_MODELS) for cs in plan.cutoffs.values() for c in cs]
     for instant, models in parts:
         needs[instant] = needs.get(instant, frozenset()) | models
@@ -112,17 +114,11 @@ def _vars_hash(config: Config) -> str:
     return hashlib.sha256(json.dumps(config.transform.dbt_vars(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _feature_schemas(config: Config, instants: list[datetime] | dict[datetime, frozenset[str]]) -> dict[datetime, str]:
-    """A schema with the as-of-dependent models for every instant: main when it matches,
+def _feature_schemas(config: Config, needs: dict[datetime, frozenset[str]]) -> dict[datetime, str]:
+    """A schema with the as-of-dependent models each instant needs: main when it matches,
     else a point-in-time snapshot, reused from an earlier run while it is still exact (same
     transform settings, same catalog, no event loaded since that happened before it) and
-    holds the models wanted. ``instants`` may map each instant to the models it needs (a
-    list of instants needs all of them)."""
-    needs = (
-        {i: frozenset(SNAPSHOT_MODELS) for i in instants}
-        if not isinstance(instants, dict)
-        else {i: frozenset(m) for i, m in instants.items()}
-    )
+    holds the models wanted."""
     wanted = sorted(needs)
     con = connect(config)
     try:
@@ -147,7 +143,7 @@ def _feature_schemas(config: Config, instants: list[datetime] | dict[datetime, f
                 "and catalog_loaded_at is not distinct from ?",
                 [name, vars_hash, catalog_loaded],
             ).fetchone()
-            held = set(SNAPSHOT_MODELS) if row is None or row[1] is None else set(row[1].split(","))
+            held = ALL_MODELS if row is None or row[1] is None else frozenset(row[1].split(","))
             if row and name in existing and needs[instant] <= held:
                 late = con.execute(
                     "select count(*) from main.fct_events where loaded_at > ? and occurred_at < ?", [row[0], instant]
@@ -306,7 +302,7 @@ def _train_als(
     relevant = {u: items for u, items in relevant.items() if items}
     relevant = sample_users(relevant, ml.validation_max_users, ml.seed)
     if relevant and train_matrix.nnz:
-        with _timed(timings, "als_tuning"):
+        with timed(timings, "als_tuning"):
             best, trials = als.tune(
                 train_matrix,
                 relevant,
@@ -330,19 +326,9 @@ def _train_als(
     matrix = als.interaction_matrix(
         _indexed(user_ids), item_index, now["user_id"].to_numpy(), now["item_id"].to_numpy(), now["weight"].to_numpy()
     )
-    with _timed(timings, "als_fit"):
+    with timed(timings, "als_fit"):
         model = als.fit(matrix, best, ml.seed)
     return best, report, catalog, now, user_ids, item_ids, model
-
-
-@contextmanager
-def _timed(timings: dict[str, float], part: str):
-    """Adds the seconds the block took to ``timings[part]``."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[part] = round(timings.get(part, 0.0) + time.perf_counter() - started, 2)
 
 
 def _version(as_of: datetime, params: dict[str, Any]) -> str:
@@ -366,7 +352,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         raise MLError(f"no events before {as_of:%Y-%m-%d %H:%M:%S}: run `insights ingest` and `insights transform`")
     plan = make_plan(config, as_of, first_event, last_event)
     timings: dict[str, float] = {}
-    with _timed(timings, "feature_snapshots"):
+    with timed(timings, "feature_snapshots"):
         schemas = _feature_schemas(config, _needs(plan))
     con = connect(config)
     try:
@@ -375,11 +361,11 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids])
         in_catalog = catalog.set_index("item_id")
         catalog_rows = np.array([i in in_catalog.index for i in item_ids])
-        with _timed(timings, "catalog_encoder"):
+        with timed(timings, "catalog_encoder"):
             encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
             text = encoder.transform(in_catalog.loc[[i for i, c in zip(item_ids, catalog_rows) if c]].reset_index())
             mapping = fit_mapping(text, model.item_factors[catalog_rows], warm[catalog_rows])
-        with _timed(timings, "propensities"):
+        with timed(timings, "propensities"):
             targets = _train_propensities(con, config, schemas, plan)
         metrics: dict[str, Any] = {"als": als_report}
         for name, target in targets.items():
@@ -639,7 +625,7 @@ order by user_id, rank
 def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None = None, write: bool = True) -> Scores:
     """Apply a model version (the published one by default) to the features as of ``as_of``."""
     bundle = bundle or load_published(config)
-    schemas = _feature_schemas(config, [as_of])
+    schemas = _feature_schemas(config, {as_of: ALL_MODELS})
     schema = schemas[as_of]
     con = connect(config, read_only=not write)
     try:
@@ -853,7 +839,7 @@ def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
     longer = config.model_copy(deep=True)
     longer.ml.recommendations = max(20, config.ml.recommendations)
     scores = score(longer, as_of, bundle=bundle, write=False)
-    schema = _feature_schemas(config, [as_of])[as_of]
+    schema = _feature_schemas(config, {as_of: ALL_MODELS})[as_of]
     con = connect(config, read_only=True)
     try:
         last_event = con.execute("select max(occurred_at) from main.fct_events").fetchone()[0]

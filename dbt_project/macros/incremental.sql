@@ -2,9 +2,9 @@
     mark of loaded_at in this model minus a lookback, find the scopes (tracker session, or
     visitor history without one) that received events since, and recompute those scopes
     whole (the CTE named by `events` should be NOT MATERIALIZED, so that only the touched
-    scopes' rows are read, not a copy of every event). With restitch, scopes of anonymous ids that were just identified are recomputed
-    too, so earlier sessions move to the user. Defines the CTE `events_in_scope` from the
-    CTE named by `events`. -#}
+    scopes' rows are read, not a copy of every event). With restitch, scopes of anonymous
+    ids that were just identified are recomputed too, so earlier sessions move to the user.
+    Defines the CTE `events_in_scope` from the CTE named by `events`. -#}
 {% macro events_in_touched_scopes(events='events', restitch=false) -%}
 {%- if is_incremental() -%}
 new_events as (
