@@ -9,7 +9,8 @@ import csv
 import io
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -66,17 +67,25 @@ def lines(valid: Callable[[int], str]) -> st.SearchStrategy[list[tuple[str, str 
     )
 
 
-def _ingest(source: dict, files: dict[str, str]) -> tuple[dict, duckdb.DuckDBPyConnection, Path]:
-    root = Path(tempfile.mkdtemp(prefix="fuzz"))
-    folder = root / "in"
-    folder.mkdir()
-    for name, text in files.items():
-        (folder / name).write_text(text, encoding="utf-8", errors="surrogatepass")
-    config = load_config(
-        write_config(root, [{**source, "path": str(folder)}], validation={"enabled": False}), environ={}
-    )
-    summary = steps.ingest(config)
-    return summary, duckdb.connect(str(root / "wh.duckdb"), read_only=True), root
+@contextmanager
+def _ingest(source: dict, files: dict[str, str]) -> Iterator[tuple[dict, duckdb.DuckDBPyConnection]]:
+    """Ingest the files into a fresh warehouse; yields the summary and a reader, then cleans up
+    (hypothesis runs each test many times, so every example's folder is removed)."""
+    with tempfile.TemporaryDirectory(prefix="fuzz") as tmp:
+        root = Path(tmp)
+        folder = root / "in"
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text, encoding="utf-8", errors="surrogatepass")
+        config = load_config(
+            write_config(root, [{**source, "path": str(folder)}], validation={"enabled": False}), environ={}
+        )
+        summary = steps.ingest(config)
+        con = duckdb.connect(str(root / "wh.duckdb"), read_only=True)
+        try:
+            yield summary, con
+        finally:
+            con.close()
 
 
 def _check(summary: dict, con: duckdb.DuckDBPyConnection, expected_ids: set[str], table: str = "raw.events") -> None:
@@ -102,11 +111,10 @@ def _tsv(i: int) -> str:
 @SETTINGS
 @given(lines(_tsv))
 def test_enriched_tsv(rows: list[tuple[str, str | None]]) -> None:
-    summary, con, _ = _ingest(
+    with _ingest(
         {"name": "web", "kind": "snowplow_enriched"}, {"events.tsv": "\n".join(line for line, _ in rows) + "\n"}
-    )
-    _check(summary, con, {i for _, i in rows if i})
-    con.close()
+    ) as (summary, con):
+        _check(summary, con, {i for _, i in rows if i})
 
 
 def _atomic(i: int) -> str:
@@ -121,11 +129,10 @@ def _atomic(i: int) -> str:
 @given(lines(_atomic))
 def test_atomic_csv(rows: list[tuple[str, str | None]]) -> None:
     text = ATOMIC[0] + "\n" + "\n".join(line for line, _ in rows) + "\n"
-    summary, con, _ = _ingest({"name": "atomic", "kind": "snowplow_atomic"}, {"events.csv": text})
-    # A stray quote in a damaged line may carry later lines into one quoted field: those are
-    # quarantined with it, so only the reconciliation and reasons are asserted here.
-    _check(summary, con, set())
-    con.close()
+    with _ingest({"name": "atomic", "kind": "snowplow_atomic"}, {"events.csv": text}) as (summary, con):
+        # A stray quote in a damaged line may carry later lines into one quoted field: those are
+        # quarantined with it, so only the reconciliation and reasons are asserted here.
+        _check(summary, con, set())
 
 
 def _singer(i: int) -> str:
@@ -149,9 +156,8 @@ SINGER = {"name": "app", "kind": "singer_jsonl", "schema_drift": "load", "stream
 def test_singer_jsonl(rows: list[tuple[str, str | None]]) -> None:
     state = json.dumps({"type": "STATE", "value": {"bookmark": 1}})
     text = "\n".join([state, *(line for line, _ in rows)]) + "\n"
-    summary, con, _ = _ingest(SINGER, {"events.jsonl": text})
-    _check(summary, con, {i for _, i in rows if i})
-    con.close()
+    with _ingest(SINGER, {"events.jsonl": text}) as (summary, con):
+        _check(summary, con, {i for _, i in rows if i})
 
 
 EVENTS_FILE = {
@@ -177,9 +183,8 @@ def _event_row(i: int) -> str:
 @given(lines(_event_row))
 def test_events_file(rows: list[tuple[str, str | None]]) -> None:
     text = "id,ts,visitor,action,sku\n" + "\n".join(line for line, _ in rows) + "\n"
-    summary, con, _ = _ingest(EVENTS_FILE, {"export.csv": text})
-    _check(summary, con, set())  # as for atomic CSV: quotes may join lines
-    con.close()
+    with _ingest(EVENTS_FILE, {"export.csv": text}) as (summary, con):
+        _check(summary, con, set())  # as for atomic CSV: quotes may join lines
 
 
 def _item(i: int) -> str:
@@ -190,6 +195,5 @@ def _item(i: int) -> str:
 @given(lines(_item))
 def test_catalog(rows: list[tuple[str, str | None]]) -> None:
     text = "item_id,title,category,brand,price,in_stock,created_at\n" + "\n".join(line for line, _ in rows) + "\n"
-    summary, con, _ = _ingest({"name": "catalog", "kind": "catalog"}, {"items.csv": text})
-    _check(summary, con, set(), table="raw.catalog_items")
-    con.close()
+    with _ingest({"name": "catalog", "kind": "catalog"}, {"items.csv": text}) as (summary, con):
+        _check(summary, con, set(), table="raw.catalog_items")
