@@ -36,7 +36,7 @@ from insights.config import (
 )
 from insights.ingest import mapped, snowplow
 from insights.ingest.textio import quote_ident, split_lines
-from insights.ingest.validate import VALIDATION_QUERY, validate_events
+from insights.ingest.validate import VALIDATION_QUERY, validate_events, warm_up
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
 from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, transaction
 
@@ -125,24 +125,56 @@ def _batches(refs: list[FileRef], limit: int) -> list[list[FileRef]]:
     return batches
 
 
+@dataclass
+class _Batch:
+    """One batch's files, read and parsed without touching the warehouse (so the next
+    batch is prepared while this one loads)."""
+
+    files: list[PendingFile]
+    unchanged: list[FileRef]
+    parsed: Any = None
+    error: Exception | None = None  # raised again inside the load, which records it
+
+
 def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -> list[LoadResult]:
-    """Load what is new in one source; returns one result per batch (none if up to date)."""
+    """Load what is new in one source; returns one result per batch (none if up to date).
+
+    Batch N+1 is read, decompressed and parsed on a helper thread while batch N runs its
+    SQL (both release the GIL), so about two batches are in memory at a time.
+    """
     refs = pending_files(con, source, config)
+    if refs and config.validation.enabled and not isinstance(source, CatalogSource):
+        warm_up()
     known = dict(
         con.execute("select path, checksum from ingest.load_manifest where source_name = ?", [source.name]).fetchall()
     )
+
+    def prepare(batch_refs: list[FileRef], pool: ThreadPoolExecutor) -> _Batch:
+        pending = list(pool.map(lambda r: _read(r, known, config), batch_refs))
+        batch = _Batch([p for p in pending if p], [r for r, p in zip(batch_refs, pending) if p is None])
+        if batch.files:
+            try:
+                batch.parsed = _parse_files(source, batch.files, pool)
+            except ValueError as exc:
+                batch.error = exc
+        return batch
+
     results = []
     unchanged: list[FileRef] = []
-    with ThreadPoolExecutor(config.ingest.parse_threads) as pool:
-        for batch_refs in _batches(refs, config.ingest.batch_bytes):
-            files = []
-            for ref, pending in zip(batch_refs, pool.map(lambda r: _read(r, known, config), batch_refs)):
-                if pending is None:
-                    unchanged.append(ref)
-                else:
-                    files.append(pending)
-            if files:
-                results.append(_load_batch(con, source, files, config, pool))
+    batches = _batches(refs, config.ingest.batch_bytes)
+    with ThreadPoolExecutor(config.ingest.parse_threads) as pool, ThreadPoolExecutor(1) as ahead:
+        upcoming = ahead.submit(prepare, batches[0], pool) if batches else None
+        for i in range(len(batches)):
+            batch = upcoming.result()
+            upcoming = ahead.submit(prepare, batches[i + 1], pool) if i + 1 < len(batches) else None
+            unchanged += batch.unchanged
+            if batch.files:
+                try:
+                    results.append(_load_batch(con, source, batch, config))
+                except BaseException:
+                    if upcoming is not None:
+                        upcoming.cancel()
+                    raise
                 faults.reached("ingest.batch")
     if unchanged:
         # Same content under a new modification time (a touch, a re-upload): remember the
@@ -154,35 +186,45 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
     return results
 
 
-def _parse_snowplow(
-    source: Any, files: list[PendingFile], con: duckdb.DuckDBPyConnection, pool: ThreadPoolExecutor
-) -> tuple[str, int, dict[str, bytes]]:
+def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor) -> Any:
+    """The batch's files parsed into what its load stages (no warehouse access here)."""
     if isinstance(source, SnowplowEnrichedSource):
         texts = dict(zip((f.ref.path for f in files), pool.map(lambda f: decompress(f.data, f.ref.path), files)))
-        table = snowplow.read_enriched(list(texts.items()))
+        return snowplow.read_enriched(list(texts.items())), texts
+    if isinstance(source, SnowplowAtomicSource):
+        tables = pool.map(lambda f: snowplow.read_atomic(decompress(f.data, f.ref.path), f.ref.path), files)
+        return pa.concat_tables(list(tables), promote_options="permissive")
+    if isinstance(source, EventsFileSource):
+        tables = pool.map(lambda f: mapped.read_table_file(decompress(f.data, f.ref.path), f.ref.path), files)
+        return pa.concat_tables(list(tables), promote_options="permissive")
+    if isinstance(source, SingerSource):
+
+        def parse(f: PendingFile) -> mapped.SingerFile:
+            name = f.ref.path.rsplit("/", 1)[-1].split(".", 1)[0]
+            text = decompress(f.data, f.ref.path).decode("utf-8", errors="replace")
+            return mapped.parse_singer(text, f.ref.path, name)
+
+        return list(pool.map(parse, files))
+    return _read_catalog(files)
+
+
+def _stage_snowplow(source: Any, parsed: Any, con: duckdb.DuckDBPyConnection) -> tuple[str, int, dict[str, bytes]]:
+    meta = {"source_file", "source_line", "raw_text", "shape_error"}
+    if isinstance(source, SnowplowEnrichedSource):
+        table, texts = parsed
         con.register("batch_enriched", table)
-        meta = {"source_file", "source_line", "raw_text", "shape_error"}
         columns = [c for c in table.column_names if c not in meta]
         sql = snowplow.canonical_sql("select * from batch_enriched", "enriched", columns, source.name)
         return sql, table.num_rows, texts
-    tables = list(pool.map(lambda f: snowplow.read_atomic(decompress(f.data, f.ref.path), f.ref.path), files))
-    table = pa.concat_tables(tables, promote_options="permissive")
-    con.register("batch_atomic", table)
-    meta = {"source_file", "source_line", "raw_text", "shape_error"}
-    columns = [c for c in table.column_names if c not in meta]
+    con.register("batch_atomic", parsed)
+    columns = [c for c in parsed.column_names if c not in meta]
     sql = snowplow.canonical_sql("select * from batch_atomic", "atomic", columns, source.name)
-    return sql, table.num_rows, {}
+    return sql, parsed.num_rows, {}
 
 
-def _parse_events_file(
-    source: EventsFileSource,
-    files: list[PendingFile],
-    con: duckdb.DuckDBPyConnection,
-    pool: ThreadPoolExecutor,
-    warnings: list[str],
+def _stage_events_file(
+    source: EventsFileSource, table: pa.Table, con: duckdb.DuckDBPyConnection, warnings: list[str]
 ) -> tuple[str, int]:
-    tables = list(pool.map(lambda f: mapped.read_table_file(decompress(f.data, f.ref.path), f.ref.path), files))
-    table = pa.concat_tables(tables, promote_options="permissive")
     con.register("batch_rows", table)
     con.register("batch_event_types", mapped.event_types_table(source))
     columns = [c for c in table.column_names if c not in mapped.META]
@@ -203,18 +245,9 @@ class _SingerBatch:
     lines_read: int
 
 
-def _parse_singer(
-    source: SingerSource,
-    files: list[PendingFile],
-    con: duckdb.DuckDBPyConnection,
-    pool: ThreadPoolExecutor,
-    warnings: list[str],
+def _stage_singer(
+    source: SingerSource, parsed: list[mapped.SingerFile], con: duckdb.DuckDBPyConnection, warnings: list[str]
 ) -> _SingerBatch:
-    def parse(f: PendingFile) -> mapped.SingerFile:
-        name = f.ref.path.rsplit("/", 1)[-1].split(".", 1)[0]
-        return mapped.parse_singer(decompress(f.data, f.ref.path).decode("utf-8", errors="replace"), f.ref.path, name)
-
-    parsed = list(pool.map(parse, files))
     sqls = []
     event_lines = other = control = lines_read = 0
     bad: list[tuple[str, int, str, str]] = []
@@ -437,20 +470,24 @@ def _load_events(
     )
     if superseded:
         log.info("%s: %d events replaced by earlier-collected duplicates", source.name, superseded)
+    # The winning lines that load; `fresh` is a view over them (copying the staged rows
+    # once more cost as much as the insert).
+    con.execute(
+        "delete from winners where base_event_id in (select base_event_id from existing where not new_is_earlier)"
+    )
     con.execute(
         """
-        create or replace temp table fresh as
+        create or replace temp view fresh as
         select s.* from stage s
-        join winners w using (base_event_id, source_file, source_line)
+        semi join winners w using (base_event_id, source_file, source_line)
         where s.reason is null
-          and base_event_id not in (select base_event_id from existing where not new_is_earlier)
         """
     )
     good_lines, quarantined, loaded_lines = con.execute(
         """
         select (select count(*) from stage_lines),
                (select count(*) from stage where reason is not null),
-               (select count(distinct base_event_id) from fresh)
+               (select count(*) from winners)
         """
     ).fetchone()
     result.quarantined += quarantined + len(extra_bad)
@@ -479,9 +516,7 @@ class _ValidationFailed(Exception):
         self.report = report
 
 
-def _load_catalog(
-    con: duckdb.DuckDBPyConnection, source: CatalogSource, files: list[PendingFile], result: LoadResult, now: datetime
-) -> dict[str, int]:
+def _read_catalog(files: list[PendingFile]) -> mapped.TextRows:
     rows = mapped.TextRows()
     for f in files:
         data = decompress(f.data, f.ref.path)
@@ -501,6 +536,17 @@ def _load_catalog(
             except json.JSONDecodeError as exc:
                 record, error = {}, f"invalid JSON: {exc.msg} at column {exc.colno}"
             rows.add(mapped.flatten(record) if not error else {}, f.ref.path, number, line, error)
+    return rows
+
+
+def _load_catalog(
+    con: duckdb.DuckDBPyConnection,
+    source: CatalogSource,
+    files: list[PendingFile],
+    rows: mapped.TextRows,
+    result: LoadResult,
+    now: datetime,
+) -> dict[str, int]:
     con.register("batch_catalog", rows.to_arrow())
     available = set(rows.columns)
 
@@ -577,35 +623,36 @@ def _load_catalog(
     return dict(con.execute("select source_file, count(*) from latest_catalog group by all").fetchall())
 
 
-def _load_batch(
-    con: duckdb.DuckDBPyConnection, source: Any, files: list[PendingFile], config: Config, pool: ThreadPoolExecutor
-) -> LoadResult:
+def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, config: Config) -> LoadResult:
     started = _now()
+    files = batch.files
     result = LoadResult(_new_load_id(source.name), source.name, source.kind, files=len(files))
     paths = ", ".join(f.ref.path for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
     try:
+        if batch.error is not None:
+            raise batch.error
         with transaction(con):
             if isinstance(source, CatalogSource):
-                per_file = _load_catalog(con, source, files, result, started)
+                per_file = _load_catalog(con, source, files, batch.parsed, result, started)
             elif isinstance(source, SingerSource):
-                batch = _parse_singer(source, files, con, pool, result.warnings)
-                result.lines_read = batch.lines_read
-                result.control_messages = batch.control
-                result.loaded += batch.other_records
-                if batch.sql is None:
+                singer = _stage_singer(source, batch.parsed, con, result.warnings)
+                result.lines_read = singer.lines_read
+                result.control_messages = singer.control
+                result.loaded += singer.other_records
+                if singer.sql is None:
                     result.replaced += _forget_files(con, source.name, files, "raw.events")
-                    result.quarantined += len(batch.bad)
-                    _insert_quarantine(con, batch.bad, source.name, result.load_id, started)
+                    result.quarantined += len(singer.bad)
+                    _insert_quarantine(con, singer.bad, source.name, result.load_id, started)
                     per_file = {}
                 else:
-                    per_file = _load_events(con, batch.sql, source, files, result, config, started, batch.bad)
-                batch.finish(con, result.load_id, started)
+                    per_file = _load_events(con, singer.sql, source, files, result, config, started, singer.bad)
+                singer.finish(con, result.load_id, started)
             else:
                 texts: dict[str, bytes] = {}
                 if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
-                    sql, lines, texts = _parse_snowplow(source, files, con, pool)
+                    sql, lines, texts = _stage_snowplow(source, batch.parsed, con)
                 else:
-                    sql, lines = _parse_events_file(source, files, con, pool, result.warnings)
+                    sql, lines = _stage_events_file(source, batch.parsed, con, result.warnings)
                 result.lines_read = lines
                 per_file = _load_events(con, sql, source, files, result, config, started, [], texts)
             if not result.reconciles:

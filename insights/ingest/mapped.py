@@ -201,7 +201,7 @@ def mapped_sql(
                {exprs["user_id"]} as user_id_chk, {exprs["anonymous_id"]} as anonymous_id_chk
         from {view}
     ),
-    checked as (
+    checked as materialized (  -- both branches read it: the checks run once
         select *, coalesce(shape_error, nullif(concat_ws('; ', {checks}), '')) as reason from base
     )
     select {select_list},

@@ -171,9 +171,15 @@ def raw_lines(files: dict[str, bytes], wanted: list[tuple[str, int]]) -> dict[tu
         by_file.setdefault(path, set()).add(line)
     found = {}
     for path, lines in by_file.items():
-        for number, text in enumerate(files[path].split(b"\n"), start=1):
-            if number in lines:
-                found[(path, number)] = text.decode("utf-8", errors="replace").rstrip("\r")
+        text = files[path]
+        # Line n runs from just after newline n-1 to newline n (or the end of the file).
+        ends = np.flatnonzero(np.frombuffer(text, np.uint8) == 10)
+        for number in lines:
+            if number > len(ends) + 1:
+                continue
+            start = int(ends[number - 2]) + 1 if number > 1 else 0
+            end = int(ends[number - 1]) if number <= len(ends) else len(text)
+            found[(path, number)] = text[start:end].decode("utf-8", errors="replace").rstrip("\r")
     return found
 
 
@@ -318,7 +324,7 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
     src = source_name.replace("'", "''")
     return f"""
     with fields as ({fields_sql}),
-    checked as (
+    checked as materialized (  -- both branches read it: the checks (JSON parses) run once
         select *,
             coalesce(shape_error, nullif(concat_ws('; ',
                 case when event_id is null then 'event_id is empty' end,

@@ -8,10 +8,11 @@ or not, lands in ``ingest.validation_results``.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -63,12 +64,40 @@ class ValidationReport:
         )
 
 
-@lru_cache(maxsize=1)
+_definition: Future | None = None
+_definition_lock = threading.Lock()
+
+
+def warm_up() -> Future:
+    """Start importing Great Expectations in a background thread, once per process.
+
+    The import alone takes about 6 s; started when a load begins, it runs while the first
+    batch is read and parsed (which release the GIL) instead of after them.
+    """
+    global _definition
+    with _definition_lock:
+        if _definition is None:
+            _definition = Future()
+            threading.Thread(target=_build_definition, args=(_definition,), name="gx-warm-up").start()
+        return _definition
+
+
+def _build_definition(future: Future) -> None:
+    try:
+        future.set_result(_make_batch_definition())
+    except BaseException as exc:  # handed to the thread that validates
+        future.set_exception(exc)
+
+
 def _batch_definition() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+    return warm_up().result()
+
+
+def _make_batch_definition() -> Any:
+    # Quiet GX's own warnings for good (a catch_warnings block is not thread-safe).
+    warnings.filterwarnings("ignore", module=r"great_expectations(\.|$)")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
         logging.getLogger(name).setLevel(logging.WARNING)
