@@ -86,6 +86,33 @@ def test_new_file_is_picked_up_and_changed_file_reloads_without_duplicates(tmp_p
     assert query(tmp_path, "select count(*) from raw.events where event_id = ?", [gone])[0][0] == 0
 
 
+def test_gzip_members_and_a_corrupt_file(tmp_path: Path, site: Path) -> None:
+    """Concatenated gzip members (as the S3 loader writes) load whole; a corrupt file fails
+    its batch with the file named while earlier batches stay loaded; fixed, it loads."""
+    files = sorted((site / "snowplow_enriched").rglob("*.tsv.gz"))[:3]
+    texts = [gzip.decompress(f.read_bytes()) for f in files]
+    src = tmp_path / "web"
+    src.mkdir()
+    (src / "a.tsv.gz").write_bytes(gzip.compress(texts[0]))
+    half = texts[1].index(b"\n", len(texts[1]) // 2) + 1
+    (src / "b.tsv.gz").write_bytes(gzip.compress(texts[1][:half]) + gzip.compress(texts[1][half:]))
+    good_c = gzip.compress(texts[2])
+    (src / "c.tsv.gz").write_bytes(good_c[: len(good_c) // 2])
+    source = {"name": "web", "kind": "snowplow_enriched", "path": str(src)}
+    # One file per batch: c's batch is parsed while b's loads.
+    with pytest.raises(IngestError, match=r"c\.tsv\.gz.*corrupt gzip data"):
+        ingest(tmp_path, [source], ingest={"batch_bytes": 1024})
+    loaded = dict(query(tmp_path, "select path, rows_loaded from ingest.load_manifest"))
+    assert {Path(p).name for p in loaded} == {"a.tsv.gz", "b.tsv.gz"}
+    lines_b = query(tmp_path, "select lines_read from ingest.loads where status = 'ok' order by started_at")[1][0]
+    assert lines_b == texts[1].count(b"\n")
+    assert query(tmp_path, "select count(*) from ingest.loads where status = 'failed'")[0][0] == 1
+
+    (src / "c.tsv.gz").write_bytes(good_c)
+    [load] = ingest(tmp_path, [source], ingest={"batch_bytes": 1024})["loads"]
+    assert load["lines_read"] == texts[2].count(b"\n")
+
+
 def test_failed_validation_loads_nothing_and_says_why(tmp_path: Path) -> None:
     src = tmp_path / "files"
     src.mkdir()
