@@ -52,7 +52,7 @@ def run_stage(stage: str, as_of: str) -> None:
     moment = steps.parse_as_of(as_of)
     summary = steps.run_step(stage, config, moment)
     out = {"headline": steps.headline(stage, summary)}
-    if stage in ("export", "train"):
+    if stage in ("export", "train", "score"):
         out["parts"] = summary["seconds"]
     if stage == "transform":
         out["slowest"] = sorted(((m["name"], m["seconds"]) for m in summary["models"]), key=lambda x: -x[1])[:5]

@@ -110,8 +110,14 @@ def _print_train(summary: dict[str, Any]) -> None:
         numbers = ", ".join(f"{k} {v:.3f}" for k, v in target.items() if isinstance(v, float))
         console.print(f"  {name}: {target['method']} - {target['reason']}" + (f"; {numbers}" if numbers else ""))
     console.print(f"  artifacts: {summary['path']}")
+    _print_seconds(summary)
+
+
+def _print_seconds(summary: dict[str, Any]) -> None:
+    """Where a step's time went, when it says (train, score, export)."""
     if summary.get("seconds"):
-        console.print("  seconds: " + ", ".join(f"{part} {sec:.1f}" for part, sec in summary["seconds"].items()))
+        parts = ", ".join(f"{part} {sec:.1f}" for part, sec in summary["seconds"].items())
+        _console().print(f"  seconds: {parts}")
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> None:
@@ -130,6 +136,7 @@ def _print_score(summary: dict[str, Any]) -> None:
         f"{summary['mean_purchase_probability']:.3f}."
     )
     console.print("  segments: " + ", ".join(f"{k} {v:,}" for k, v in summary["segments"].items()))
+    _print_seconds(summary)
 
 
 def cmd_score(args: argparse.Namespace, config: Config) -> None:
@@ -189,6 +196,7 @@ def _print_export(summary: dict[str, Any]) -> None:
         f"Recommendation table: {serving['users']:,} users, {serving['items']:,} items with similar items, "
         f"{serving['trending_scopes']:,} trending lists in {serving['path']}"
     )
+    _print_seconds(summary)
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> None:

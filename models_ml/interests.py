@@ -7,8 +7,10 @@ sensible second interest. A strength is a blend of the two, strongest first.
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 # Behaviour is the evidence; the embedding only nudges. A quarter keeps a category the user
 # never touched below one they interacted with a few times.
@@ -53,25 +55,63 @@ def _long(user_ids: np.ndarray, strengths: np.ndarray, names: np.ndarray, dimens
     )
 
 
+_BLEND_SQL = """
+with behaviour as (
+    select a.user_id, d.dimension, a.value, a.strength
+    from affinities as a
+    join dimensions as d on d.source = a.dimension
+),
+joined as (
+    select user_id, dimension, value, b.strength as b, e.strength::double as e
+    from behaviour as b
+    full outer join embedded as e using (user_id, dimension, value)
+),
+blended as (
+    select user_id, dimension, value,
+        case when user_id in (select user_id from embedded)
+             then (1 - $share) * coalesce(b, 0.0) + $share * coalesce(e, 0.0)
+             else coalesce(b, 0.0) end as strength
+    from joined
+)
+select user_id, dimension, value, strength from blended where strength >= $min
+"""
+
+_RANK_SQL = """
+select user_id,
+    row_number() over (partition by user_id order by strength desc, dimension, value) as rank,
+    dimension, value, strength
+from combined
+qualify rank <= $limit
+order by user_id, rank
+"""
+
+
 def top_interests(affinities: pd.DataFrame, embedded: pd.DataFrame | None, limit: int) -> pd.DataFrame:
-    """(user_id, rank, dimension, value, strength) rows, strongest first per user."""
-    behaviour = affinities.assign(dimension=affinities["dimension"].map(DIMENSIONS))
-    behaviour = behaviour.dropna(subset=["dimension"])[["user_id", "dimension", "value", "strength"]]
-    if embedded is not None and len(embedded):
-        both = behaviour.merge(
-            embedded, on=["user_id", "dimension", "value"], how="outer", suffixes=("_behaviour", "_embedding")
+    """(user_id, rank, dimension, value, strength) rows, strongest first per user.
+
+    A user with embedding strengths gets ``(1 - EMBEDDING_SHARE) * behaviour +
+    EMBEDDING_SHARE * embedding`` per interest (either missing counts 0); others keep their
+    behaviour strength. Strengths below MIN_STRENGTH are dropped, the rest rounded to 4
+    places (numpy's rounding), then ranked with ties broken by dimension and value.
+    """
+    if embedded is None or not len(embedded):
+        embedded = pd.DataFrame(
+            {
+                "user_id": pd.Series(dtype="string"),
+                "dimension": pd.Series(dtype="string"),
+                "value": pd.Series(dtype="string"),
+                "strength": pd.Series(dtype=float),
+            }
         )
-        has_embedding = both["user_id"].isin(set(embedded["user_id"]))
-        b = both["strength_behaviour"].fillna(0.0)
-        e = both["strength_embedding"].fillna(0.0)
-        both["strength"] = np.where(has_embedding, (1 - EMBEDDING_SHARE) * b + EMBEDDING_SHARE * e, b)
-        combined = both[["user_id", "dimension", "value", "strength"]]
-    else:
-        combined = behaviour
-    combined = combined[combined["strength"] >= MIN_STRENGTH].copy()
-    combined["strength"] = combined["strength"].clip(0, 1).round(4)
-    combined = combined.sort_values(["user_id", "strength", "dimension", "value"], ascending=[True, False, True, True])
-    combined["rank"] = combined.groupby("user_id").cumcount() + 1
-    return combined[combined["rank"] <= limit][["user_id", "rank", "dimension", "value", "strength"]].reset_index(
-        drop=True
-    )
+    con = duckdb.connect()
+    try:
+        con.execute("set enable_progress_bar = false")
+        con.register("affinities", affinities[["user_id", "dimension", "value", "strength"]])
+        con.register("embedded", embedded[["user_id", "dimension", "value", "strength"]])
+        con.register("dimensions", pd.DataFrame({"source": list(DIMENSIONS), "dimension": list(DIMENSIONS.values())}))
+        combined = con.sql(_BLEND_SQL, params={"share": EMBEDDING_SHARE, "min": MIN_STRENGTH}).to_arrow_table()
+        strength = np.round(np.clip(combined.column("strength").to_numpy(), 0, 1), 4)
+        con.register("combined", combined.set_column(3, "strength", pa.array(strength, pa.float64())))
+        return con.execute(_RANK_SQL, {"limit": limit}).df()
+    finally:
+        con.close()

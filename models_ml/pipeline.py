@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -467,6 +467,7 @@ class Scores:
     item_similar: pd.DataFrame
     trending: pd.DataFrame
     interests: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time went, by part
 
 
 def _item_vectors(bundle: registry.ModelBundle, catalog: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -586,103 +587,117 @@ def _model_recommendations(
     return frame, warm_users, user_vectors
 
 
+# The windows below sort 15M rows at 10M events: they partition and order by integer codes
+# (given in id order, so the lists are the same as with the ids) instead of the strings.
 _FILL_SQL = """
-with trending_for_user as (
-    select a.user_id, t.item_id, t.score, 1 as priority, a.rank * 1000 + t.rank as position
-    from user_categories as a
-    join trending as t on t.scope = a.value
-    union all
-    select u.user_id, t.item_id, t.score, 2, t.rank
-    from users as u cross join trending as t
-    where t.scope = 'global'
+with user_codes as (
+    select user_id, row_number() over (order by user_id) as u from users
+),
+item_codes as (
+    -- Codes in id order, so ordering by code is ordering by id.
+    select item_id, row_number() over (order by item_id) as i, dense_rank() over (order by category) as c
+    from catalog
+),
+trending_coded as (
+    select t.scope, t.rank, t.score, ic.i, ic.c from trending as t join item_codes as ic using (item_id)
+),
+bought_coded as (
+    select uc.u, ic.i
+    from bought
+    join user_codes as uc using (user_id)
+    join item_codes as ic using (item_id)
 ),
 candidates as (
-    select user_id, item_id, score, reason, 0 as priority, position from model_recs
+    select uc.u, ic.i, ic.c, m.score, m.reason, 0 as priority, m.position
+    from model_recs as m
+    join user_codes as uc using (user_id)
+    join item_codes as ic using (item_id)
     union all
-    select user_id, item_id, score, 'trending', priority, position from trending_for_user
+    select uc.u, t.i, t.c, t.score, 'trending', 1, a.rank * 1000 + t.rank
+    from user_categories as a
+    join user_codes as uc using (user_id)
+    join trending_coded as t on t.scope = a.value
+    union all
+    select uc.u, t.i, t.c, t.score, 'trending', 2, t.rank
+    from user_codes as uc cross join trending_coded as t
+    where t.scope = 'global'
 ),
 allowed as (
-    select candidates.*, catalog.category
-    from candidates
-    join catalog using (item_id)
-    where not exists (
-        select 1 from bought where bought.user_id = candidates.user_id and bought.item_id = candidates.item_id
-    )
-    qualify row_number() over (partition by candidates.user_id, candidates.item_id order by priority, position) = 1
+    select * from candidates
+    anti join bought_coded using (u, i)
+    qualify row_number() over (partition by u, i order by priority, position) = 1
 ),
 capped as (
     select * from allowed
-    qualify row_number() over (partition by user_id, category order by priority, position) <= $cap
+    qualify row_number() over (partition by u, c order by priority, position) <= $cap
+),
+lists as (
+    select u, row_number() over (partition by u order by priority, position, i) as rank, i, score, reason
+    from capped
+    qualify rank <= $k
 )
-select user_id, row_number() over (partition by user_id order by priority, position, item_id) as rank,
-    item_id, score, reason
-from capped
-qualify rank <= $k
-order by user_id, rank
+select uc.user_id, l.rank, ic.item_id, l.score, l.reason
+from lists as l
+join user_codes as uc using (u)
+join item_codes as ic using (i)
+order by l.u, l.rank
 """
 
 
 def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None = None, write: bool = True) -> Scores:
     """Apply a model version (the published one by default) to the features as of ``as_of``."""
+    seconds: dict[str, float] = {}
     bundle = bundle or load_published(config)
-    schemas = _feature_schemas(config, {as_of: ALL_MODELS})
+    with timed(seconds, "features"):
+        schemas = _feature_schemas(config, {as_of: ALL_MODELS})
     schema = schemas[as_of]
     con = connect(config, read_only=not write)
     try:
-        feats = data.features(con, schema)
-        interactions = data.interactions(con, schema)
-        catalog = data.items(con, schema)
-        affinities = data.affinities(con, schema)
+        with timed(seconds, "read"):
+            feats = data.features(con, schema)
+            interactions = data.interactions(con, schema)
+            catalog = data.items(con, schema)
+            affinities = data.affinities(con, schema)
         ml = config.ml
 
-        vectors, reasons = _item_vectors(bundle, catalog)
-        model_recs, warm_users, user_vectors = _model_recommendations(
-            config, bundle, interactions, catalog, vectors, reasons
-        )
-        trending = _trending(catalog, ml.trending_items)
-        similar = _similar(vectors, catalog, ml.similar_items)
+        with timed(seconds, "recommendations"):
+            vectors, reasons = _item_vectors(bundle, catalog)
+            model_recs, warm_users, user_vectors = _model_recommendations(
+                config, bundle, interactions, catalog, vectors, reasons
+            )
+        with timed(seconds, "similar_trending"):
+            trending = _trending(catalog, ml.trending_items)
+            similar = _similar(vectors, catalog, ml.similar_items)
 
         # Everyone gets a full list: model picks first, then trending items of the user's
         # strongest categories, then global trending; purchases and out-of-stock excluded.
-        bought = (
-            interactions[interactions["purchases"] > 0][["user_id", "item_id"]]
-            if ml.exclude_purchased
-            else interactions.iloc[0:0][["user_id", "item_id"]]
-        )
-        top_l1 = affinities[(affinities["dimension"] == "category_l1") & (affinities["rank"] <= 2)]
-        local = duckdb.connect()
-        try:
-            local.register("model_recs", model_recs)
-            local.register("trending", trending)
-            local.register("users", feats[["user_id"]])
-            local.register("user_categories", top_l1[["user_id", "value", "rank"]])
-            local.register("catalog", catalog[catalog["in_stock"].fillna(False)][["item_id", "category"]])
-            local.register("bought", bought)
-            recs = local.execute(_FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations}).df()
-        finally:
-            local.close()
+        with timed(seconds, "fill"):
+            bought = (
+                interactions[interactions["purchases"] > 0][["user_id", "item_id"]]
+                if ml.exclude_purchased
+                else interactions.iloc[0:0][["user_id", "item_id"]]
+            )
+            top_l1 = affinities[(affinities["dimension"] == "category_l1") & (affinities["rank"] <= 2)]
+            local = duckdb.connect()
+            try:
+                local.register("model_recs", model_recs)
+                local.register("trending", trending)
+                local.register("users", feats[["user_id"]])
+                local.register("user_categories", top_l1[["user_id", "value", "rank"]])
+                local.register("catalog", catalog[catalog["in_stock"].fillna(False)][["item_id", "category"]])
+                local.register("bought", bought)
+                recs = local.execute(_FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations}).df()
+            finally:
+                local.close()
 
-        users = feats.copy()
-        for name in ("purchase", "value"):
-            users[f"_{name}"] = bundle.targets[name].predict(users)
-        in_population = users["recency_days"] <= config.windows.churn_days
-        churn = np.array(bundle.targets["churn_inactive"].predict(users), dtype=float)
-        if in_population.any():
-            churn[in_population.to_numpy()] = bundle.targets["churn"].predict(users[in_population])
-        users["purchase_probability"] = np.round(np.clip(users.pop("_purchase"), 0, 1), 6)
-        users["purchase_percentile"] = np.round(users["purchase_probability"].rank(pct=True, method="average") * 100, 2)
-        users["churn_probability"] = np.round(np.clip(churn, 0, 1), 6)
-        users["predicted_revenue"] = np.round(np.clip(users.pop("_value"), 0, None), 2)
-        for name in ("purchase", "churn", "value"):
-            users[f"{name}_method"] = bundle.targets[name].method
-        users["segment"] = segments.rfm_segments(users, config.windows.churn_days)
-        users["cohorts"] = segments.predictive_cohorts(users, config.windows.churn_days)
-
-        warm_item = np.array([r == "collaborative" for r in reasons])
-        embedded = interests.embedding_strengths(
-            warm_users, user_vectors, vectors[warm_item], catalog["category"].fillna("").to_numpy()[warm_item]
-        )
-        user_interests = interests.top_interests(affinities, embedded, ml.interests)
+        with timed(seconds, "propensities"):
+            users = _propensities(config, bundle, feats)
+        with timed(seconds, "interests"):
+            warm_item = np.array([r == "collaborative" for r in reasons])
+            embedded = interests.embedding_strengths(
+                warm_users, user_vectors, vectors[warm_item], catalog["category"].fillna("").to_numpy()[warm_item]
+            )
+            user_interests = interests.top_interests(affinities, embedded, ml.interests)
         result = Scores(
             as_of=as_of,
             model_version=bundle.version,
@@ -691,13 +706,35 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
             item_similar=similar,
             trending=trending,
             interests=user_interests,
+            seconds=seconds,
         )
         if write:
-            with transaction(con):
+            with timed(seconds, "write"), transaction(con):
                 _write(con, result)
     finally:
         con.close()
+    log.info("scored %d users as of %s (seconds: %s)", len(result.users), as_of, seconds)
     return result
+
+
+def _propensities(config: Config, bundle: registry.ModelBundle, feats: pd.DataFrame) -> pd.DataFrame:
+    """Each user's features with purchase, churn and value predictions, segment and cohorts."""
+    users = feats.copy()
+    for name in ("purchase", "value"):
+        users[f"_{name}"] = bundle.targets[name].predict(users)
+    in_population = users["recency_days"] <= config.windows.churn_days
+    churn = np.array(bundle.targets["churn_inactive"].predict(users), dtype=float)
+    if in_population.any():
+        churn[in_population.to_numpy()] = bundle.targets["churn"].predict(users[in_population])
+    users["purchase_probability"] = np.round(np.clip(users.pop("_purchase"), 0, 1), 6)
+    users["purchase_percentile"] = np.round(users["purchase_probability"].rank(pct=True, method="average") * 100, 2)
+    users["churn_probability"] = np.round(np.clip(churn, 0, 1), 6)
+    users["predicted_revenue"] = np.round(np.clip(users.pop("_value"), 0, None), 2)
+    for name in ("purchase", "churn", "value"):
+        users[f"{name}_method"] = bundle.targets[name].method
+    users["segment"] = segments.rfm_segments(users, config.windows.churn_days)
+    users["cohorts"] = segments.predictive_cohorts(users, config.windows.churn_days)
+    return users
 
 
 _USER_INSIGHTS_SQL = """
@@ -781,6 +818,7 @@ def score_summary(scores: Scores) -> dict[str, Any]:
         "propensity_method": ", ".join(
             f"{n} {users[f'{n}_method'].iloc[0]}" for n in ("purchase", "churn", "value") if len(users)
         ),
+        "seconds": scores.seconds,
     }
 
 
