@@ -133,7 +133,7 @@ class IngestConfig(_Strict):
     batch_bytes: int = Field(
         32 * 1024 * 1024,
         ge=1024,
-        description="Uncompressed bytes per load batch (one transaction, one validation).",
+        description="Stored (compressed) bytes per load batch (one transaction, one validation).",
     )
     parse_threads: int = Field(2, ge=1)
 
