@@ -169,12 +169,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
             upcoming = ahead.submit(prepare, batches[i + 1], pool) if i + 1 < len(batches) else None
             unchanged += batch.unchanged
             if batch.files:
-                try:
-                    results.append(_load_batch(con, source, batch, config))
-                except BaseException:
-                    if upcoming is not None:
-                        upcoming.cancel()
-                    raise
+                results.append(_load_batch(con, source, batch, config))
                 faults.reached("ingest.batch")
     if unchanged:
         # Same content under a new modification time (a touch, a re-upload): remember the
@@ -191,11 +186,9 @@ def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor
     if isinstance(source, SnowplowEnrichedSource):
         texts = dict(zip((f.ref.path for f in files), pool.map(lambda f: decompress(f.data, f.ref.path), files)))
         return snowplow.read_enriched(list(texts.items())), texts
-    if isinstance(source, SnowplowAtomicSource):
-        tables = pool.map(lambda f: snowplow.read_atomic(decompress(f.data, f.ref.path), f.ref.path), files)
-        return pa.concat_tables(list(tables), promote_options="permissive")
-    if isinstance(source, EventsFileSource):
-        tables = pool.map(lambda f: mapped.read_table_file(decompress(f.data, f.ref.path), f.ref.path), files)
+    if isinstance(source, (SnowplowAtomicSource, EventsFileSource)):
+        read = snowplow.read_atomic if isinstance(source, SnowplowAtomicSource) else mapped.read_table_file
+        tables = pool.map(lambda f: read(decompress(f.data, f.ref.path), f.ref.path), files)
         return pa.concat_tables(list(tables), promote_options="permissive")
     if isinstance(source, SingerSource):
 
@@ -209,15 +202,14 @@ def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor
 
 
 def _stage_snowplow(source: Any, parsed: Any, con: duckdb.DuckDBPyConnection) -> tuple[str, int, dict[str, bytes]]:
-    meta = {"source_file", "source_line", "raw_text", "shape_error"}
     if isinstance(source, SnowplowEnrichedSource):
         table, texts = parsed
         con.register("batch_enriched", table)
-        columns = [c for c in table.column_names if c not in meta]
+        columns = [c for c in table.column_names if c not in mapped.META]
         sql = snowplow.canonical_sql("select * from batch_enriched", "enriched", columns, source.name)
         return sql, table.num_rows, texts
     con.register("batch_atomic", parsed)
-    columns = [c for c in parsed.column_names if c not in meta]
+    columns = [c for c in parsed.column_names if c not in mapped.META]
     sql = snowplow.canonical_sql("select * from batch_atomic", "atomic", columns, source.name)
     return sql, parsed.num_rows, {}
 
