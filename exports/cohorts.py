@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -176,13 +175,25 @@ def load_cohorts(config: Config, categories: list[str]) -> list[Cohort]:
     return list(cohorts.values())
 
 
-def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple[Any, ...]]) -> pd.DataFrame:
-    """The cohort's users, sorted and limited, with a ``group`` column (target or holdout).
+@dataclass
+class Pull:
+    """One cohort's users, sorted and limited: ``frame`` holds ``user_id``,
+    ``purchase_probability`` and ``group`` (target or holdout); ``lines`` are the CSV's
+    lines (``columns`` and the group), formatted and quoted by DuckDB."""
 
-    ``described`` is DuckDB's ``describe`` of the cohort view (taken once per run)."""
+    frame: pd.DataFrame
+    columns: list[str]
+    lines: list[str]
+
+
+def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple[Any, ...]]) -> Pull:
+    """The cohort's users (see :class:`Pull`).
+
+    ``described`` is DuckDB's ``describe`` of the cohort view (taken once per run); the view
+    itself is the temporary table :func:`prepare_view` made."""
     definition = cohort.definition
     types = column_types(described)
-    everything = [row[0] for row in described]
+    everything = {row[0]: row[1] for row in described}
     try:
         compiled = compile_filter(definition.where, types, cohort.bindings)
         order = compile_sort(definition.sort, types)
@@ -197,19 +208,23 @@ def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple
         )
     limit = f"limit {int(definition.limit)}" if definition.limit else ""
     n = len(compiled.params)
-    frame = con.execute(
+    line = " || ',' || ".join(_quoted(_cell_sql(c, everything.get(c, "VARCHAR"))) for c in [*columns, "group"])
+    table = con.execute(
         f"""
-        select {", ".join(f'"{c}"' for c in dict.fromkeys(["user_id", "purchase_probability", *columns]))},
-            case when ${n + 2} > 0
-                 and ('0x' || left(md5(${n + 1} || chr(31) || user_id), 8))::bigint / 4294967296.0 < ${n + 2}
-                 then 'holdout' else 'target' end as "group"
-        from ({VIEW_SQL}) where {compiled.sql}
-        order by {order} {limit}
+        with chosen as (
+            select *,
+                case when ${n + 2} > 0
+                     and ('0x' || left(md5(${n + 1} || chr(31) || user_id), 8))::bigint / 4294967296.0 < ${n + 2}
+                     then 'holdout' else 'target' end as "group"
+            from {VIEW_TABLE} where {compiled.sql}
+        )
+        select user_id, purchase_probability::double as purchase_probability, "group", {line} as line
+        from chosen order by {order} {limit}
         """,
         [*compiled.params, cohort.name, float(definition.holdout)],
-    ).df()
-    frame.attrs["columns"] = columns
-    return frame
+    ).to_arrow_table()
+    frame = table.select(["user_id", "purchase_probability", "group"]).to_pandas()
+    return Pull(frame, columns, table.column("line").to_pylist())
 
 
 # --- CSV formatting --------------------------------------------------------------------
@@ -248,51 +263,98 @@ def _headers(config: Config) -> dict[str, str]:
 PERCENT_COLUMNS = {"purchase_probability", "churn_probability"}
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
-
-
-def _cell(column: str, value: Any, titles: dict[str, str]) -> str:
+def _cell_sql(column: str, duck_type: str) -> str:
+    """SQL for one CSV cell of ``column`` as text: missing values are empty; probabilities
+    are percentages with one decimal; percentiles whole numbers; yes/no; times to the
+    second; amounts (and any fraction) two decimals; lists joined with '; '; top interests
+    as 'label (strength)'; the first five recommended items as 'title (id)'."""
+    ref = f'"{column}"'
+    upper = duck_type.upper()
     if column == "top_interests":
-        parts = []
-        for item in value if value is not None else []:
-            category = item["dimension"] in ("category", "subcategory")
-            label = item["value"] if category else f"{item['dimension']}: {item['value']}"
-            parts.append(f"{label} ({item['strength']:.2f})")
-        return "; ".join(parts)
+        return f'"{TEXT_PREFIX}top_interests"'
     if column == "recommended_items":
-        items = value if value is not None else []
-        return "; ".join(f"{titles.get(i['item_id'], i['item_id'])} ({i['item_id']})" for i in items[:5])
-    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
-        value = value.tolist()
-    if isinstance(value, list):
-        return "; ".join(str(v) for v in value)
-    if _missing(value):
-        return ""
-    if column in PERCENT_COLUMNS:
-        return f"{100 * float(value):.1f}%"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, datetime | pd.Timestamp):
-        return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M:%S")
-    if column.endswith("percentile"):
-        return f"{float(value):.0f}"
-    if isinstance(value, float):
-        return f"{value:.2f}" if not value.is_integer() or column.endswith(("revenue", "value")) else f"{value:.0f}"
-    return str(value)
+        return f'"{TEXT_PREFIX}recommended_items"'
+    if upper.endswith("]") or upper.startswith(("MAP", "STRUCT")):
+        text = f"array_to_string({ref}, '; ')" if upper.endswith("]") else f"{ref}::varchar"
+    elif upper == "BOOLEAN":
+        text = f"case when {ref} then 'yes' else 'no' end"
+    elif upper.startswith(("TIMESTAMP", "DATE")):
+        text = f"strftime({ref}::timestamp, '%Y-%m-%d %H:%M:%S')"
+    elif upper.startswith(("DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC")) or upper in INTEGER_TYPES:
+        number = f"{ref}::double"
+        if column in PERCENT_COLUMNS:
+            text = f"printf('%.1f%%', 100 * {number})"
+        elif column.endswith("percentile"):
+            text = f"printf('%.0f', {number})"
+        elif upper in INTEGER_TYPES:
+            text = f"{ref}::varchar"
+        elif column.endswith(("revenue", "value")):
+            text = f"printf('%.2f', {number})"
+        else:
+            text = (
+                f"case when {number} = trunc({number}) then printf('%.0f', {number}) else printf('%.2f', {number}) end"
+            )
+        text = f"case when isnan({number}) then null else {text} end"
+    else:
+        text = f"{ref}::varchar"
+    return f"coalesce({text}, '')"
 
 
-def write_csv(path: Path, frame: pd.DataFrame, config: Config, titles: dict[str, str]) -> None:
+def _quoted(text: str) -> str:
+    """A CSV field as Python's ``csv`` module writes it: quoted (quotes doubled) when it
+    holds a comma, a quote or a line break."""
+    return rf"""(case when regexp_matches({text}, '[,"\r\n]') then '"' || replace({text}, '"', '""') || '"' else {text} end)"""
+
+
+INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
+TEXT_PREFIX = "__text_"
+VIEW_TABLE = "_cohort_view"
+
+
+def prepare_view(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """Materialise the cohort view once per run as a temporary table, with the two list
+    columns already formatted for the CSVs, and return the view's ``describe`` (without
+    the formatted columns, which no filter may name)."""
+    described = con.execute(f"describe ({VIEW_SQL})").fetchall()
+    con.execute(
+        f"""
+        create or replace temp table {VIEW_TABLE} as
+        with recommended as (
+            select user_id, unnest(recommended_items[1:5]).item_id as item_id,
+                generate_subscripts(recommended_items[1:5], 1) as position
+            from main.user_insights
+        ),
+        titled as (
+            select r.user_id,
+                string_agg(coalesce(d.title, r.item_id) || ' (' || r.item_id || ')', '; ' order by r.position) as text
+            from recommended as r
+            left join (select item_id, any_value(title) as title from main.dim_items group by item_id) as d
+                using (item_id)
+            group by r.user_id
+        )
+        select v.*,
+            coalesce(array_to_string(list_transform(v.top_interests, lambda x:
+                case when x.dimension in ('category', 'subcategory') then x.value
+                     else x.dimension || ': ' || x.value end
+                || ' (' || printf('%.2f', x.strength) || ')'), '; '), '') as "{TEXT_PREFIX}top_interests",
+            coalesce(t.text, '') as "{TEXT_PREFIX}recommended_items"
+        from ({VIEW_SQL}) as v
+        left join titled as t using (user_id)
+        """
+    )
+    return described
+
+
+def write_csv(path: Path, pull: Pull, config: Config) -> None:
     """A spreadsheet-ready CSV: human headers, stable column order, UTF-8, written atomically."""
-    columns = [*frame.attrs.get("columns", DEFAULT_COLUMNS), "group"]
+    columns = [*pull.columns, "group"]
     headers = _headers(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([headers.get(c, c.replace("_", " ").capitalize()) for c in columns])
-        for row in frame[columns].itertuples(index=False, name=None):
-            writer.writerow([_cell(c, v, titles) for c, v in zip(columns, row)])
+        fh.writelines(line + "\r\n" for line in pull.lines)
     os.replace(tmp, path)
 
 
@@ -341,32 +403,37 @@ def run_cohorts(
             cohorts = [known[n] for n in names]
     as_of_value = as_of or con.execute("select max(as_of) from main.user_insights").fetchone()[0]
     baseline = con.execute("select avg(purchase_probability) from main.user_insights").fetchone()[0] or 0.0
-    titles = dict(con.execute("select item_id, title from main.dim_items").fetchall())
     folder = Path(out_dir or config.resolve(config.cohorts.out_dir))
-    described = con.execute(f"describe ({VIEW_SQL})").fetchall()
+    described = prepare_view(con)
     summaries, files, members = [], [], []
     used: set[str] = set()
-    for cohort in cohorts:
-        frame = select(con, cohort, described)
-        name = slug(cohort.name)
-        while name in used:
-            name += "_"
-        used.add(name)
-        path = folder / f"{name}.csv"
-        write_csv(path, frame, config, titles)
-        files.append(str(path))
-        summaries.append({**summarize(frame, cohort.name, baseline, cohort.definition.description), "file": str(path)})
-        members.append(
-            pd.DataFrame(
-                {
-                    "cohort": cohort.name,
-                    "user_id": frame["user_id"],
-                    "rank": range(1, len(frame) + 1),
-                    "group": frame["group"],
-                    "purchase_probability": frame["purchase_probability"],
-                }
+    try:
+        for cohort in cohorts:
+            pull = select(con, cohort, described)
+            frame = pull.frame
+            name = slug(cohort.name)
+            while name in used:
+                name += "_"
+            used.add(name)
+            path = folder / f"{name}.csv"
+            write_csv(path, pull, config)
+            files.append(str(path))
+            summaries.append(
+                {**summarize(frame, cohort.name, baseline, cohort.definition.description), "file": str(path)}
             )
-        )
+            members.append(
+                pd.DataFrame(
+                    {
+                        "cohort": cohort.name,
+                        "user_id": frame["user_id"],
+                        "rank": range(1, len(frame) + 1),
+                        "group": frame["group"],
+                        "purchase_probability": frame["purchase_probability"],
+                    }
+                )
+            )
+    finally:
+        con.execute(f"drop table if exists {VIEW_TABLE}")
     summary = pd.DataFrame(summaries).drop(columns=["file"], errors="ignore")
     summary.insert(0, "as_of", pd.Timestamp(as_of_value))
     if summaries and where is None and not names:

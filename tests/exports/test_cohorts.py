@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -158,3 +159,73 @@ def test_adhoc_pull_and_folder_definitions(small: Config, tmp_path: Path) -> Non
         con.close()
     header = (tmp_path / "cohorts_out" / "big_spenders.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header == "User ID,Revenue (lifetime),Group"
+
+
+def _expected_cell(column: str, value: object, titles: dict[str, str]) -> str:
+    """What a marketer should read in a cell (the spreadsheet conventions of the reports)."""
+    if column == "top_interests":
+        return "; ".join(
+            f"{i['value'] if i['dimension'] in ('category', 'subcategory') else i['dimension'] + ': ' + i['value']}"
+            f" ({i['strength']:.2f})"
+            for i in value
+        )
+    if column == "recommended_items":
+        return "; ".join(f"{titles[i['item_id']]} ({i['item_id']})" for i in value[:5])
+    if isinstance(value, list):
+        return "; ".join(value)
+    if isinstance(value, Decimal):
+        value = float(value)
+    if value is None or value != value:  # missing, or NaN
+        return ""
+    if column in ("purchase_probability", "churn_probability"):
+        return f"{100 * value:.1f}%"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if column.endswith("percentile"):
+        return f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.2f}" if not value.is_integer() or column.endswith(("revenue", "value")) else f"{value:.0f}"
+    return str(value)
+
+
+def test_every_cell_reads_back_as_a_marketer_expects(small: Config) -> None:
+    """Awkward values (a title with a comma, quotes and a line break; a user id with a
+    comma and quotes; NaN and missing numbers; decimals; booleans; times; lists) survive the CSV exactly."""
+    con = duckdb.connect(str(Path(small.warehouse.path)))
+    con.execute("update main.dim_items set title = 'Tent, \"Pro\"' || chr(10) || '2-person' where item_id = 'i002'")
+    con.execute(
+        "update main.user_insights set user_id = 'u,001 \"x\"', churn_probability = 'nan' where user_id = 'u001'"
+    )
+    con.execute("update main.user_insights set recommended_items = [] where user_id = 'u002'")
+    con.close()
+    columns = [
+        "user_id", "segment", "purchase_probability", "purchase_percentile", "churn_probability", "recency_days",
+        "sessions_90d", "revenue_90d", "avg_order_value", "days_since_last_order", "top_interests",
+        "recommended_items", "cohorts", "first_seen_at", "is_identified", "value_percentile", "predicted_revenue",
+    ]  # fmt: skip
+    definition = {"name": "All", "where": "recency_days >= 0", "columns": columns, "sort": "user_id"}
+    config = small.model_copy(
+        update={"cohorts": small.cohorts.model_copy(update={"definitions": [definition], "defaults": False})}
+    )
+    con = connect(config, read_only=True)
+    try:
+        run_cohorts(config, con)
+        titles = dict(con.execute("select item_id, title from main.dim_items").fetchall())
+        cursor = con.execute(
+            "select *, round(100 * cume_dist() over (order by predicted_revenue), 2) as value_percentile "
+            "from main.user_insights order by user_id"
+        )
+        names = [d[0] for d in cursor.description]
+        expected = [[_expected_cell(c, dict(zip(names, row))[c], titles) for c in columns] for row in cursor.fetchall()]
+    finally:
+        con.close()
+    with open(Path(config.cohorts.out_dir) / "all.csv", encoding="utf-8", newline="") as fh:
+        body = [row[:-1] for row in list(csv.reader(fh))[1:]]
+    assert body == expected
+    odd = next(r for r in body if r[0] == 'u,001 "x"')
+    assert odd[columns.index("churn_probability")] == "" and odd[columns.index("avg_order_value")] != ""
+    assert any('Tent, "Pro"\n2-person (i002)' in r[columns.index("recommended_items")] for r in body)
+    assert next(r for r in body if r[0] == "u002")[columns.index("recommended_items")] == ""
+    assert {r[columns.index("is_identified")] for r in body} == {"yes", "no"}
