@@ -27,12 +27,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from insights import faults
 from insights.config import Config
@@ -66,7 +68,7 @@ def _clean(value: Any, decimals: int) -> Any:
         value = float(value)
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else round(value, decimals)
-    if isinstance(value, datetime):
+    if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, dict):
         return {k: _clean(v, decimals) for k, v in value.items()}
@@ -75,32 +77,84 @@ def _clean(value: Any, decimals: int) -> Any:
     return value
 
 
-def current_traits(con: duckdb.DuckDBPyConnection, config: Config) -> list[tuple[str, dict[str, Any]]]:
-    """(user id, traits) of every identified user, in user id order."""
+def _string(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _encoded(column: pa.Array | pa.ChunkedArray, decimals: int) -> list[str]:
+    """Each value of an Arrow column as the compact, key-sorted JSON that
+    ``json.dumps(_clean(value, decimals), sort_keys=True, separators=(",", ":"))`` gives.
+    Numbers, text, lists and records are encoded a column at a time (a list's items and a
+    record's fields as flat columns), without building Python records value by value."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = array.type
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        seen: dict[Any, str] = {}  # amounts and strengths repeat: each is rounded once
+        out = []
+        for value in array.to_pylist():
+            text = seen.get(value)
+            if text is None:
+                number = None if value is None else float(value)
+                text = "null" if number is None or not math.isfinite(number) else repr(round(number, decimals))
+                if len(seen) < 1_000_000:
+                    seen[value] = text
+            out.append(text)
+        return out
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        encode = encode_basestring_ascii if array.null_count == 0 else _string
+        return list(map(encode, array.to_pylist()))
+    valid = array.is_valid().to_pylist() if array.null_count else None
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        offsets = array.offsets.to_numpy()
+        items = _encoded(array.values.slice(offsets[0], offsets[-1] - offsets[0]), decimals)
+        offsets = (offsets - offsets[0]).tolist()
+        out = ["[" + ",".join(items[start:end]) + "]" for start, end in zip(offsets, offsets[1:])]
+    elif pa.types.is_struct(kind):
+        # Keys sorted as json.dumps sorts them; each field a column of its own type.
+        columns = dict(zip((kind.field(i).name for i in range(kind.num_fields)), array.flatten()))
+        fields = [
+            [_string(name) + ":" + text for text in _encoded(columns[name], decimals)] for name in sorted(columns)
+        ]
+        out = ["{" + ",".join(parts) + "}" for parts in zip(*fields)] if fields else ["{}"] * len(array)
+    else:
+        values = array.to_pylist()
+        if pa.types.is_map(kind):  # Arrow gives (key, value) pairs; the traits carry an object
+            values = [None if v is None else dict(v) for v in values]
+        return [json.dumps(_clean(v, decimals), sort_keys=True, separators=(",", ":")) for v in values]
+    return out if valid is None else [text if ok else "null" for text, ok in zip(out, valid)]
+
+
+def current_traits(con: duckdb.DuckDBPyConnection, config: Config) -> list[tuple[str, str]]:
+    """(user id, traits as compact JSON with sorted keys) of every identified user, in user
+    id order. The text is what ``json.dumps(traits, sort_keys=True, separators=(",", ":"))``
+    gives for the traits (prefixed names, rounded values): the hash of a user's traits."""
     seg = config.segment
-    known = {r[0] for r in con.execute("describe main.user_insights").fetchall()}
-    unknown = sorted(set(seg.traits.values()) - known)
+    described = {row[0]: row[1] for row in con.execute("describe main.user_insights").fetchall()}
+    unknown = sorted(set(seg.traits.values()) - set(described))
     if unknown:
         raise SegmentError(
             f"segment.traits names unknown user_insights column(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
+            f"known: {', '.join(sorted(described))}"
         )
-    names = list(seg.traits)
+    names = sorted(seg.traits, key=lambda name: f"{seg.trait_prefix}{name}")
     # Recommended items go as their ids: the scores mean nothing to a marketing tool.
     columns = {"recommended_items": "coalesce(list_transform(recommended_items, lambda x: x.item_id), []::varchar[])"}
-    select = ", ".join(columns.get(seg.traits[n], f'"{seg.traits[n]}"') for n in names)
-    rows = con.execute(
+    select = ", ".join(
+        f"{columns.get(seg.traits[n], chr(34) + seg.traits[n] + chr(34))} as c{i}" for i, n in enumerate(names)
+    )
+    table = con.sql(
         f"select user_id, {select} from main.user_insights where is_identified and user_id is not null order by user_id"
-    ).fetchall()
-    out = []
-    for row in rows:
-        traits = {f"{seg.trait_prefix}{name}": _clean(value, seg.decimals) for name, value in zip(names, row[1:])}
-        out.append((row[0], traits))
-    return out
+    ).to_arrow_table()
+    encoded = [
+        [_string(f"{seg.trait_prefix}{name}") + ":" + text for text in _encoded(table.column(f"c{i}"), seg.decimals)]
+        for i, name in enumerate(names)
+    ]
+    texts = ["{" + ",".join(parts) + "}" for parts in zip(*encoded)] if encoded else ["{}"] * table.num_rows
+    return list(zip(table.column("user_id").to_pylist(), texts))
 
 
-def _hash(traits: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(traits, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _hash(traits_json: str) -> str:
+    return hashlib.sha256(traits_json.encode()).hexdigest()
 
 
 def message_id(user_id: str, traits_hash: str) -> str:
@@ -109,9 +163,20 @@ def message_id(user_id: str, traits_hash: str) -> str:
 
 
 @dataclass
+class Message:
+    """One identify call, already encoded: ``body`` is its compact JSON (ASCII only, so its
+    length is its size in bytes), ``traits`` the traits' JSON and ``traits_hash`` their hash."""
+
+    user_id: str
+    message_id: str
+    traits: str
+    traits_hash: str
+    body: str
+
+
+@dataclass
 class Plan:
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    hashes: dict[str, str] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     invalid: list[tuple[str, str, str]] = field(default_factory=list)  # user, message id, reason
 
@@ -122,6 +187,9 @@ def plan(con: duckdb.DuckDBPyConnection, config: Config, as_of: datetime) -> Pla
     sent = dict(con.execute("select user_id, traits_hash from segment.sent_traits").fetchall())
     result = Plan(counts={"added": 0, "changed": 0, "unchanged": 0, "invalid": 0})
     limit = config.segment.max_message_bytes
+    timestamp = as_of.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    context = json.dumps({"library": {"name": "user-insights", "version": "0.1"}}, separators=(",", ":"))
+    tail = f',"timestamp":{_string(timestamp)},"context":{context}}}'
     for user_id, traits in current_traits(con, config):
         digest = _hash(traits)
         previous = sent.get(user_id)
@@ -129,33 +197,31 @@ def plan(con: duckdb.DuckDBPyConnection, config: Config, as_of: datetime) -> Pla
             result.counts["unchanged"] += 1
             continue
         msg_id = message_id(user_id, digest)
-        message = {
-            "type": "identify",
-            "userId": user_id,
-            "traits": traits,
-            "messageId": msg_id,
-            "timestamp": as_of.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z"),
-            "context": {"library": {"name": "user-insights", "version": "0.1"}},
-        }
-        size = len(json.dumps(message, separators=(",", ":")).encode())
+        body = f'{{"type":"identify","userId":{_string(user_id)},"traits":{traits},"messageId":"{msg_id}"{tail}'
+        size = len(body)
         if len(user_id) > 255 or size > limit:
             reason = f"message of {size:,} bytes over the {limit:,}-byte limit" if size > limit else "user id too long"
             result.invalid.append((user_id, msg_id, reason))
             result.counts["invalid"] += 1
             continue
         result.counts["changed" if previous is not None else "added"] += 1
-        result.messages.append(message)
-        result.hashes[msg_id] = digest
+        result.messages.append(Message(user_id, msg_id, traits, digest, body))
     return result
 
 
-def batches(messages: list[dict[str, Any]], max_messages: int, max_bytes: int) -> list[list[dict[str, Any]]]:
+def _size(message: Message | dict[str, Any]) -> int:
+    if isinstance(message, Message):
+        return len(message.body)
+    return len(json.dumps(message, separators=(",", ":")).encode())
+
+
+def batches(messages: list[Any], max_messages: int, max_bytes: int) -> list[list[Any]]:
     """Consecutive batches within both limits (sizes as compact JSON)."""
-    out: list[list[dict[str, Any]]] = []
-    current: list[dict[str, Any]] = []
+    out: list[list[Any]] = []
+    current: list[Any] = []
     size = ENVELOPE_BYTES
     for message in messages:
-        length = len(json.dumps(message, separators=(",", ":")).encode()) + 1
+        length = _size(message) + 1
         if current and (len(current) >= max_messages or size + length > max_bytes):
             out.append(current)
             current, size = [], ENVELOPE_BYTES
@@ -195,11 +261,9 @@ class Sender:
         self.auth = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
         self.sleep = sleep
 
-    def post(self, batch: list[dict[str, Any]]) -> Outcome:
-        body = json.dumps(
-            {"batch": batch, "sentAt": datetime.now(UTC).isoformat().replace("+00:00", "Z")},
-            separators=(",", ":"),
-        ).encode()
+    def post(self, batch: list[Message]) -> Outcome:
+        sent_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        body = ('{"batch":[' + ",".join(m.body for m in batch) + f'],"sentAt":"{sent_at}"}}').encode()
         delay = self.seg.backoff_seconds
         reason = ""
         for attempt in range(1, self.seg.max_retries + 2):
@@ -256,10 +320,9 @@ def sync(
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
-            for message in planned.messages:
-                fh.write(json.dumps(message, sort_keys=True) + "\n")
+            fh.writelines(m.body + "\n" for m in planned.messages)
         os.replace(tmp, path)
-        log_rows += [(run_id, now, m["userId"], m["messageId"], "dry_run", "", 0) for m in planned.messages]
+        log_rows += [(run_id, now, m.user_id, m.message_id, "dry_run", "", 0) for m in planned.messages]
         summary.update(would_send=len(planned.messages), batches=len(groups), path=str(path))
         _log(con, log_rows)
         return summary
@@ -282,17 +345,7 @@ def sync(
             insert_rows(
                 con,
                 "segment.sent_traits",
-                [
-                    (
-                        m["userId"],
-                        planned.hashes[m["messageId"]],
-                        json.dumps(m["traits"]),
-                        m["messageId"],
-                        stamp,
-                        run_id,
-                    )
-                    for m in batch
-                ],
+                [(m.user_id, m.traits_hash, m.traits, m.message_id, stamp, run_id) for m in batch],
                 verb="insert or replace",
             )
             summary["sent"] += len(batch)
@@ -303,9 +356,7 @@ def sync(
             elif outcome.attempts > seg.max_retries:
                 unavailable = "endpoint unavailable in this run"
         status = "sent" if outcome.ok else "failed"
-        log_rows += [
-            (run_id, stamp, m["userId"], m["messageId"], status, outcome.reason, outcome.attempts) for m in batch
-        ]
+        log_rows += [(run_id, stamp, m.user_id, m.message_id, status, outcome.reason, outcome.attempts) for m in batch]
     _log(con, log_rows)
     if fatal:
         raise SegmentError(f"segment: {fatal}; {summary['failed']:,} users left for the next run")

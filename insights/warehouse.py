@@ -186,13 +186,24 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple[Any
         return
     import pyarrow as pa
 
-    frame = pa.table({f"c{i}": pa.array(column) for i, column in enumerate(zip(*rows))})
+    frame = pa.table({f"c{i}": _arrow_column(column) for i, column in enumerate(zip(*rows))})
     name = f"_rows_{uuid.uuid4().hex}"
     con.register(name, frame)
     try:
         con.execute(f"{verb} into {table} select * from {name}")
     finally:
         con.unregister(name)
+
+
+def _arrow_column(values: tuple[Any, ...]) -> Any:
+    """One column for Arrow. Naive datetimes get their type up front: inferring it costs
+    about 10 us a value (2 s for the 190k rows of a Segment sync log)."""
+    import pyarrow as pa
+
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, datetime) and first.tzinfo is None:
+        return pa.array(values, type=pa.timestamp("us"))
+    return pa.array(values)
 
 
 @contextmanager

@@ -136,3 +136,36 @@ def test_invalid_messages_and_rejected_key(small: Config) -> None:
         assert "over the 32,000-byte limit" in reason
     with pytest.raises(SegmentError, match=r"no write key in \$SEGMENT_WRITE_KEY"):
         _run(_live(small, "http://127.0.0.1:9/v1/batch"), "r3", key="")
+
+
+def test_traits_are_encoded_as_json_would_encode_them() -> None:
+    """The column-at-a-time encoder gives, for every kind of value, the very text of
+    ``json.dumps`` over the cleaned value: the traits hash (and so what counts as changed)
+    does not depend on how it was computed."""
+    import duckdb
+
+    from exports.segment import _clean, _encoded
+
+    table = duckdb.sql(
+        """
+        select * from (values
+            (0.125, 1.005::decimal(6, 3), 'plain', ['a', null, 'é "q" \\ n'],
+             [{'dimension': 'category', 'value': 'Ünïcode', 'strength': 0.66666}, null,
+              {'dimension': null, 'value': 'x', 'strength': 'nan'::double}],
+             [[1.234, null], []], timestamp '2026-11-01 10:00:00', true, 42, map(['k'], [2.555]),
+             {'b': 1, 'a': [0.5]}),
+            ('nan'::double, null, null, null, null, null, null, null, null, null, null),
+            ('inf'::double, -0.001, '', [], [], [null], date '2026-01-01', false, -1, map([], []), null),
+            (-1e-7, 12345.678, '\t', ['x'], [{'dimension': 'brand', 'value': 'B', 'strength': 1.0}], [[2.0]],
+             null, null, null, null, {'b': null, 'a': null})
+        ) t(f, d, s, l, st, nested, ts, b, i, m, r)
+        """
+    ).to_arrow_table()
+    rows = table.to_pylist()
+    for name in table.column_names:
+        got = _encoded(table.column(name), 2)
+        values = [row[name] for row in rows]
+        if name == "m":
+            values = [None if v is None else dict(v) for v in values]
+        want = [json.dumps(_clean(v, 2), sort_keys=True, separators=(",", ":")) for v in values]
+        assert got == want, name
