@@ -152,10 +152,11 @@ def _quality(con: duckdb.DuckDBPyConnection, config: Config) -> dict[str, Any]:
         """
     ).fetchall()
     raw_events = _one(con, "select count(*) from raw.events")
+    # The pattern runs once per distinct user agent, not once per event.
     bots = _one(
         con,
-        "select count(*) from raw.events where coalesce(is_flagged_bot, false) "
-        "or regexp_matches(coalesce(useragent, ''), ?)",
+        "select coalesce(sum(n), 0) from (select useragent, coalesce(is_flagged_bot, false) as flagged, count(*) as n "
+        "from raw.events group by all) where flagged or regexp_matches(coalesce(useragent, ''), ?)",
         [config.transform.bot_useragent_pattern],
     )
     clean = _one(con, "select count(*) from main.fct_events") if _exists(con, "main", "fct_events") else 0

@@ -192,14 +192,25 @@ def _prune_snapshots(con: duckdb.DuckDBPyConnection, keep: dict[datetime, str]) 
 
 
 def _examples(
-    con: duckdb.DuckDBPyConnection, config: Config, schemas: dict[datetime, str], cutoffs: list[datetime], target: str
+    con: duckdb.DuckDBPyConnection,
+    config: Config,
+    schemas: dict[datetime, str],
+    cutoffs: list[datetime],
+    target: str,
+    cache: dict[tuple[Any, ...], pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """Features at each cutoff with the label from the window after it."""
+    """Features at each cutoff with the label from the window after it. ``cache`` keeps the
+    features of a cutoff and the labels of a window for the next target that needs them."""
     window = window_days(config)[target.removesuffix("_inactive")]
+    cache = {} if cache is None else cache
     frames = []
     for cutoff in cutoffs:
-        feats = data.features(con, schemas[cutoff])
-        outcome = data.labels(con, cutoff, cutoff + timedelta(days=window), config.transform.conversion_event)
+        if ("features", cutoff) not in cache:
+            cache["features", cutoff] = data.features(con, schemas[cutoff])
+        end = cutoff + timedelta(days=window)
+        if ("labels", cutoff, end) not in cache:
+            cache["labels", cutoff, end] = data.labels(con, cutoff, end, config.transform.conversion_event)
+        feats, outcome = cache["features", cutoff], cache["labels", cutoff, end]
         frame = feats.merge(outcome, on="user_id", how="left")
         if target == "purchase":
             frame["label"] = frame["converted"].fillna(False).astype(float)
@@ -220,9 +231,10 @@ def _train_propensities(
     con: duckdb.DuckDBPyConnection, config: Config, schemas: dict[datetime, str], plan: Plan
 ) -> dict[str, propensity.TrainedTarget]:
     targets: dict[str, propensity.TrainedTarget] = {}
+    cache: dict[tuple[Any, ...], pd.DataFrame] = {}
     for name, kind in (("purchase", "binary"), ("churn", "binary"), ("value", "regression")):
         cutoffs = plan.cutoffs[name]
-        examples = _examples(con, config, schemas, cutoffs, name)
+        examples = _examples(con, config, schemas, cutoffs, name, cache)
         valid = examples[examples["cutoff"] == cutoffs[0]] if cutoffs else examples.iloc[0:0]
         train = examples[examples["cutoff"] != cutoffs[0]] if cutoffs else examples
         if len(cutoffs) < 2:
@@ -240,7 +252,7 @@ def _train_propensities(
         )
     # Users already inactive for a whole churn window are outside the churn model's
     # population; their churn probability is the observed rate of their RFM cell.
-    everyone = _examples(con, config, schemas, plan.cutoffs["churn"], "churn_inactive")
+    everyone = _examples(con, config, schemas, plan.cutoffs["churn"], "churn_inactive", cache)
     inactive = (
         propensity.Heuristic.fit(everyone, everyone["label"].to_numpy())
         if len(everyone)

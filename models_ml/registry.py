@@ -15,13 +15,14 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
 
-from models_ml.als import ALSParams
-from models_ml.propensity import TrainedTarget
+if TYPE_CHECKING:  # imported where a bundle is loaded: the report and the API only read records
+    from models_ml.als import ALSParams
+    from models_ml.propensity import TrainedTarget
 
 DDL = """
 create schema if not exists ml;
@@ -99,6 +100,9 @@ class ModelBundle:
 
     @classmethod
     def load(cls, folder: Path) -> ModelBundle:
+        from models_ml.als import ALSParams
+        from models_ml.propensity import TrainedTarget
+
         meta = json.loads((folder / "meta.json").read_text())
         arrays = np.load(folder / "als.npz", allow_pickle=False)
         with open(folder / "content.pkl", "rb") as fh:
