@@ -153,3 +153,26 @@ def test_planted_truth_holds(sample_warehouse: Path) -> None:
     matches = [top[t["user_id"]] == t["top_category"] for t in truth if t["user_id"] in top and not t["is_bot"]]
     assert len(matches) > 100
     assert sum(matches) / len(matches) > 0.6
+
+
+def test_funnel_day_with_nobody_at_a_step(sample_warehouse: Path) -> None:
+    """A day on which nobody checked out is still a funnel day: the build passes, checkout
+    converts 0 of the carts, and the purchase step's conversion from the previous step is
+    undefined (null), not a failed test or a division by zero."""
+    day = "2026-10-10"
+    _execute(
+        sample_warehouse,
+        f"delete from raw.events where event_type in ('checkout', 'purchase') and occurred_at::date = '{day}'",
+    )
+    transform(sample_warehouse, AS_OF)
+    rows = query(
+        sample_warehouse,
+        "select step, users, conversion_from_previous, conversion_from_first from fct_funnel_daily "
+        "where day = ? order by step_number",
+        [day],
+    )
+    assert [r[0] for r in rows] == ["product_view", "add_to_cart", "checkout", "purchase"]
+    (_, viewers, _, _), (_, carts, cart_rate, _), checkout, purchase = rows
+    assert viewers > 0 and carts > 0 and cart_rate == round(carts / viewers, 4)
+    assert checkout[1:] == (0, 0.0, 0.0)
+    assert purchase[1:] == (0, None, 0.0)
