@@ -158,7 +158,9 @@ def holdout_half(user_ids: pd.Series, salt: str) -> np.ndarray:
 
 def _params(kind: str, seed: int) -> dict[str, Any]:
     common = {
-        "learning_rate": 0.05,
+        # 0.1, not 0.05: half the trees to train and score, same held-out quality at 10M events
+        # (0.05 / 0.1: purchase AUC 0.666 / 0.664, churn AUC 0.630 / 0.636, value MAE 47.4 / 47.3).
+        "learning_rate": 0.1,
         "num_leaves": 15,
         "min_data_in_leaf": 20,
         "feature_fraction": 0.9,
