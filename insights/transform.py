@@ -1,4 +1,4 @@
-"""Running the dbt project (``dbt_project/``) against the warehouse, in process.
+"""Running the dbt project (``dbt_project/``) against the warehouse, in a child process.
 
 The CLI's ``insights transform`` and the Airflow tasks call :func:`run_dbt`; it turns the
 configuration's ``transform`` section and the as-of instant into dbt vars, points the
