@@ -51,6 +51,17 @@ BRANDS: dict[str, list[str]] = {
     "Sports": ["Stridex", "Velocore", "Flowform", "Aqualine"],
     "Beauty": ["Glowra", "Petalique", "Verdance", "Silkroot"],
 }
+
+
+def _singular(plural: str) -> str:
+    """The item noun of a leaf category ("Smartwatches" -> "Smartwatch", "Accessories" ->
+    "Accessory", "Hiking Boots" -> "Hiking Boot"; "Cookware" and "Yoga" stay)."""
+    for ending, singular in (("ches", "ch"), ("sses", "ss"), ("ies", "y"), ("s", "")):
+        if plural.endswith(ending):
+            return plural[: -len(ending)] + singular
+    return plural
+
+
 BASE_PRICE = {"Outdoor": 120.0, "Electronics": 180.0, "Home": 60.0, "Fashion": 75.0, "Sports": 55.0, "Beauty": 30.0}
 ADJECTIVES = ["Ultralight", "Classic", "Pro", "Everyday", "Compact", "Premium", "Eco", "Heritage", "Sport", "Studio"]
 MATERIALS = [
@@ -238,7 +249,7 @@ def make_catalog(n_items: int, days: int, rng: random.Random) -> list[Item]:
     for i in range(n_items):
         group, category = leaves[i % len(leaves)]
         brand = rng.choice(BRANDS[group])
-        noun = category.rsplit(" > ", 1)[-1].rstrip("s")
+        noun = _singular(category.rsplit(" > ", 1)[-1])
         adjective, material, colour = rng.choice(ADJECTIVES), rng.choice(MATERIALS), rng.choice(COLOURS)
         price = round(BASE_PRICE[group] * math.exp(rng.gauss(0, 0.55)), 2)
         title = f"{brand} {adjective} {noun} {rng.randint(100, 999)}"

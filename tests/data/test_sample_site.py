@@ -7,6 +7,7 @@ from pathlib import Path
 
 from insights.ingest.snowplow import ENRICHED_FIELDS
 from insights.sample import generate
+from tests.conftest import ROOT
 
 
 def _digest(root: Path) -> str:
@@ -50,3 +51,18 @@ def test_formats_truth_and_dirt(tmp_path: Path) -> None:
     assert summary["late"] > 0 and summary["duplicates"] > 0 and summary["orders"] > 0
     bot_ua = sum("Googlebot" in line or "python-requests" in line for line in lines)
     assert bot_ua > 0
+
+
+def test_item_nouns_are_singular() -> None:
+    from insights.sample import TAXONOMY, _singular
+
+    leaves = [leaf.rsplit(" > ", 1)[-1] for leaves in TAXONOMY.values() for leaf in leaves]
+    nouns = dict(zip(leaves, map(_singular, leaves), strict=True))
+    assert nouns["Smartwatches"] == "Smartwatch"
+    assert nouns["Dresses"] == "Dress"
+    assert nouns["Accessories"] == "Accessory"
+    assert nouns["Hiking Boots"] == "Hiking Boot"
+    assert nouns["Cookware"] == "Cookware" and nouns["Running"] == "Running"
+    # The committed sample is what the generator writes today.
+    titles = (ROOT / "data_samples" / "catalog" / "items.csv").read_text()
+    assert "Smartwatch " in titles and "Smartwatche " not in titles and "Dresse " not in titles
