@@ -188,9 +188,8 @@ def _site(events: int, days: int, workdir: Path, reuse: bool) -> tuple[dict, flo
 def bench(events: int, days: int, workdir: Path, reuse_site: bool = False) -> dict:
     from insights.config import default_sources
 
-    users = max(100, events // EVENTS_PER_USER)
-    site = workdir / "site"
     summary, generate_seconds = _site(events, days, workdir, reuse_site)
+    site = workdir / "site"
     # Hold back the last hour of web files: the incremental run loads it.
     hours = sorted({p.parent for p in (site / "snowplow_enriched").rglob("*.tsv.gz")})
     # The last hour of the site's days (later folders hold only late arrivals).
@@ -213,7 +212,7 @@ def bench(events: int, days: int, workdir: Path, reuse_site: bool = False) -> di
     env = {**os.environ, "INSIGHTS_CONFIG": str(config), "OPENBLAS_NUM_THREADS": "1"}
     print(
         f"{events:,} events asked: {summary['web_events']:,} web + {summary['app_events']:,} app events, "
-        f"{users:,} people, {summary['items']:,} items, generated in {generate_seconds:.0f}s; as of {as_of}"
+        f"{summary['users']:,} people, {summary['items']:,} items, generated in {generate_seconds:.0f}s; as of {as_of}"
     )
     full = [_stage(stage, as_of, env, workdir) for stage in FULL]
     shutil.move(str(later), str(last_hour))
