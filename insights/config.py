@@ -217,6 +217,13 @@ class MLConfig(_Strict):
     min_item_users: int = Field(
         2, ge=1, description="Items with fewer users are scored from their catalog text (cold start)."
     )
+    reuse_picks_hours: float = Field(
+        24,
+        ge=0,
+        description="Scoring keeps each user's model picks; a later run reuses them for users whose history "
+        "has no new event, for at most this many hours (their decayed weights drift meanwhile); 0 recomputes "
+        "everyone every run.",
+    )
     als_factors: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
     als_regularization: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)
     als_alpha: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0], min_length=1)

@@ -30,7 +30,7 @@ def features(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
 
 def interactions(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
     return con.execute(
-        f"select user_id, item_id, weight, purchases from {_schema(schema)}.fct_interactions order by user_id, item_id"
+        f"select user_id, item_id, weight, events, purchases from {_schema(schema)}.fct_interactions order by user_id, item_id"
     ).df()
 
 

@@ -31,7 +31,7 @@ from insights.transform import (
     snapshot_schema_name,
 )
 from insights.warehouse import connect, transaction
-from models_ml import als, data, interests, propensity, registry, segments
+from models_ml import als, data, interests, picks, propensity, registry, segments
 from models_ml.content import CatalogEncoder, cold_vectors, fit_mapping
 from models_ml.metrics import classification_metrics, ranking_metrics, regression_metrics
 from models_ml.recommend import cap_per_group, similar_items, top_k
@@ -480,6 +480,7 @@ class Scores:
     trending: pd.DataFrame
     interests: pd.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went, by part
+    picks_reused: int = 0  # warm users whose model picks came from the previous run (models_ml.picks)
 
 
 def _item_vectors(bundle: registry.ModelBundle, catalog: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -538,65 +539,106 @@ def _model_recommendations(
     catalog: pd.DataFrame,
     vectors: np.ndarray,
     reasons: np.ndarray,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Top K from the embeddings for users with enough history, and those users' vectors."""
+    reuse: tuple[duckdb.DuckDBPyConnection, datetime] | None = None,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, picks.PickCache | None]:
+    """Top K from the embeddings for users with enough history, and those users' vectors.
+
+    With ``reuse`` (the warehouse and the as-of instant), users whose stored picks are still
+    valid (``models_ml.picks``) keep them and only the others are folded in and ranked; the
+    last value returned is then the cache to store for the next run."""
     ml = config.ml
+    factors = bundle.item_factors.shape[1]
     distinct = interactions.groupby("user_id")["item_id"].nunique()
     warm_users = np.array(sorted(distinct[distinct >= ml.min_user_items].index), dtype=object)
-    if len(warm_users) == 0:
-        empty = pd.DataFrame(columns=["user_id", "item_id", "score", "reason", "position"])
-        return empty, warm_users, np.zeros((0, bundle.item_factors.shape[1]), dtype=np.float32)
-    user_index = _indexed(list(warm_users))
-    model_items = _indexed(bundle.item_ids)
-    mine = interactions[interactions["user_id"].isin(user_index)]
-    user_vectors = als.fold_in(
-        bundle.item_factors,
-        bundle.als_params,
-        als.interaction_matrix(
-            user_index, model_items, mine["user_id"].to_numpy(), mine["item_id"].to_numpy(), mine["weight"].to_numpy()
-        ),
-    )
     allowed = np.flatnonzero(catalog["in_stock"].fillna(False).to_numpy(dtype=bool))
     allowed_ids = catalog["item_id"].to_numpy()[allowed]
-    allowed_index = _indexed(list(allowed_ids))
-    bought = mine[mine["purchases"] > 0] if ml.exclude_purchased else mine.iloc[0:0]
-    exclude = als.interaction_matrix(
-        user_index,
-        allowed_index,
-        bought["user_id"].to_numpy(),
-        bought["item_id"].to_numpy(),
-        np.ones(len(bought)),
-    )
-    seen = als.interaction_matrix(
-        user_index,
-        _indexed(list(allowed_ids)),
-        mine["user_id"].to_numpy(),
-        mine["item_id"].to_numpy(),
-        mine["weight"].to_numpy(),
-    )
-    k = ml.recommendations
-    idx, val = top_k(
-        user_vectors,
-        vectors[allowed],
-        k * CANDIDATE_FACTOR,
-        exclude=exclude,
-        history=als.history_matrix(seen),
-        history_weight=bundle.als_params.history_weight,
-    )
     groups = pd.factorize(catalog["category"].fillna("").to_numpy()[allowed])[0]
-    idx, val = cap_per_group(idx, val, groups, ml.max_per_category, k)
-    ok = (idx >= 0) & np.isfinite(val)
-    chosen = allowed[idx[ok]]
-    frame = pd.DataFrame(
-        {
-            "user_id": np.repeat(warm_users, idx.shape[1])[ok.ravel()],
-            "item_id": catalog["item_id"].to_numpy()[chosen],
-            "score": np.round(val[ok].astype(float), 6),
-            "reason": reasons[chosen],
-            "position": np.tile(np.arange(idx.shape[1]), len(warm_users))[ok.ravel()],
-        }
+
+    cache = None
+    where = np.full(len(warm_users), -1, dtype=np.int64)
+    if reuse is not None:
+        con, as_of = reuse
+        key = picks.run_key(
+            [bundle.version, ml.recommendations, ml.max_per_category, ml.exclude_purchased, CANDIDATE_FACTOR],
+            [allowed_ids.astype(str), vectors[allowed], groups, reasons[allowed].astype(str)],
+        )
+        cache = picks.load(con, key, factors)
+        prints = picks.fingerprints(interactions, warm_users)
+        where = cache.reusable(warm_users, prints, as_of, ml.reuse_picks_hours)
+    todo = warm_users[where < 0]
+
+    fresh = pd.DataFrame(columns=picks.PICK_COLUMNS)
+    fresh_vectors = np.zeros((0, factors), dtype=np.float32)
+    if len(todo):
+        user_index = _indexed(list(todo))
+        mine = interactions[interactions["user_id"].isin(user_index)]
+        fresh_vectors = als.fold_in(
+            bundle.item_factors,
+            bundle.als_params,
+            als.interaction_matrix(
+                user_index,
+                _indexed(bundle.item_ids),
+                mine["user_id"].to_numpy(),
+                mine["item_id"].to_numpy(),
+                mine["weight"].to_numpy(),
+            ),
+        )
+        allowed_index = _indexed(list(allowed_ids))
+        bought = mine[mine["purchases"] > 0] if ml.exclude_purchased else mine.iloc[0:0]
+        exclude = als.interaction_matrix(
+            user_index,
+            allowed_index,
+            bought["user_id"].to_numpy(),
+            bought["item_id"].to_numpy(),
+            np.ones(len(bought)),
+        )
+        seen = als.interaction_matrix(
+            user_index,
+            allowed_index,
+            mine["user_id"].to_numpy(),
+            mine["item_id"].to_numpy(),
+            mine["weight"].to_numpy(),
+        )
+        k = ml.recommendations
+        idx, val = top_k(
+            fresh_vectors,
+            vectors[allowed],
+            k * CANDIDATE_FACTOR,
+            exclude=exclude,
+            history=als.history_matrix(seen),
+            history_weight=bundle.als_params.history_weight,
+        )
+        idx, val = cap_per_group(idx, val, groups, ml.max_per_category, k)
+        ok = (idx >= 0) & np.isfinite(val)
+        chosen = allowed[idx[ok]]
+        fresh = pd.DataFrame(
+            {
+                "user_id": np.repeat(todo, idx.shape[1])[ok.ravel()],
+                "item_id": catalog["item_id"].to_numpy()[chosen],
+                "score": np.round(val[ok].astype(float), 6),
+                "reason": reasons[chosen],
+                "position": np.tile(np.arange(idx.shape[1]), len(todo))[ok.ravel()],
+            }
+        )
+    if cache is None:
+        return fresh, warm_users, fresh_vectors, None
+
+    kept = where >= 0
+    user_vectors = np.empty((len(warm_users), factors), dtype=np.float32)
+    user_vectors[~kept] = fresh_vectors
+    user_vectors[kept] = cache.vectors[where[kept]]
+    reused = cache.picks[cache.picks["user_id"].isin(set(warm_users[kept]))]
+    frame = pd.concat([reused, fresh], ignore_index=True) if len(reused) else fresh
+    computed = np.full(len(warm_users), np.datetime64(reuse[1], "us"))
+    computed[kept] = pd.to_datetime(cache.users["computed_as_of"]).to_numpy(dtype="datetime64[us]")[where[kept]]
+    stored = picks.PickCache(
+        cache.key,
+        pd.DataFrame({"user_id": warm_users, "fingerprint": prints, "computed_as_of": computed}),
+        user_vectors,
+        frame,
+        reused=int(kept.sum()),
     )
-    return frame, warm_users, user_vectors
+    return frame, warm_users, user_vectors, stored
 
 
 # The windows below sort 15M rows at 10M events: they partition and order by integer codes
@@ -613,6 +655,13 @@ item_codes as (
 trending_coded as (
     select t.scope, t.rank, t.score, ic.i, ic.c from trending as t join item_codes as ic using (item_id)
 ),
+-- A model list already k long is the whole list (its picks are distinct, unbought and
+-- capped per category, and rank before any trending item), so only shorter ones are filled.
+short_users as (
+    select uc.user_id, uc.u
+    from user_codes as uc
+    anti join (select user_id from model_recs group by user_id having count(*) >= $k) as full_lists using (user_id)
+),
 bought_coded as (
     select uc.u, ic.i
     from bought
@@ -625,13 +674,13 @@ candidates as (
     join user_codes as uc using (user_id)
     join item_codes as ic using (item_id)
     union all
-    select uc.u, t.i, t.c, t.score, 'trending', 1, a.rank * 1000 + t.rank
+    select su.u, t.i, t.c, t.score, 'trending', 1, a.rank * 1000 + t.rank
     from user_categories as a
-    join user_codes as uc using (user_id)
+    join short_users as su using (user_id)
     join trending_coded as t on t.scope = a.value
     union all
-    select uc.u, t.i, t.c, t.score, 'trending', 2, t.rank
-    from user_codes as uc cross join trending_coded as t
+    select su.u, t.i, t.c, t.score, 'trending', 2, t.rank
+    from short_users as su cross join trending_coded as t
     where t.scope = 'global'
 ),
 allowed as (
@@ -674,8 +723,8 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
 
         with timed(seconds, "recommendations"):
             vectors, reasons = _item_vectors(bundle, catalog)
-            model_recs, warm_users, user_vectors = _model_recommendations(
-                config, bundle, interactions, catalog, vectors, reasons
+            model_recs, warm_users, user_vectors, pick_cache = _model_recommendations(
+                config, bundle, interactions, catalog, vectors, reasons, reuse=(con, as_of) if write else None
             )
         with timed(seconds, "similar_trending"):
             trending = _trending(catalog, ml.trending_items)
@@ -719,10 +768,13 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
             trending=trending,
             interests=user_interests,
             seconds=seconds,
+            picks_reused=0 if pick_cache is None else pick_cache.reused,
         )
         if write:
             with timed(seconds, "write"), transaction(con):
                 _write(con, result)
+                if pick_cache is not None:
+                    picks.save(con, pick_cache)
     finally:
         con.close()
     log.info("scored %d users as of %s (seconds: %s)", len(result.users), as_of, seconds)
@@ -830,6 +882,7 @@ def score_summary(scores: Scores) -> dict[str, Any]:
         "propensity_method": ", ".join(
             f"{n} {users[f'{n}_method'].iloc[0]}" for n in ("purchase", "churn", "value") if len(users)
         ),
+        "picks_reused": scores.picks_reused,
         "seconds": scores.seconds,
     }
 

@@ -245,3 +245,50 @@ def test_run_report_shows_every_section_with_real_numbers(learned: dict) -> None
     assert quality["bot_agent_events"] > 0 and quality["clean_events"] < quality["raw_events"]
     assert {d for d, *_ in data["interests"]} >= {"category", "brand"}
     assert [s["step"] for s in data["steps"]] == ["export"]
+
+
+def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: dict, tmp_path: Path) -> None:
+    """The refresh path: the stored picks of unchanged users are reused (same lists as a full
+    recompute at the same instant), a user with a new interaction is folded in again."""
+    root = learned["root"]
+    shutil.copy(root / "wh.duckdb", tmp_path / "wh.duckdb")
+    text = (root / "insights.yml").read_text().replace(str(root / "wh.duckdb"), str(tmp_path / "wh.duckdb"))
+    (tmp_path / "insights.yml").write_text(text)
+    config = load_config(tmp_path / "insights.yml", environ={})
+    as_of = learned["as_of"]
+    before = _query(tmp_path, "select * from main.recommendations order by user_id, rank")
+    warm = _query(tmp_path, "select count(*) as n from ml.pick_cache_users")["n"][0]
+    assert warm > 100
+
+    again = pipeline.score(config, as_of)
+    assert again.picks_reused == warm
+    pd.testing.assert_frame_equal(again.recommendations.reset_index(drop=True), before, check_dtype=False)
+    recomputed = pipeline.score(
+        load_config(tmp_path / "insights.yml", environ={"INSIGHTS__ML__REUSE_PICKS_HOURS": "0"}), as_of
+    )
+    assert recomputed.picks_reused == 0
+    pd.testing.assert_frame_equal(recomputed.recommendations, again.recommendations)
+
+    # One warm user buys into a new category: only they are recomputed, and their list is
+    # what a full recompute gives them.
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    user, item = con.execute(
+        """
+        select u.user_id, i.item_id
+        from ml.pick_cache_users as u, main.dim_items as i
+        where i.in_stock and i.item_id not in (select item_id from main.fct_interactions where user_id = u.user_id)
+        order by u.user_id, i.item_id limit 1
+        """
+    ).fetchone()
+    con.execute(
+        "insert into main.fct_interactions (user_id, item_id, weight, events, purchases) values (?, ?, 12.0, 3, 1)",
+        [user, item],
+    )
+    con.close()
+    changed = pipeline.score(config, as_of)
+    assert changed.picks_reused == warm - 1
+    full = pipeline.score(
+        load_config(tmp_path / "insights.yml", environ={"INSIGHTS__ML__REUSE_PICKS_HOURS": "0"}), as_of
+    )
+    pd.testing.assert_frame_equal(changed.recommendations, full.recommendations)
+    assert item not in set(changed.recommendations.loc[changed.recommendations["user_id"] == user, "item_id"])

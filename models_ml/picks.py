@@ -1,0 +1,153 @@
+"""Each warm user's model picks and vector, kept between scoring runs.
+
+Folding a user in and ranking every allowed item for them is most of a scoring run, and an
+hourly refresh changes few users' histories. So a run stores, per warm user, the ALS vector
+and the model picks it computed, with a fingerprint of the history they came from; the next
+run reuses an entry when
+
+- the run's key is the same: model version, the in-stock items with their vectors and
+  categories, and the list settings (any change recomputes everyone);
+- the user's fingerprint is the same: their items with event and purchase counts, so a new
+  event, a late one, a purchase or a stitched identity all change it; and
+- the entry is at most ``ml.reuse_picks_hours`` old. The fingerprint leaves out the decayed
+  weights on purpose: they shrink every hour for everyone, by the same factor for all of a
+  user's items, which barely moves a ranking; the age limit bounds that drift.
+
+Scoring the same instant twice therefore gives the same lists, and ``reuse_picks_hours: 0``
+recomputes everyone every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+_DDL = """
+create schema if not exists ml;
+create table if not exists ml.pick_cache_key (key varchar);
+create table if not exists ml.pick_cache_users (
+    user_id varchar, fingerprint ubigint, computed_as_of timestamp, vector blob
+);
+create table if not exists ml.pick_cache_items (
+    user_id varchar, item_id varchar, score double, reason varchar, position integer
+);
+"""
+
+PICK_COLUMNS = ["user_id", "item_id", "score", "reason", "position"]
+
+
+def run_key(parts: list[object], arrays: list[np.ndarray]) -> str:
+    """What every user's picks depend on besides their own history, as one digest."""
+    digest = hashlib.sha256(repr(parts).encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(array.tobytes() if array.dtype != object else "\x1f".join(map(str, array)).encode())
+    return digest.hexdigest()
+
+
+def fingerprints(interactions: pd.DataFrame, users: np.ndarray) -> np.ndarray:
+    """One uint64 per user of ``users`` (0 if absent) from their items and event counts.
+
+    ``interactions`` has ``user_id``, ``item_id``, ``events`` and ``purchases``; rows can be
+    in any order (the row hashes are summed per user, wrapping)."""
+    out = np.zeros(len(users), dtype=np.uint64)
+    if len(interactions) == 0 or len(users) == 0:
+        return out
+    rows = pd.util.hash_pandas_object(interactions[["item_id", "events", "purchases"]], index=False).to_numpy()
+    codes, uniques = pd.factorize(interactions["user_id"])
+    sums = np.zeros(len(uniques), dtype=np.uint64)
+    np.add.at(sums, codes, rows)
+    position = pd.Index(uniques).get_indexer(users)
+    found = position >= 0
+    out[found] = sums[position[found]]
+    return out
+
+
+@dataclass
+class PickCache:
+    """The entries of one key: per user a fingerprint, the instant computed and the vector;
+    and the picks, in ``PICK_COLUMNS``."""
+
+    key: str
+    users: pd.DataFrame  # user_id, fingerprint, computed_as_of, plus ``vectors`` row-aligned
+    vectors: np.ndarray
+    picks: pd.DataFrame
+    reused: int = 0  # of a run's cache: how many of its users were taken from the previous one
+
+    @classmethod
+    def empty(cls, key: str, factors: int) -> PickCache:
+        return cls(
+            key,
+            pd.DataFrame({"user_id": [], "fingerprint": np.array([], dtype=np.uint64), "computed_as_of": []}),
+            np.zeros((0, factors), dtype=np.float32),
+            pd.DataFrame(columns=PICK_COLUMNS),
+        )
+
+    def reusable(self, users: np.ndarray, prints: np.ndarray, as_of: datetime, max_hours: float) -> np.ndarray:
+        """Index into this cache's users for each of ``users``, or -1 where it must be recomputed."""
+        if max_hours <= 0 or len(self.users) == 0:
+            return np.full(len(users), -1, dtype=np.int64)
+        position = pd.Index(self.users["user_id"]).get_indexer(users)
+        found = position >= 0
+        safe = np.where(found, position, 0)
+        same = self.users["fingerprint"].to_numpy(dtype=np.uint64)[safe] == prints
+        computed = pd.to_datetime(self.users["computed_as_of"]).to_numpy(dtype="datetime64[us]")[safe]
+        age = np.datetime64(as_of, "us") - computed
+        fresh = (age >= np.timedelta64(0, "us")) & (age <= np.timedelta64(timedelta(hours=max_hours), "us"))
+        return np.where(found & same & fresh, position, -1)
+
+
+def load(con: duckdb.DuckDBPyConnection, key: str, factors: int) -> PickCache:
+    """The stored entries if they were made under ``key``, else an empty cache."""
+    con.execute(_DDL)
+    stored = con.execute("select key from ml.pick_cache_key").fetchall()
+    if [row[0] for row in stored] != [key]:
+        return PickCache.empty(key, factors)
+    users = con.execute(
+        "select user_id, fingerprint, computed_as_of, vector from ml.pick_cache_users order by user_id"
+    ).df()
+    blobs = users.pop("vector").to_numpy()
+    width = factors * np.dtype(np.float32).itemsize
+    if len(blobs) and any(len(b) != width for b in blobs):
+        return PickCache.empty(key, factors)
+    vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), factors)
+    picks = con.execute(f"select {', '.join(PICK_COLUMNS)} from ml.pick_cache_items").df()
+    return PickCache(key, users, vectors, picks)
+
+
+def save(con: duckdb.DuckDBPyConnection, cache: PickCache) -> None:
+    """Replace the stored entries (call inside the scoring run's transaction)."""
+    con.execute(_DDL)
+    users = cache.users[["user_id", "fingerprint", "computed_as_of"]].copy()
+    vectors = np.ascontiguousarray(cache.vectors, dtype=np.float32)
+    users["vector"] = [row.tobytes() for row in vectors]
+    con.register("pick_users_frame", users)
+    con.register("pick_items_frame", cache.picks[PICK_COLUMNS])
+    try:
+        con.execute("delete from ml.pick_cache_key")
+        con.execute("insert into ml.pick_cache_key values ($key)", {"key": cache.key})
+        con.execute(
+            """
+            create or replace table ml.pick_cache_users as
+            select user_id::varchar as user_id, fingerprint::ubigint as fingerprint,
+                computed_as_of::timestamp as computed_as_of, vector::blob as vector
+            from pick_users_frame
+            """
+        )
+        con.execute(
+            """
+            create or replace table ml.pick_cache_items as
+            select user_id::varchar as user_id, item_id::varchar as item_id, score::double as score,
+                reason::varchar as reason, position::integer as position
+            from pick_items_frame
+            """
+        )
+    finally:
+        con.unregister("pick_users_frame")
+        con.unregister("pick_items_frame")
