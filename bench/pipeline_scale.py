@@ -135,12 +135,14 @@ def _refresh(workdir: Path, as_of: str, env: dict[str, str]) -> dict:
 
 def refresh_again(workdir: Path) -> dict:
     """The incremental run once more on a kept work folder: the last load is removed from
-    the raw tables and the load manifest, history aged, then the refresh path runs."""
+    the raw tables and the load manifest, history aged, then the refresh path runs as of the
+    last transform's instant (scoring an earlier instant in between, to give the refresh the
+    stored picks an hourly schedule would leave, does not move it)."""
     import duckdb
 
     con = duckdb.connect(str(workdir / "warehouse" / "insights.duckdb"))
     load_id, as_of = con.execute(
-        "select load_id, (select max(as_of) from main.user_insights) from ingest.loads "
+        "select load_id, (select max(as_of) from main.dim_users) from ingest.loads "
         "where source_name = 'web' order by started_at desc limit 1"
     ).fetchone()
     con.execute("delete from raw.events where load_id = ?", [load_id])
