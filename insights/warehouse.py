@@ -161,6 +161,22 @@ def connect(config: Config, read_only: bool = False) -> duckdb.DuckDBPyConnectio
     return con
 
 
+def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
+    """A query's result as a pandas frame, through Arrow.
+
+    ``.df()`` builds one Python object per string value, which pandas then converts back
+    into an Arrow-backed column: about 1.5 s for 2.3M rows of three strings, against 0.3 s
+    through Arrow, for an equal frame. Decimals become floats, as ``.df()`` makes them."""
+    import pyarrow as pa
+
+    con.complete()  # a result left open by an earlier execute() would refuse con.sql()
+    table = con.sql(sql, params=params).to_arrow_table()
+    for i, column in enumerate(table.schema):
+        if pa.types.is_decimal(column.type):
+            table = table.set_column(i, column.name, table.column(i).cast(pa.float64()))
+    return table.to_pandas()
+
+
 def scored_as_of(con: duckdb.DuckDBPyConnection, as_of: datetime | None, step: str) -> tuple[datetime, list[str]]:
     """The as-of instant ``main.user_insights`` was scored at, and its model versions; what
     delivers or reports the scores refuses another instant than the scored one."""

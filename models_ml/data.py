@@ -14,6 +14,8 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
+from insights.warehouse import query_frame
+
 _SCHEMA = re.compile(r"^(main|pit_\d{8}_\d{6})$")
 
 
@@ -25,31 +27,33 @@ def _schema(schema: str) -> str:
 
 def features(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
     """``dim_users`` of that schema: one row per user, point-in-time features."""
-    return con.execute(f"select * from {_schema(schema)}.dim_users order by user_id").df()
+    return query_frame(con, f"select * from {_schema(schema)}.dim_users order by user_id")
 
 
 def interactions(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
-    return con.execute(
-        f"select user_id, item_id, weight, events, purchases from {_schema(schema)}.fct_interactions order by user_id, item_id"
-    ).df()
+    return query_frame(
+        con,
+        f"select user_id, item_id, weight, events, purchases from {_schema(schema)}.fct_interactions order by user_id, item_id",
+    )
 
 
 def items(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
     """The catalog as of the schema's instant, with description and activity."""
-    return con.execute(
+    return query_frame(
+        con,
         f"""
         select i.*, c.description
         from {_schema(schema)}.dim_items as i
         left join staging.stg_insights__catalog_items as c using (item_id)
         order by i.item_id
-        """
-    ).df()
+        """,
+    )
 
 
 def affinities(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
-    return con.execute(
-        f"select user_id, dimension, value, strength, rank from {_schema(schema)}.fct_user_affinities"
-    ).df()
+    return query_frame(
+        con, f"select user_id, dimension, value, strength, rank from {_schema(schema)}.fct_user_affinities"
+    )
 
 
 def feature_as_of(con: duckdb.DuckDBPyConnection, schema: str) -> datetime | None:
@@ -91,7 +95,8 @@ keyed as (
 def labels(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, conversion_event: str) -> pd.DataFrame:
     """Per user (as identified at ``start``) what happened in [start, end): whether they were
     active at all, converted, and their revenue."""
-    return con.execute(
+    return query_frame(
+        con,
         _KEYED_EVENTS
         + """
         select
@@ -104,13 +109,14 @@ def labels(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, conve
         group by key
         """,
         {"start": start, "end": end, "conversion": conversion_event},
-    ).df()
+    )
 
 
 def relevant_items(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> pd.DataFrame:
     """(user, item) pairs with a positive interaction (view, cart, checkout, purchase) in
     [start, end): what a recommendation made at ``start`` should have contained."""
-    return con.execute(
+    return query_frame(
+        con,
         _KEYED_EVENTS
         + """
         select distinct key as user_id, item_id
@@ -119,4 +125,4 @@ def relevant_items(con: duckdb.DuckDBPyConnection, start: datetime, end: datetim
         order by 1, 2
         """,
         {"start": start, "end": end},
-    ).df()
+    )

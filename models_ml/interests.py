@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from insights.warehouse import query_frame
+
 # Behaviour is the evidence; the embedding only nudges. A quarter keeps a category the user
 # never touched below one they interacted with a few times.
 EMBEDDING_SHARE = 0.25
@@ -112,6 +114,6 @@ def top_interests(affinities: pd.DataFrame, embedded: pd.DataFrame | None, limit
         combined = con.sql(_BLEND_SQL, params={"share": EMBEDDING_SHARE, "min": MIN_STRENGTH}).to_arrow_table()
         strength = np.round(np.clip(combined.column("strength").to_numpy(), 0, 1), 4)
         con.register("combined", combined.set_column(3, "strength", pa.array(strength, pa.float64())))
-        return con.execute(_RANK_SQL, {"limit": limit}).df()
+        return query_frame(con, _RANK_SQL, {"limit": limit})
     finally:
         con.close()

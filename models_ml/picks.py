@@ -27,6 +27,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from insights.warehouse import query_frame
+
 _DDL = """
 create schema if not exists ml;
 create table if not exists ml.pick_cache_key (key varchar);
@@ -109,15 +111,15 @@ def load(con: duckdb.DuckDBPyConnection, key: str, factors: int) -> PickCache:
     stored = con.execute("select key from ml.pick_cache_key").fetchall()
     if [row[0] for row in stored] != [key]:
         return PickCache.empty(key, factors)
-    users = con.execute(
-        "select user_id, fingerprint, computed_as_of, vector from ml.pick_cache_users order by user_id"
-    ).df()
+    users = query_frame(
+        con, "select user_id, fingerprint, computed_as_of, vector from ml.pick_cache_users order by user_id"
+    )
     blobs = users.pop("vector").to_numpy()
     width = factors * np.dtype(np.float32).itemsize
     if len(blobs) and any(len(b) != width for b in blobs):
         return PickCache.empty(key, factors)
     vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), factors)
-    picks = con.execute(f"select {', '.join(PICK_COLUMNS)} from ml.pick_cache_items").df()
+    picks = query_frame(con, f"select {', '.join(PICK_COLUMNS)} from ml.pick_cache_items")
     return PickCache(key, users, vectors, picks)
 
 

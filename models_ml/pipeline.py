@@ -30,7 +30,7 @@ from insights.transform import (
     build_snapshot,
     snapshot_schema_name,
 )
-from insights.warehouse import connect, transaction
+from insights.warehouse import connect, query_frame, transaction
 from models_ml import als, data, interests, picks, propensity, registry, segments
 from models_ml.content import CatalogEncoder, cold_vectors, fit_mapping
 from models_ml.metrics import classification_metrics, ranking_metrics, regression_metrics
@@ -747,7 +747,7 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
                 local.register("user_categories", top_l1[["user_id", "value", "rank"]])
                 local.register("catalog", catalog[catalog["in_stock"].fillna(False)][["item_id", "category"]])
                 local.register("bought", bought)
-                recs = local.execute(_FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations}).df()
+                recs = query_frame(local, _FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations})
             finally:
                 local.close()
 
