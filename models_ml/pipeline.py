@@ -641,7 +641,7 @@ def _model_recommendations(
     return frame, warm_users, user_vectors, stored
 
 
-# The windows below sort 15M rows at 10M events: they partition and order by integer codes
+# The windows below sort millions of candidate rows at 10M events: they partition and order by integer codes
 # (given in id order, so the lists are the same as with the ids) instead of the strings.
 _FILL_SQL = """
 with user_codes as (
