@@ -136,6 +136,10 @@ def _print_score(summary: dict[str, Any]) -> None:
         f"{summary['mean_purchase_probability']:.3f}."
     )
     console.print("  segments: " + ", ".join(f"{k} {v:,}" for k, v in summary["segments"].items()))
+    console.print(
+        f"  model picks: {summary['picks_computed']:,} users folded in and ranked, "
+        f"{summary['picks_reused']:,} unchanged since an earlier run kept theirs (ml.reuse_picks_hours)"
+    )
     _print_seconds(summary)
 
 

@@ -481,6 +481,7 @@ class Scores:
     interests: pd.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went, by part
     picks_reused: int = 0  # warm users whose model picks came from the previous run (models_ml.picks)
+    picks_computed: int = 0  # warm users folded in and ranked by this run
 
 
 def _item_vectors(bundle: registry.ModelBundle, catalog: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -769,6 +770,7 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
             interests=user_interests,
             seconds=seconds,
             picks_reused=0 if pick_cache is None else pick_cache.reused,
+            picks_computed=len(warm_users) - (0 if pick_cache is None else pick_cache.reused),
         )
         if write:
             with timed(seconds, "write"), transaction(con):
@@ -883,6 +885,7 @@ def score_summary(scores: Scores) -> dict[str, Any]:
             f"{n} {users[f'{n}_method'].iloc[0]}" for n in ("purchase", "churn", "value") if len(users)
         ),
         "picks_reused": scores.picks_reused,
+        "picks_computed": scores.picks_computed,
         "seconds": scores.seconds,
     }
 

@@ -261,12 +261,12 @@ def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: 
     assert warm > 100
 
     again = pipeline.score(config, as_of)
-    assert again.picks_reused == warm
+    assert (again.picks_reused, again.picks_computed) == (warm, 0)
     pd.testing.assert_frame_equal(again.recommendations.reset_index(drop=True), before, check_dtype=False)
     recomputed = pipeline.score(
         load_config(tmp_path / "insights.yml", environ={"INSIGHTS__ML__REUSE_PICKS_HOURS": "0"}), as_of
     )
-    assert recomputed.picks_reused == 0
+    assert (recomputed.picks_reused, recomputed.picks_computed) == (0, warm)
     pd.testing.assert_frame_equal(recomputed.recommendations, again.recommendations)
 
     # One warm user buys into a new category: only they are recomputed, and their list is
@@ -286,7 +286,7 @@ def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: 
     )
     con.close()
     changed = pipeline.score(config, as_of)
-    assert changed.picks_reused == warm - 1
+    assert (changed.picks_reused, changed.picks_computed) == (warm - 1, 1)
     full = pipeline.score(
         load_config(tmp_path / "insights.yml", environ={"INSIGHTS__ML__REUSE_PICKS_HOURS": "0"}), as_of
     )
