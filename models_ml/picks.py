@@ -99,16 +99,46 @@ class PickCache:
         found = position >= 0
         safe = np.where(found, position, 0)
         same = self.users["fingerprint"].to_numpy(dtype=np.uint64)[safe] == prints
-        computed = pd.to_datetime(self.users["computed_as_of"]).to_numpy(dtype="datetime64[us]")[safe]
-        age = np.datetime64(as_of, "us") - computed
+        age = np.datetime64(as_of, "us") - self._computed()[safe]
         fresh = (age >= np.timedelta64(0, "us")) & (age <= np.timedelta64(timedelta(hours=max_hours), "us"))
         return np.where(found & same & fresh, position, -1)
+
+    def next_run(
+        self,
+        users: np.ndarray,
+        prints: np.ndarray,
+        where: np.ndarray,
+        as_of: datetime,
+        fresh_vectors: np.ndarray,
+        fresh_picks: pd.DataFrame,
+    ) -> PickCache:
+        """The cache a run leaves: for each of ``users`` the entry at ``where`` (from
+        ``reusable``) or, where that is -1, what the run computed (rows in the same order)."""
+        kept = where >= 0
+        vectors = np.empty((len(users), self.vectors.shape[1]), dtype=np.float32)
+        vectors[~kept] = fresh_vectors
+        vectors[kept] = self.vectors[where[kept]]
+        reused = self.picks[self.picks["user_id"].isin(set(users[kept]))]
+        computed = np.full(len(users), np.datetime64(as_of, "us"))
+        computed[kept] = self._computed()[where[kept]]
+        return PickCache(
+            self.key,
+            pd.DataFrame({"user_id": users, "fingerprint": prints, "computed_as_of": computed}),
+            vectors,
+            pd.concat([reused, fresh_picks], ignore_index=True) if len(reused) else fresh_picks,
+            reused=int(kept.sum()),
+        )
+
+    def _computed(self) -> np.ndarray:
+        return pd.to_datetime(self.users["computed_as_of"]).to_numpy(dtype="datetime64[us]")
 
 
 def load(con: duckdb.DuckDBPyConnection, key: str, factors: int) -> PickCache:
     """The stored entries if they were made under ``key``, else an empty cache."""
-    con.execute(_DDL)
-    stored = con.execute("select key from ml.pick_cache_key").fetchall()
+    try:
+        stored = con.execute("select key from ml.pick_cache_key").fetchall()
+    except duckdb.CatalogException:  # no scoring run has stored any yet
+        return PickCache.empty(key, factors)
     if [row[0] for row in stored] != [key]:
         return PickCache.empty(key, factors)
     users = query_frame(

@@ -623,23 +623,8 @@ def _model_recommendations(
         )
     if cache is None:
         return fresh, warm_users, fresh_vectors, None
-
-    kept = where >= 0
-    user_vectors = np.empty((len(warm_users), factors), dtype=np.float32)
-    user_vectors[~kept] = fresh_vectors
-    user_vectors[kept] = cache.vectors[where[kept]]
-    reused = cache.picks[cache.picks["user_id"].isin(set(warm_users[kept]))]
-    frame = pd.concat([reused, fresh], ignore_index=True) if len(reused) else fresh
-    computed = np.full(len(warm_users), np.datetime64(reuse[1], "us"))
-    computed[kept] = pd.to_datetime(cache.users["computed_as_of"]).to_numpy(dtype="datetime64[us]")[where[kept]]
-    stored = picks.PickCache(
-        cache.key,
-        pd.DataFrame({"user_id": warm_users, "fingerprint": prints, "computed_as_of": computed}),
-        user_vectors,
-        frame,
-        reused=int(kept.sum()),
-    )
-    return frame, warm_users, user_vectors, stored
+    stored = cache.next_run(warm_users, prints, where, reuse[1], fresh_vectors, fresh)
+    return stored.picks, warm_users, stored.vectors, stored
 
 
 # The windows below sort millions of candidate rows at 10M events: they partition and order by integer codes
