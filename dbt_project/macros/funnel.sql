@@ -48,3 +48,9 @@ step_{{ k }} as (
 
 select *, step_1_at::date as day from step_{{ steps | length }}
 {%- endmacro %}
+
+{#- One row per user and day on which the user reached the first funnel step, from `events`
+    (int_events_as_of's columns). -#}
+{% macro funnel_user_days(events) -%}
+{{ funnel_instances(events, "stitched_user_id || '|' || occurred_at::date::varchar") }}
+{%- endmacro %}

@@ -1,2 +1,2 @@
 -- One row per user and day on which the user reached the first funnel step.
-{{ funnel_instances(ref('int_events_as_of'), "stitched_user_id || '|' || occurred_at::date::varchar") }}
+{{ funnel_user_days(ref('int_events_as_of')) }}

@@ -1,11 +1,21 @@
+{{ config(post_hook=["{{ record_build() }}"]) }}
+-- depends_on: {{ ref('fct_events') }}, {{ ref('stg_insights__events') }}, {{ ref('stg_insights__catalog_items') }}
 -- One row per user (stitched id) seen before the as-of instant: recency, frequency and
 -- monetary value over 7/30/90 days and lifetime, sessions, engagement, funnel depth, price
 -- band, favourite device and strongest affinities. The point-in-time features of the
--- learning step: nothing here uses an event at or after the as-of instant.
+-- learning step: nothing here uses an event at or after the as-of instant. An hourly
+-- rebuild recomputes the users whose history changed or crossed a window's edge and brings
+-- the others' rows to the new instant (macros/reuse.sql): the same rows as a full build.
+{%- set previous = reusable_build() %}
 
-with events as (
+with {% if previous %}{{ changed_users(previous, window_days=[7, 30, 90], day_window_days=[30]) }},{% endif %}
+
+events as (
 
     select * from {{ ref('int_events_as_of') }}
+    {%- if previous %}
+    where stitched_user_id in (select user_id from changed_users)
+    {%- endif %}
 
 ),
 
@@ -17,7 +27,12 @@ affinities as (
 
 funnel as (
 
+    {%- if previous %}
+    -- int_funnel_user_days over the changed users' events.
+    {{ funnel_user_days('events') | indent(4) }}
+    {%- else %}
     select * from {{ ref('int_funnel_user_days') }}
+    {%- endif %}
 
 ),
 
@@ -209,8 +224,8 @@ final as (
         {{ as_of() }} as as_of,
         activity.first_seen_at,
         activity.last_seen_at,
-        round((epoch({{ as_of() }}) - epoch(activity.last_seen_at)) / 86400.0, 3) as recency_days,
-        round((epoch({{ as_of() }}) - epoch(activity.first_seen_at)) / 86400.0, 3) as tenure_days,
+        {{ days_before_as_of('activity.last_seen_at') }} as recency_days,
+        {{ days_before_as_of('activity.first_seen_at') }} as tenure_days,
         activity.events_7d,
         activity.events_30d,
         activity.events_90d,
@@ -240,7 +255,7 @@ final as (
         -- Sums of money are rounded to cents first: float sums depend on the order of rows.
         round(round(order_stats.revenue_lifetime, 2) / nullif(order_stats.orders_lifetime, 0), 2) as avg_order_value,
         order_stats.last_order_at,
-        round((epoch({{ as_of() }}) - epoch(order_stats.last_order_at)) / 86400.0, 3) as days_since_last_order,
+        {{ days_before_as_of('order_stats.last_order_at') }} as days_since_last_order,
         coalesce(funnel_depth.funnel_depth_30d, 0) as funnel_depth_30d,
         round(activity.median_item_price, 2) as median_item_price,
         case
@@ -271,3 +286,28 @@ final as (
 )
 
 select * from final
+{%- if previous %}
+union all by name
+-- Everyone else: the previous build's row at the new instant (their counts cannot have
+-- changed: no event of theirs came, went or crossed a window's edge) with today's top
+-- affinities (every user's strengths move as their weights decay).
+select
+    previous.* exclude (
+        as_of, recency_days, tenure_days, days_since_last_order, top_category, top_category_strength,
+        top_category_l1, top_category_l1_strength, top_brand, top_brand_strength, categories_seen
+    ),
+    {{ as_of() }} as as_of,
+    {{ days_before_as_of('previous.last_seen_at') }} as recency_days,
+    {{ days_before_as_of('previous.first_seen_at') }} as tenure_days,
+    {{ days_before_as_of('previous.last_order_at') }} as days_since_last_order,
+    top_affinities.top_category,
+    top_affinities.top_category_strength,
+    top_affinities.top_category_l1,
+    top_affinities.top_category_l1_strength,
+    top_affinities.top_brand,
+    top_affinities.top_brand_strength,
+    coalesce(top_affinities.categories_seen, 0) as categories_seen
+from {{ this }} as previous
+left join top_affinities using (user_id)
+where previous.user_id not in (select user_id from changed_users)
+{%- endif %}

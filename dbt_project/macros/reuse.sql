@@ -1,0 +1,144 @@
+{#- Rebuilding the per-user point-in-time models (dim_users, fct_user_affinities) from
+    their previous build. An hour later almost every user's rows change only through the
+    clock: recency grows, decayed scores shrink by the same factor. A rebuild recomputes from
+    events only the users whose history may have changed (see changed_users), re-ages the
+    other rows of the previous build, and gives the rows a full build gives.
+
+    The previous build is reused only when nothing else can have changed: its as-of instant
+    is not later than this one, the settings and the model's code are the same, and so is
+    the catalog (prices, categories).
+    Otherwise, with --full-refresh, without an explicit as-of instant, and in point-in-time
+    snapshots, the model is built from all events. What a build saw is recorded in
+    build_state.<model> by record_build(). -#}
+
+{#- The decay reference: decayed weights are kept as seen from the first instant of the
+    as-of month, and brought to the as-of instant by one factor per row. A weight seen from
+    a fixed instant does not change when the clock moves, so a rebuild can keep it (and in
+    a new month moves it to the new reference by one factor). -#}
+{% macro decay_reference(instant=none) -%}
+    date_trunc('month', {{ instant or as_of() }})
+{%- endmacro %}
+
+{#- The decay of an event at `ts` seen from the decay reference (above 1 after it). -#}
+{% macro decay_to_reference(ts) -%}
+    pow(0.5, (epoch({{ decay_reference() }}) - epoch({{ ts }})) / (86400.0 * {{ var('insights__half_life_days') }}))
+{%- endmacro %}
+
+{#- The factor from the decay reference to the as-of instant. -#}
+{% macro decay_from_reference() -%}
+    pow(0.5, (epoch({{ as_of() }}) - epoch({{ decay_reference() }})) / (86400.0 * {{ var('insights__half_life_days') }}))
+{%- endmacro %}
+
+{#- Days from `ts` to the as-of instant, to the thousandth. -#}
+{% macro days_before_as_of(ts) -%}
+    round((epoch({{ as_of() }}) - epoch({{ ts }})) / 86400.0, 3)
+{%- endmacro %}
+
+{#- What must match for a build to be reused: every insights__ var but the instant, and
+    this model's code (the version is raised when a macro's meaning changes). -#}
+{% macro build_settings() -%}
+    {%- set settings = {'version': 1, 'code': local_md5(model.raw_code)} -%}
+    {%- for name in [
+        'insights__app_ids', 'insights__session_timeout_minutes', 'insights__max_session_days',
+        'insights__days_late_allowed', 'insights__heartbeat_seconds', 'insights__min_visit_seconds',
+        'insights__bot_max_events_per_minute', 'insights__bot_useragent_pattern',
+        'insights__conversion_event', 'insights__funnel_steps', 'insights__funnel_window_hours',
+        'insights__half_life_days', 'insights__event_weights', 'insights__affinity_prior'
+    ] -%}
+        {%- do settings.update({name: var(name)}) -%}
+    {%- endfor -%}
+    {{- return(tojson(settings, sort_keys=true)) -}}
+{%- endmacro %}
+
+{#- The catalog as the user models see it: changed prices or categories rebuild them. -#}
+{% macro catalog_fingerprint(catalog) -%}
+    (select count(*)::varchar || ':' || coalesce(sum(hash(item_id, category, brand, price))::varchar, '') from {{ catalog }})
+{%- endmacro %}
+
+{#- The previous build of this model as {as_of, loaded_at} when this run may start from it;
+    none when it must build from all events. -#}
+{% macro reusable_build() -%}
+    {%- set catalog = ref('stg_insights__catalog_items') -%}
+    {%- if not execute or flags.FULL_REFRESH or var('insights__snapshot_schema', none)
+        or var('insights__as_of') is none or var('insights__as_of') == '' -%}
+        {{- return(none) -}}
+    {%- endif -%}
+    {%- set state = adapter.get_relation(database=this.database, schema='build_state', identifier=this.identifier) -%}
+    {%- set previous = adapter.get_relation(database=this.database, schema=this.schema, identifier=this.identifier) -%}
+    {%- if state is none or previous is none -%}{{- return(none) -}}{%- endif -%}
+    {%- set found = run_query(
+        "select strftime(as_of, '%Y-%m-%d %H:%M:%S.%f'), strftime(loaded_at, '%Y-%m-%d %H:%M:%S.%f') from " ~ state
+        ~ " where as_of <= " ~ as_of()
+        ~ " and loaded_at is not null"
+        ~ " and settings = '" ~ (build_settings() | replace("'", "''")) ~ "'"
+        ~ " and catalog = " ~ catalog_fingerprint(catalog)
+    ) -%}
+    {%- if found.rows | length != 1 -%}{{- return(none) -}}{%- endif -%}
+    {{- return({'as_of': found.rows[0][0], 'loaded_at': found.rows[0][1]}) -}}
+{%- endmacro %}
+
+{#- The post-hook that records what this build saw (none for snapshots: they are never
+    rebuilt from). -#}
+{% macro record_build() -%}
+    {%- set catalog = ref('stg_insights__catalog_items') -%}
+    {%- if var('insights__snapshot_schema', none) -%}
+        select 1
+    {%- else -%}
+        create schema if not exists build_state;
+        create or replace table build_state.{{ this.identifier }} as
+        select
+            {{ as_of() }} as as_of,
+            (select max(events.loaded_at) from {{ ref('fct_events') }} as events) as loaded_at,
+            '{{ build_settings() | replace("'", "''") }}' as settings,
+            {{ catalog_fingerprint(catalog) }} as catalog
+    {%- endif -%}
+{%- endmacro %}
+
+{#- CTE `changed_users`: every stitched user whose rows may differ from the previous build
+    (`previous`, from reusable_build): a superset is harmless, a user missed is not.
+    - Everyone in a scope (tracker session, or visitor history) that received events since
+      the previous build, old events included: fct_events recomputed those scopes whole
+      (duplicates, bots, late events), so their events may have gone as well as come.
+    - Everyone with an event in [previous as-of, as-of): it came into view.
+    - Everyone with an event that crossed the edge of a window of `window_days` days, or of
+      the first day of a window of `day_window_days` days counted in whole days.
+    - With each anonymous id among them, every user id it was ever seen with: the person
+      it is stitched to may have changed, and both lose or gain its history. -#}
+{% macro changed_users(previous, window_days=[], day_window_days=[]) -%}
+changed_ids as (
+
+    select anonymous_id, user_id
+    from {{ ref('stg_insights__events') }}
+    where scope_key in (
+        select scope_key
+        from {{ ref('stg_insights__events') }}
+        where loaded_at > '{{ previous.loaded_at }}'::timestamp - to_seconds({{ var('insights__lookback_hours') }} * 3600)
+    )
+    union all
+    select anonymous_id, user_id
+    from {{ ref('fct_events') }}
+    where (occurred_at >= '{{ previous.as_of }}'::timestamp and occurred_at < {{ as_of() }})
+    {%- for days in window_days %}
+        or (occurred_at >= '{{ previous.as_of }}'::timestamp - to_days({{ days }})
+            and occurred_at < {{ as_of() }} - to_days({{ days }}))
+    {%- endfor %}
+    {%- for days in day_window_days %}
+        or (occurred_at >= date_trunc('day', '{{ previous.as_of }}'::timestamp - to_days({{ days }}))
+            and occurred_at < date_trunc('day', {{ as_of() }} - to_days({{ days }})))
+    {%- endfor %}
+
+),
+
+changed_users as (
+
+    select anonymous_id as user_id from changed_ids where anonymous_id is not null
+    union
+    select user_id from changed_ids where user_id is not null
+    union
+    select user_id
+    from {{ ref('fct_events') }}
+    where user_id is not null
+        and anonymous_id in (select anonymous_id from changed_ids where anonymous_id is not null)
+
+)
+{%- endmacro %}
