@@ -54,3 +54,8 @@ select *, step_1_at::date as day from step_{{ steps | length }}
 {% macro funnel_user_days(events) -%}
 {{ funnel_instances(events, "stitched_user_id || '|' || occurred_at::date::varchar") }}
 {%- endmacro %}
+
+{#- One row per session that reached the first funnel step, from `events`. -#}
+{% macro funnel_sessions(events) -%}
+{{ funnel_instances(events, 'session_id') }}
+{%- endmacro %}

@@ -94,28 +94,30 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- CTE `changed_users`: every stitched user whose rows may differ from the previous build
-    (`previous`, from reusable_build): a superset is harmless, a user missed is not.
-    - Everyone in a scope (tracker session, or visitor history) that received events since
-      the previous build, old events included: fct_events recomputed those scopes whole
-      (duplicates, bots, late events), so their events may have gone as well as come.
-    - Everyone with an event in [previous as-of, as-of): it came into view.
-    - Everyone with an event that crossed the edge of a window of `window_days` days, or of
-      the first day of a window of `day_window_days` days counted in whole days.
-    - With each anonymous id among them, every user id it was ever seen with: the person
-      it is stitched to may have changed, and both lose or gain its history. -#}
-{% macro changed_users(previous, window_days=[], day_window_days=[]) -%}
-changed_ids as (
+{#- CTE `changed_events`: (anonymous id, user id, time) of every event that may have
+    changed something since the previous build (`previous`, from reusable_build):
+    - every event of a scope (tracker session, or visitor history) that received events
+      since the previous build, old ones included: fct_events recomputed those scopes whole
+      (duplicates, bots, late events), so their events may have gone as well as come;
+    - every event in [previous as-of, as-of): it came into view;
+    - every event that crossed the edge of a window of `window_days` days, or of the first
+      day of a window of `day_window_days` days counted in whole days. -#}
+{% macro changed_events(previous, window_days=[], day_window_days=[]) -%}
+touched_scopes as (
 
-    select anonymous_id, user_id
+    select distinct scope_key
     from {{ ref('stg_insights__events') }}
-    where scope_key in (
-        select scope_key
-        from {{ ref('stg_insights__events') }}
-        where loaded_at > '{{ previous.loaded_at }}'::timestamp - to_seconds({{ var('insights__lookback_hours') }} * 3600)
-    )
+    where loaded_at > '{{ previous.loaded_at }}'::timestamp - to_seconds({{ var('insights__lookback_hours') }} * 3600)
+
+),
+
+changed_events as (
+
+    select anonymous_id, user_id, occurred_at
+    from {{ ref('stg_insights__events') }}
+    where scope_key in (select scope_key from touched_scopes)
     union all
-    select anonymous_id, user_id
+    select anonymous_id, user_id, occurred_at
     from {{ ref('fct_events') }}
     where (occurred_at >= '{{ previous.as_of }}'::timestamp and occurred_at < {{ as_of() }})
     {%- for days in window_days %}
@@ -127,18 +129,100 @@ changed_ids as (
             and occurred_at < date_trunc('day', {{ as_of() }} - to_days({{ days }})))
     {%- endfor %}
 
-),
+)
+{%- endmacro %}
+
+{#- CTE `changed_users`: every stitched user whose rows may differ from the previous build:
+    the people of changed_events (a superset is harmless, a user missed is not) and, with
+    each anonymous id among them, every user id it was ever seen with: the person it is
+    stitched to may have changed, and both lose or gain its history. -#}
+{% macro changed_users(previous, window_days=[], day_window_days=[]) -%}
+{{ changed_events(previous, window_days, day_window_days) }},
 
 changed_users as (
 
-    select anonymous_id as user_id from changed_ids where anonymous_id is not null
+    select anonymous_id as user_id from changed_events where anonymous_id is not null
     union
-    select user_id from changed_ids where user_id is not null
+    select user_id from changed_events where user_id is not null
     union
     select user_id
     from {{ ref('fct_events') }}
     where user_id is not null
-        and anonymous_id in (select anonymous_id from changed_ids where anonymous_id is not null)
+        and anonymous_id in (select anonymous_id from changed_events where anonymous_id is not null)
+
+)
+{%- endmacro %}
+
+{#- CTE `changed_days`: every day whose funnel instances may differ from the previous build:
+    the days of changed_events, the days on which an anonymous id that may now be stitched
+    to another person shares a day with another visitor of its people, and the `reach` days
+    before each (an instance starts up to a session's length and the funnel window before).
+
+    An anonymous id seen logged in among changed_events keeps its person when it was only
+    ever seen with one user id and a login of it before the previous as-of instant is in a
+    scope that nothing touched: it was stitched to that user then and still is. Any other is
+    re-stitched (a first login, another person, or its earlier login gone). Its user-day
+    instances (keyed by person and day) change only on days when another visitor of one of
+    its people (a user id it was seen with, or an anonymous id seen with one) has events
+    too: on its other days the instance only changes its key. -#}
+{% macro changed_days(previous, reach) -%}
+{{ changed_events(previous) }},
+
+restitched as (
+
+    select anonymous_id
+    from {{ ref('stg_insights__events') }}
+    where anonymous_id in (
+        select anonymous_id from changed_events where anonymous_id is not null and user_id is not null
+    )
+    group by anonymous_id
+    having count(distinct user_id) > 1
+        or anonymous_id not in (
+            select anonymous_id
+            from {{ ref('fct_events') }}
+            where user_id is not null
+                and occurred_at < '{{ previous.as_of }}'::timestamp
+                and scope_key not in (select scope_key from touched_scopes)
+        )
+
+),
+
+restitched_people as (
+
+    select distinct anonymous_id, user_id
+    from {{ ref('fct_events') }}
+    where anonymous_id in (select anonymous_id from restitched) and user_id is not null
+
+),
+
+-- (re-stitched anonymous id, day) on which another visitor of one of its people was active.
+shared_days as (
+
+    select people.anonymous_id, others.occurred_at::date as day
+    from restitched_people as people
+    inner join {{ ref('fct_events') }} as others
+        on others.user_id = people.user_id and others.anonymous_id is distinct from people.anonymous_id
+    union
+    select people.anonymous_id, others.occurred_at::date
+    from restitched_people as people
+    inner join (select distinct anonymous_id, user_id from {{ ref('fct_events') }} where user_id is not null) as seen
+        on seen.user_id = people.user_id and seen.anonymous_id <> people.anonymous_id
+    inner join {{ ref('fct_events') }} as others on others.anonymous_id = seen.anonymous_id
+
+),
+
+changed_days as (
+
+    select distinct (day - to_days(back.k))::date as day
+    from (
+        select occurred_at::date as day from changed_events
+        union
+        select own.occurred_at::date
+        from {{ ref('fct_events') }} as own
+        semi join shared_days
+            on shared_days.anonymous_id = own.anonymous_id and shared_days.day = own.occurred_at::date
+    ) as touched
+    cross join range(0, {{ reach + 1 }}) as back(k)
 
 )
 {%- endmacro %}

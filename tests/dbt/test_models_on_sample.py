@@ -179,13 +179,17 @@ def test_funnel_day_with_nobody_at_a_step(sample_warehouse: Path) -> None:
     assert purchase[1:] == (0, None, 0.0)
 
 
-USER_TABLES = {"dim_users": "user_id", "fct_user_affinities": "user_id, dimension, value"}
+USER_TABLES = {
+    "dim_users": "user_id",
+    "fct_user_affinities": "user_id, dimension, value",
+    "fct_funnel_daily": "day, step_number",
+}
 
 
 def _rebuilt(folder: Path, model: str) -> bool:
     """Whether dbt's last build of ``model`` started from its previous build."""
     return (
-        "changed_users"
+        "changed_events"
         in (folder / "dbt" / "target" / "run" / "insights" / "models" / "marts" / f"{model}.sql").read_text()
     )
 
@@ -201,6 +205,38 @@ def test_hourly_rebuild_of_user_features_equals_full_build(sample_warehouse: Pat
         create table raw.held_back as
             select * from raw.events where occurred_at >= '{first}'::timestamp - interval 3 day or hash(event_id) % 10 = 0;
         delete from raw.events where event_id in (select event_id from raw.held_back);
+        -- A funnel across midnight: viewed before it, carted after it; the build of the
+        -- hour after midnight must recount the day before.
+        insert into raw.held_back
+            select * exclude (probe_at) replace (
+                'probe-' || event_type as event_id, probe_at as occurred_at, probe_at as collector_tstamp,
+                probe_at as dvce_created_tstamp, 'probe-anon' as anonymous_id, null as user_id,
+                'probe-session' as session_id, 'probe-' || event_type as page_view_id
+            )
+            from (
+                select *, case event_type when 'product_view' then timestamp '2026-10-28 23:50'
+                    else timestamp '2026-10-29 00:10' end as probe_at
+                from raw.events
+                where event_type in ('product_view', 'add_to_cart')
+                qualify row_number() over (partition by event_type order by event_id) = 1
+            );
+        -- A visitor who viewed on the 20th, as did the person they turn out to be on
+        -- another device, logs in just after midnight on the 29th: the 20th's funnel
+        -- then counts one person, not two.
+        insert into raw.events
+            select template.* replace (
+                probe.event_id as event_id, probe.probe_at as occurred_at, probe.probe_at as collector_tstamp,
+                probe.probe_at as dvce_created_tstamp, probe.anonymous_id as anonymous_id, probe.user_id as user_id,
+                probe.session_id as session_id, probe.event_id as page_view_id
+            )
+            from (
+                select * from raw.events where event_type = 'product_view' order by event_id limit 1
+            ) as template cross join (
+                values
+                    ('probe-view', timestamp '2026-10-20 12:00', 'probe-anon-2', null, 'probe-s1'),
+                    ('probe-other-device', timestamp '2026-10-20 15:00', 'probe-anon-3', 'probe-user', 'probe-s2'),
+                    ('probe-login', timestamp '2026-10-29 00:30', 'probe-anon-2', 'probe-user', 'probe-s3')
+            ) as probe(event_id, probe_at, anonymous_id, user_id, session_id);
         """,
     )
     transform(sample_warehouse, first)
@@ -214,9 +250,28 @@ def test_hourly_rebuild_of_user_features_equals_full_build(sample_warehouse: Pat
         drop table raw.held_back;
         """,
     )
-    for as_of in (second, third):  # new events, then only the clock (windows' edges, decay)
+    # New events; a late one two hours later (so the next hour's rebuild looks back past
+    # the first batch); then only the clock (windows' edges, decay, a funnel across midnight).
+    for as_of in (second, third, "2026-10-29T01:00"):
+        if as_of == third:
+            _execute(
+                sample_warehouse,
+                """
+                insert into raw.events
+                    select * replace (
+                        'late-one' as event_id, timestamp '2026-10-10 12:00' as occurred_at,
+                        timestamp '2026-10-10 12:00' as collector_tstamp, timestamp '2026-10-10 12:00' as dvce_created_tstamp,
+                        'late-anon' as anonymous_id, null as user_id, 'late-session' as session_id,
+                        'late-page' as page_view_id, loaded_at + interval 2 hour as loaded_at
+                    )
+                    from raw.events where event_type = 'product_view' order by loaded_at desc, event_id limit 1
+                """,
+            )
         transform(sample_warehouse, as_of)
-        assert all(_rebuilt(sample_warehouse, model) for model in USER_TABLES), as_of
+        assert all(_rebuilt(sample_warehouse, model) for model in USER_TABLES), (
+            as_of,
+            [_rebuilt(sample_warehouse, m) for m in USER_TABLES],
+        )
         rebuilt = _snapshot(sample_warehouse, USER_TABLES)
         transform(sample_warehouse, as_of, full_refresh=True)
         assert not _rebuilt(sample_warehouse, "dim_users")
@@ -250,4 +305,4 @@ def test_hourly_rebuild_of_user_features_equals_full_build(sample_warehouse: Pat
     assert _rebuilt(sample_warehouse, "dim_users")
     _execute(sample_warehouse, "update raw.catalog_items set price = price * 2 where hash(item_id) % 3 = 0")
     transform(sample_warehouse, third)
-    assert not _rebuilt(sample_warehouse, "dim_users") and not _rebuilt(sample_warehouse, "fct_user_affinities")
+    assert not any(_rebuilt(sample_warehouse, model) for model in USER_TABLES)

@@ -1,2 +1,2 @@
 -- One row per session that reached the first funnel step.
-{{ funnel_instances(ref('int_events_as_of'), 'session_id') }}
+{{ funnel_sessions(ref('int_events_as_of')) }}

@@ -1,9 +1,46 @@
+{{ config(post_hook=["{{ record_build() }}"]) }}
+-- depends_on: {{ ref('fct_events') }}, {{ ref('stg_insights__events') }}, {{ ref('stg_insights__catalog_items') }}, {{ ref('int_events_as_of') }}
 -- One row per day and funnel step, before the as-of instant: users and sessions that
 -- reached the step (in order, within the window), conversion from the previous and first
--- step, and the median time from the first step.
+-- step, and the median time from the first step. An hourly rebuild recomputes the days
+-- whose funnel instances may have changed and keeps the others (macros/reuse.sql).
 {%- set steps = var('insights__funnel_steps') %}
+{%- set previous = reusable_build() %}
+{#- An instance starts up to a session's length (capped) and the funnel window before an
+    event that belongs to it. -#}
+{%- set reach = (var('insights__funnel_window_hours') / 24) | round(0, 'ceil') | int
+    + var('insights__max_session_days') | round(0, 'ceil') | int + 1 %}
 
-with user_days as (
+with {% if previous %}{{ changed_days(previous, reach) }},
+
+-- The events the changed days' instances are built from.
+events_near_changed_days as (
+
+    select *
+    from {{ ref('int_events_as_of') }}
+    where occurred_at::date in (
+        select distinct (day + to_days(around.k))::date
+        from changed_days cross join range({{ -reach }}, {{ reach + 1 }}) as around(k)
+    )
+
+),
+
+user_days as (
+
+    select * from ({{ funnel_user_days('events_near_changed_days') | indent(4) }})
+    where day in (select day from changed_days)
+
+),
+
+sessions as (
+
+    select * from ({{ funnel_sessions('events_near_changed_days') | indent(4) }})
+    where day in (select day from changed_days)
+
+),
+{%- else %}
+
+user_days as (
 
     select * from {{ ref('int_funnel_user_days') }}
 
@@ -14,6 +51,7 @@ sessions as (
     select * from {{ ref('int_funnel_sessions') }}
 
 ),
+{%- endif %}
 
 {% for step in steps %}
 step_{{ loop.index }}_counts as (
@@ -66,3 +104,7 @@ final as (
 )
 
 select * from final
+{%- if previous %}
+union all
+select * from {{ this }} where day not in (select day from changed_days)
+{%- endif %}
