@@ -55,18 +55,17 @@ class TransformResult:
         return [n for n in self.nodes if n.kind in ("test", "unit_test")]
 
 
-def dbt_vars(config: Config, as_of: datetime) -> dict[str, Any]:
-    """The dbt vars of one run: every transform knob plus the as-of instant."""
-    return {**config.transform.dbt_vars(), "insights__as_of": as_of.strftime("%Y-%m-%d %H:%M:%S.%f")}
-
-
-def _dbt_environment(config: Config) -> tuple[dict[str, str], Path]:
+def _dbt_environment(config: Config, as_of: datetime) -> tuple[dict[str, str], Path]:
     """The child process's environment (profile settings, target and log folders beside the
-    warehouse) and that folder; this process's own environment is left alone."""
+    warehouse, the as-of instant) and that folder; this process's own environment is left
+    alone. The instant goes by environment, not as a dbt var: vars that change every run
+    make dbt parse the whole project again, a changed environment variable only the files
+    that read it (dbt_project's as_of_text macro)."""
     warehouse = Path(config.resolve(config.warehouse.path)).resolve()
     work = warehouse.parent / "dbt"
     env = {
         **os.environ,
+        "INSIGHTS_AS_OF": as_of.strftime("%Y-%m-%d %H:%M:%S.%f"),
         "INSIGHTS_WAREHOUSE_PATH": str(warehouse),
         "INSIGHTS_DBT_THREADS": str(config.warehouse.threads),
         "INSIGHTS_DBT_MEMORY_LIMIT": config.warehouse.memory_limit,
@@ -101,7 +100,7 @@ def run_dbt(
         "--profiles-dir",
         str(DBT_PROJECT_DIR),
         "--vars",
-        json.dumps({**dbt_vars(config, as_of), **(extra_vars or {})}),
+        json.dumps({**config.transform.dbt_vars(), **(extra_vars or {})}),
         "--no-use-colors",
     ]
     if select:
@@ -111,7 +110,7 @@ def run_dbt(
     args += extra_args or []
     dbt = Path(sys.executable).with_name("dbt")
     runner = [str(dbt)] if dbt.exists() else [sys.executable, "-m", "dbt.cli.main"]
-    env, work = _dbt_environment(config)
+    env, work = _dbt_environment(config, as_of)
     results_file = work / "target" / "run_results.json"
     results_file.unlink(missing_ok=True)
     faults.reached("transform.dbt")

@@ -1,9 +1,18 @@
 {#- Shared expressions of the models. Each is the one definition of its concept. -#}
 
-{#- The as-of instant as a timestamp literal (naive UTC); now when the var is null. -#}
+{#- The as-of instant as text: the var insights__as_of (dbt's --vars, unit tests), else the
+    environment variable INSIGHTS_AS_OF, which `insights transform` sets (a var that changes
+    every hour makes dbt parse the whole project again each run; a changed environment
+    variable re-parses only the files that use it); none when neither is set. -#}
+{% macro as_of_text() -%}
+    {%- set value = var('insights__as_of') or env_var('INSIGHTS_AS_OF', '') -%}
+    {{- return(value if value else none) -}}
+{%- endmacro %}
+
+{#- The as-of instant as a timestamp literal (naive UTC); now when none is given. -#}
 {% macro as_of() -%}
-    {%- set value = var('insights__as_of') -%}
-    {%- if value is none or value == '' -%}
+    {%- set value = as_of_text() -%}
+    {%- if value is none -%}
         date_trunc('second', now()::timestamp)
     {%- else -%}
         cast('{{ value | replace("'", "") }}' as timestamp)

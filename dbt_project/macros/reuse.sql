@@ -59,8 +59,7 @@
     none when it must build from all events. -#}
 {% macro reusable_build() -%}
     {%- set catalog = ref('stg_insights__catalog_items') -%}
-    {%- if not execute or flags.FULL_REFRESH or var('insights__snapshot_schema', none)
-        or var('insights__as_of') is none or var('insights__as_of') == '' -%}
+    {%- if not execute or flags.FULL_REFRESH or var('insights__snapshot_schema', none) or as_of_text() is none -%}
         {{- return(none) -}}
     {%- endif -%}
     {%- set state = adapter.get_relation(database=this.database, schema='build_state', identifier=this.identifier) -%}
