@@ -29,6 +29,18 @@
     pow(0.5, (epoch({{ as_of() }}) - epoch({{ decay_reference() }})) / (86400.0 * {{ var('insights__half_life_days') }}))
 {%- endmacro %}
 
+{#- A kept weight (`column`, seen from the decay reference of the `previous` build) seen from
+    this build's reference: the same number within a month, moved by one factor across a
+    month's end (rounded as the weights are). -#}
+{% macro reference_moved(column, previous) -%}
+    {%- set previous_reference = decay_reference("'" ~ previous.as_of ~ "'::timestamp") -%}
+    case
+        when {{ previous_reference }} = {{ decay_reference() }} then {{ column }}
+        else round({{ column }} * pow(0.5, (epoch({{ decay_reference() }}) - epoch({{ previous_reference }}))
+            / (86400.0 * {{ var('insights__half_life_days') }})), 9)
+    end
+{%- endmacro %}
+
 {#- Days from `ts` to the as-of instant, to the thousandth. -#}
 {% macro days_before_as_of(ts) -%}
     round((epoch({{ as_of() }}) - epoch({{ ts }})) / 86400.0, 3)
@@ -59,7 +71,9 @@
     none when it must build from all events. -#}
 {% macro reusable_build() -%}
     {%- set catalog = ref('stg_insights__catalog_items') -%}
-    {%- if not execute or flags.FULL_REFRESH or var('insights__snapshot_schema', none) or as_of_text() is none -%}
+    {#- A unit test has no `this`: it builds from its given rows. -#}
+    {%- if not execute or this is none or flags.FULL_REFRESH or var('insights__snapshot_schema', none)
+        or as_of_text() is none -%}
         {{- return(none) -}}
     {%- endif -%}
     {%- set state = adapter.get_relation(database=this.database, schema='build_state', identifier=this.identifier) -%}
@@ -83,7 +97,6 @@
     {%- if var('insights__snapshot_schema', none) -%}
         select 1
     {%- else -%}
-        create schema if not exists build_state;
         create or replace table build_state.{{ this.identifier }} as
         select
             {{ as_of() }} as as_of,

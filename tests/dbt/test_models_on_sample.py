@@ -183,6 +183,7 @@ USER_TABLES = {
     "dim_users": "user_id",
     "fct_user_affinities": "user_id, dimension, value",
     "fct_funnel_daily": "day, step_number",
+    "fct_interactions": "user_id, item_id",
 }
 
 

@@ -48,17 +48,7 @@ by_dimension as (
     union all
     -- Everyone else: their weights of the previous build, moved to this month's reference
     -- when the month changed (equal to a full build's to about 1e-9 until the next one).
-    {%- set previous_reference = decay_reference("'" ~ previous.as_of ~ "'::timestamp") %}
-    select
-        user_id,
-        dimension,
-        value,
-        case
-            when {{ previous_reference }} = {{ decay_reference() }} then reference_score
-            else round(reference_score * pow(0.5, (epoch({{ decay_reference() }}) - epoch({{ previous_reference }}))
-                / (86400.0 * {{ var('insights__half_life_days') }})), 9)
-        end,
-        last_interaction_at
+    select user_id, dimension, value, {{ reference_moved('reference_score', previous) }}, last_interaction_at
     from {{ this }}
     where user_id not in (select user_id from changed_users)
     {%- endif %}
