@@ -266,12 +266,8 @@ final as (
         end as price_band,
         devices.favourite_device,
         activity.has_logged_in,
-        top_affinities.top_category,
-        top_affinities.top_category_strength,
-        top_affinities.top_category_l1,
-        top_affinities.top_category_l1_strength,
-        top_affinities.top_brand,
-        top_affinities.top_brand_strength,
+        -- top category, category_l1 and brand with their strengths
+        top_affinities.* exclude (user_id, categories_seen),
         coalesce(top_affinities.categories_seen, 0) as categories_seen
     from activity
     cross join price_bands
@@ -300,12 +296,7 @@ select
     {{ days_before_as_of('previous.last_seen_at') }} as recency_days,
     {{ days_before_as_of('previous.first_seen_at') }} as tenure_days,
     {{ days_before_as_of('previous.last_order_at') }} as days_since_last_order,
-    top_affinities.top_category,
-    top_affinities.top_category_strength,
-    top_affinities.top_category_l1,
-    top_affinities.top_category_l1_strength,
-    top_affinities.top_brand,
-    top_affinities.top_brand_strength,
+    top_affinities.* exclude (user_id, categories_seen),
     coalesce(top_affinities.categories_seen, 0) as categories_seen
 from {{ this }} as previous
 left join top_affinities using (user_id)
