@@ -1,8 +1,9 @@
-{#- Rebuilding the per-user point-in-time models (dim_users, fct_user_affinities) from
-    their previous build. An hour later almost every user's rows change only through the
-    clock: recency grows, decayed scores shrink by the same factor. A rebuild recomputes from
-    events only the users whose history may have changed (see changed_users), re-ages the
-    other rows of the previous build, and gives the rows a full build gives.
+{#- Rebuilding the point-in-time models (dim_users, fct_user_affinities, fct_interactions,
+    fct_funnel_daily) from their previous build. An hour later almost every user's rows
+    change only through the clock: recency grows, decayed scores shrink by the same factor.
+    A rebuild recomputes from events only the users (changed_users) or funnel days
+    (changed_days) that may have changed, keeps or re-ages the other rows of the previous
+    build, and gives the rows a full build gives.
 
     The previous build is reused only when nothing else can have changed: its as-of instant
     is not later than this one, the settings and the model's code are the same, and so is
@@ -19,14 +20,20 @@
     date_trunc('month', {{ instant or as_of() }})
 {%- endmacro %}
 
+{#- The decay from instant `earlier` to instant `later`: 0.5 per half-life between them
+    (above 1 when `later` is the earlier one). -#}
+{% macro decay_between(earlier, later) -%}
+    pow(0.5, (epoch({{ later }}) - epoch({{ earlier }})) / (86400.0 * {{ var('insights__half_life_days') }}))
+{%- endmacro %}
+
 {#- The decay of an event at `ts` seen from the decay reference (above 1 after it). -#}
 {% macro decay_to_reference(ts) -%}
-    pow(0.5, (epoch({{ decay_reference() }}) - epoch({{ ts }})) / (86400.0 * {{ var('insights__half_life_days') }}))
+    {{ decay_between(ts, decay_reference()) }}
 {%- endmacro %}
 
 {#- The factor from the decay reference to the as-of instant. -#}
 {% macro decay_from_reference() -%}
-    pow(0.5, (epoch({{ as_of() }}) - epoch({{ decay_reference() }})) / (86400.0 * {{ var('insights__half_life_days') }}))
+    {{ decay_between(decay_reference(), as_of()) }}
 {%- endmacro %}
 
 {#- A kept weight (`column`, seen from the decay reference of the `previous` build) seen from
@@ -36,8 +43,7 @@
     {%- set previous_reference = decay_reference("'" ~ previous.as_of ~ "'::timestamp") -%}
     case
         when {{ previous_reference }} = {{ decay_reference() }} then {{ column }}
-        else round({{ column }} * pow(0.5, (epoch({{ decay_reference() }}) - epoch({{ previous_reference }}))
-            / (86400.0 * {{ var('insights__half_life_days') }})), 9)
+        else round({{ column }} * {{ decay_between(previous_reference, decay_reference()) }}, 9)
     end
 {%- endmacro %}
 
