@@ -198,7 +198,8 @@ restitched as (
         or anonymous_id not in (
             select anonymous_id
             from {{ ref('fct_events') }}
-            where user_id is not null
+            -- (not null: one null here makes `not in` null for every id, and none re-stitched)
+            where user_id is not null and anonymous_id is not null
                 and occurred_at < '{{ previous.as_of }}'::timestamp
                 and scope_key not in (select scope_key from touched_scopes)
         )
