@@ -19,6 +19,54 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- Clean events strictly before the as-of instant, stitched with the identities known by
+    then (each anonymous id to the user id it was last seen with; users who never log in
+    keep their anonymous id), with the item's category, brand and catalog price: the
+    select of int_events_as_of. With `selected` (a condition on fct_events' columns), only
+    the events it holds, stitched from the identities of their anonymous ids alone: an
+    anonymous id's identity depends only on its own events, so a rebuild that needs a few
+    visitors does not stitch every event. -#}
+{% macro events_as_of(selected=none) -%}
+with as_of_events as (
+
+    select * from {{ ref('fct_events') }}
+    where occurred_at < {{ as_of() }}
+    {%- if selected %}
+        and ({{ selected }})
+    {%- endif %}
+
+),
+
+identities as (
+
+    select anonymous_id, arg_max(user_id, occurred_at) as user_id
+    from {{ ref('fct_events') }}
+    where occurred_at < {{ as_of() }} and anonymous_id is not null and user_id is not null
+    {%- if selected %}
+        and anonymous_id in (select anonymous_id from as_of_events)
+    {%- endif %}
+    group by anonymous_id
+
+),
+
+items as (
+
+    select * from {{ ref('stg_insights__catalog_items') }}
+
+)
+
+select
+    as_of_events.*,
+    coalesce(identities.user_id, as_of_events.user_id, as_of_events.anonymous_id) as stitched_user_id,
+    items.category,
+    items.category_l1,
+    items.brand,
+    items.price as catalog_price
+from as_of_events
+left join identities on identities.anonymous_id = as_of_events.anonymous_id
+left join items on items.item_id = as_of_events.item_id
+{%- endmacro %}
+
 {#- Exponential time decay of an event at `ts` seen from the as-of instant: 1 now, 0.5 one
     half-life ago. -#}
 {% macro decay(ts) -%}

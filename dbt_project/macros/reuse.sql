@@ -171,6 +171,24 @@ changed_users as (
 )
 {%- endmacro %}
 
+{#- int_events_as_of's rows of the stitched users in CTE `users` (a user_id column), read
+    without stitching every event. An event is stitched to one of them when its anonymous
+    id was last seen with one of them (so was seen with one), when it has no identity and
+    its anonymous id is one of them, or when it has no anonymous id and its user id is one:
+    those events are selected, stitched, and kept when their stitched id is one of them. -#}
+{% macro events_of_users(users) -%}
+select *
+from (
+    {{ events_as_of(
+        "anonymous_id in (select user_id from " ~ users ~ ")"
+        ~ " or anonymous_id in (select anonymous_id from " ~ ref('fct_events')
+        ~ " where user_id in (select user_id from " ~ users ~ "))"
+        ~ " or (anonymous_id is null and user_id in (select user_id from " ~ users ~ "))"
+    ) | indent(4) }}
+)
+where stitched_user_id in (select user_id from {{ users }})
+{%- endmacro %}
+
 {#- CTE `changed_days`: every day whose funnel instances may differ from the previous build:
     the days of changed_events, the days on which an anonymous id that may now be stitched
     to another person shares a day with another visitor of its people, and the `reach` days

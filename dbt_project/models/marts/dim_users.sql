@@ -12,9 +12,10 @@ with {% if previous %}{{ changed_users(previous, window_days=[7, 30, 90], day_wi
 
 events as (
 
-    select * from {{ ref('int_events_as_of') }}
     {%- if previous %}
-    where stitched_user_id in (select user_id from changed_users)
+    {{ events_of_users('changed_users') | indent(4) }}
+    {%- else %}
+    select * from {{ ref('int_events_as_of') }}
     {%- endif %}
 
 ),

@@ -13,15 +13,14 @@
 
 with {% if previous %}{{ changed_days(previous, reach) }},
 
--- The events the changed days' instances are built from.
+-- The events the changed days' instances are built from (int_events_as_of's rows on
+-- those days, stitched from their own visitors' identities).
 events_near_changed_days as (
 
-    select *
-    from {{ ref('int_events_as_of') }}
-    where occurred_at::date in (
-        select distinct (day + to_days(around.k))::date
-        from changed_days cross join range({{ -reach }}, {{ reach + 1 }}) as around(k)
-    )
+    {{ events_as_of(
+        "occurred_at::date in (select distinct (day + to_days(around.k))::date from changed_days"
+        ~ " cross join range(" ~ (-reach) ~ ", " ~ (reach + 1) ~ ") as around(k))"
+    ) | indent(4) }}
 
 ),
 

@@ -10,11 +10,13 @@ with {% if previous %}{{ changed_users(previous) }},{% endif %}
 
 events as (
 
-    select * from {{ ref('int_events_as_of') }}
-    where item_id is not null
+    select *
     {%- if previous %}
-        and stitched_user_id in (select user_id from changed_users)
+    from ({{ events_of_users('changed_users') | indent(4) }})
+    {%- else %}
+    from {{ ref('int_events_as_of') }}
     {%- endif %}
+    where item_id is not null
 
 ),
 
