@@ -204,23 +204,36 @@ where stitched_user_id in (select user_id from {{ users }})
 {% macro changed_days(previous, reach) -%}
 {{ changed_events(previous) }},
 
+-- Every CTE below reads fct_events through `in (a small set)`: the set is hashed, not
+-- the 10M events.
+login_candidates as (
+
+    select distinct anonymous_id
+    from changed_events
+    where anonymous_id is not null and user_id is not null
+
+),
+
+-- Candidates logged in before the previous instant in a scope that nothing touched.
+kept_logins as (
+
+    select distinct anonymous_id
+    from {{ ref('fct_events') }}
+    where anonymous_id in (select anonymous_id from login_candidates)
+        and user_id is not null
+        and occurred_at < '{{ previous.as_of }}'::timestamp
+        and scope_key not in (select scope_key from touched_scopes)
+
+),
+
 restitched as (
 
     select anonymous_id
     from {{ ref('stg_insights__events') }}
-    where anonymous_id in (
-        select anonymous_id from changed_events where anonymous_id is not null and user_id is not null
-    )
+    where anonymous_id in (select anonymous_id from login_candidates)
     group by anonymous_id
     having count(distinct user_id) > 1
-        or anonymous_id not in (
-            select anonymous_id
-            from {{ ref('fct_events') }}
-            -- (not null: one null here makes `not in` null for every id, and none re-stitched)
-            where user_id is not null and anonymous_id is not null
-                and occurred_at < '{{ previous.as_of }}'::timestamp
-                and scope_key not in (select scope_key from touched_scopes)
-        )
+        or anonymous_id not in (select anonymous_id from kept_logins)
 
 ),
 
@@ -232,19 +245,37 @@ restitched_people as (
 
 ),
 
+-- The visitors of those people: every anonymous id seen with one of their user ids.
+people_visitors as (
+
+    select distinct anonymous_id, user_id
+    from {{ ref('fct_events') }}
+    where user_id in (select user_id from restitched_people) and anonymous_id is not null
+
+),
+
+people_events as (
+
+    select anonymous_id, user_id, occurred_at::date as day
+    from {{ ref('fct_events') }}
+    where user_id in (select user_id from restitched_people)
+        or anonymous_id in (select anonymous_id from people_visitors)
+
+),
+
 -- (re-stitched anonymous id, day) on which another visitor of one of its people was active.
 shared_days as (
 
-    select people.anonymous_id, others.occurred_at::date as day
+    select people.anonymous_id, others.day
     from restitched_people as people
-    inner join {{ ref('fct_events') }} as others
+    inner join people_events as others
         on others.user_id = people.user_id and others.anonymous_id is distinct from people.anonymous_id
     union
-    select people.anonymous_id, others.occurred_at::date
+    select people.anonymous_id, others.day
     from restitched_people as people
-    inner join (select distinct anonymous_id, user_id from {{ ref('fct_events') }} where user_id is not null) as seen
+    inner join people_visitors as seen
         on seen.user_id = people.user_id and seen.anonymous_id <> people.anonymous_id
-    inner join {{ ref('fct_events') }} as others on others.anonymous_id = seen.anonymous_id
+    inner join people_events as others on others.anonymous_id = seen.anonymous_id
 
 ),
 
@@ -254,10 +285,9 @@ changed_days as (
     from (
         select occurred_at::date as day from changed_events
         union
-        select own.occurred_at::date
-        from {{ ref('fct_events') }} as own
-        semi join shared_days
-            on shared_days.anonymous_id = own.anonymous_id and shared_days.day = own.occurred_at::date
+        select own.day
+        from people_events as own
+        semi join shared_days using (anonymous_id, day)
     ) as touched
     cross join range(0, {{ reach + 1 }}) as back(k)
 
