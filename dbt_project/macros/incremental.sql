@@ -47,3 +47,28 @@ events_in_scope as not materialized (
 )
 {%- endif -%}
 {%- endmacro %}
+
+{#- The pre-hook of the event models: the loaded_at watermark this build starts from
+    (null when it builds from all events), read by the unique_since_last_build test. -#}
+{% macro record_watermark() -%}
+create or replace table build_state.{{ this.identifier }}_watermark as
+select
+    {%- if is_incremental() %} (select max(loaded_at) from {{ this }})
+    {%- else %} null::timestamp
+    {%- endif %} as loaded_at
+{%- endmacro %}
+
+{#- The instant after which rows count as loaded since the previous build of the event model
+    `name` (its recorded watermark minus the lookback) as a SQL literal; none when every row
+    must be tested: no recorded watermark, a build from all events, a full refresh, or the
+    var insights__test_all_rows. -#}
+{% macro watermark_since(name) -%}
+    {%- if not execute or flags.FULL_REFRESH or var('insights__test_all_rows', false) -%}
+        {{- return(none) -}}
+    {%- endif -%}
+    {%- set state = adapter.get_relation(database=target.database, schema='build_state', identifier=name ~ '_watermark') -%}
+    {%- if state is none -%}{{- return(none) -}}{%- endif -%}
+    {%- set found = run_query("select strftime(loaded_at, '%Y-%m-%d %H:%M:%S.%f') from " ~ state) -%}
+    {%- if found.rows | length != 1 or found.rows[0][0] is none -%}{{- return(none) -}}{%- endif -%}
+    {{- return("'" ~ found.rows[0][0] ~ "'::timestamp - to_seconds(" ~ var('insights__lookback_hours') ~ " * 3600)") -}}
+{%- endmacro %}

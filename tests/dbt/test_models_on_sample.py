@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 
 import duckdb
+import pytest
 
+from insights.config import load_config
+from insights.steps import parse_as_of
+from insights.transform import TransformError, run_dbt
 from tests.conftest import ROOT
 from tests.helpers import query, transform
 
@@ -307,3 +311,41 @@ def test_hourly_rebuild_of_user_features_equals_full_build(sample_warehouse: Pat
     _execute(sample_warehouse, "update raw.catalog_items set price = price * 2 where hash(item_id) % 3 = 0")
     transform(sample_warehouse, third)
     assert not any(_rebuilt(sample_warehouse, model) for model in USER_TABLES)
+
+
+def test_uniqueness_tests_check_each_load_against_every_row(sample_warehouse: Path) -> None:
+    """An hourly build tests the event ids loaded since the previous build against the whole
+    table, not the whole table against itself; a duplicate of an old row fails it."""
+    transform(sample_warehouse, AS_OF)
+    repeat_old_event = """
+        insert into {table}
+            select * replace ((select max(loaded_at) from {table}) + interval 1 hour as loaded_at)
+            from {table}
+            where event_id = (select min(event_id) from {table} where occurred_at < '2026-10-01')
+    """
+    _execute(sample_warehouse, repeat_old_event.format(table="raw.events"))
+    with pytest.raises(TransformError, match="source_unique_since_last_build_raw_events_event_id"):
+        transform(sample_warehouse, AS_OF)
+
+    # fct_events' own test (the source's is cleared): a row that reappears after the watermark.
+    _execute(
+        sample_warehouse,
+        "delete from raw.events where loaded_at = (select max(loaded_at) from raw.events);"
+        + repeat_old_event.format(table="main.fct_events"),
+    )
+    with pytest.raises(TransformError, match="unique_since_last_build_fct_events_event_id") as failed:
+        transform(sample_warehouse, AS_OF)
+    assert "source_unique" not in str(failed.value)
+
+    # A duplicate among old rows is found when every row is tested (and by every full refresh).
+    _execute(
+        sample_warehouse,
+        "delete from main.fct_events where loaded_at = (select max(loaded_at) from main.fct_events);"
+        "insert into main.fct_events select * from main.fct_events "
+        "where event_id = (select max(event_id) from main.fct_events where occurred_at < '2026-10-01')",
+    )
+    config = load_config(sample_warehouse / "insights.yml", environ={})
+    as_of = parse_as_of(AS_OF)
+    assert run_dbt(config, as_of, "test", select=["fct_events"]).tests  # the hourly test passes
+    with pytest.raises(TransformError, match="unique_since_last_build_fct_events_event_id"):
+        run_dbt(config, as_of, "test", select=["fct_events"], extra_vars={"insights__test_all_rows": True})
