@@ -58,17 +58,25 @@ select
     {%- endif %} as loaded_at
 {%- endmacro %}
 
-{#- The instant after which rows count as loaded since the previous build of the event model
-    `name` (its recorded watermark minus the lookback) as a SQL literal; none when every row
-    must be tested: no recorded watermark, a build from all events, a full refresh, or the
-    var insights__test_all_rows. -#}
-{% macro watermark_since(name) -%}
+{#- The instant after which rows count as new to the event model `name` (a watermark minus
+    the lookback) as a SQL literal: the watermark its build started from, or with `current`
+    its newest loaded_at now. None when every row must be tested: no recorded watermark, a
+    build from all events, a full refresh, or the var insights__test_all_rows. -#}
+{% macro watermark_since(name, current=false) -%}
     {%- if not execute or flags.FULL_REFRESH or var('insights__test_all_rows', false) -%}
         {{- return(none) -}}
     {%- endif -%}
-    {%- set state = adapter.get_relation(database=target.database, schema='build_state', identifier=name ~ '_watermark') -%}
-    {%- if state is none -%}{{- return(none) -}}{%- endif -%}
-    {%- set found = run_query("select strftime(loaded_at, '%Y-%m-%d %H:%M:%S.%f') from " ~ state) -%}
+    {%- if current -%}
+        {%- set node = graph.nodes.values() | selectattr('resource_type', 'equalto', 'model')
+            | selectattr('name', 'equalto', name) | first -%}
+        {%- set relation = adapter.get_relation(database=node.database, schema=node.schema, identifier=node.alias) -%}
+        {%- set sql = "select strftime(max(loaded_at), '%Y-%m-%d %H:%M:%S.%f') from " ~ relation -%}
+    {%- else -%}
+        {%- set relation = adapter.get_relation(database=target.database, schema='build_state', identifier=name ~ '_watermark') -%}
+        {%- set sql = "select strftime(loaded_at, '%Y-%m-%d %H:%M:%S.%f') from " ~ relation -%}
+    {%- endif -%}
+    {%- if relation is none -%}{{- return(none) -}}{%- endif -%}
+    {%- set found = run_query(sql) -%}
     {%- if found.rows | length != 1 or found.rows[0][0] is none -%}{{- return(none) -}}{%- endif -%}
     {{- return("'" ~ found.rows[0][0] ~ "'::timestamp - to_seconds(" ~ var('insights__lookback_hours') ~ " * 3600)") -}}
 {%- endmacro %}

@@ -324,7 +324,7 @@ def test_uniqueness_tests_check_each_load_against_every_row(sample_warehouse: Pa
             where event_id = (select min(event_id) from {table} where occurred_at < '2026-10-01')
     """
     _execute(sample_warehouse, repeat_old_event.format(table="raw.events"))
-    with pytest.raises(TransformError, match="source_unique_since_last_build_raw_events_event_id"):
+    with pytest.raises(TransformError, match="source_unique_since_last_build_raw_events_event_id__fct_events"):
         transform(sample_warehouse, AS_OF)
 
     # fct_events' own test (the source's is cleared): a row that reappears after the watermark.
