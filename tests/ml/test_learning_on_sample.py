@@ -292,3 +292,34 @@ def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: 
     )
     pd.testing.assert_frame_equal(changed.recommendations, full.recommendations)
     assert item not in set(changed.recommendations.loc[changed.recommendations["user_id"] == user, "item_id"])
+
+
+def test_scoring_again_reuses_similar_items_until_stock_changes(learned: dict, tmp_path: Path) -> None:
+    """Similar items depend on the model, the items and their stock only: an hourly run with
+    none of them changed reads the stored table back; a stock change recomputes it, giving
+    what a run without a stored table gives."""
+    root = learned["root"]
+    shutil.copy(root / "wh.duckdb", tmp_path / "wh.duckdb")
+    text = (root / "insights.yml").read_text().replace(str(root / "wh.duckdb"), str(tmp_path / "wh.duckdb"))
+    (tmp_path / "insights.yml").write_text(text)
+    config = load_config(tmp_path / "insights.yml", environ={})
+    as_of = learned["as_of"]
+    before = _query(tmp_path, "select * from main.item_similar order by item_id, rank")
+    assert len(before) > 100
+
+    again = pipeline.score(config, as_of)
+    assert again.similar_reused
+    pd.testing.assert_frame_equal(again.item_similar.reset_index(drop=True), before, check_dtype=False)
+
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    item = con.execute("select similar_item_id from main.item_similar order by item_id, rank limit 1").fetchone()[0]
+    con.execute("update main.dim_items set in_stock = false where item_id = ?", [item])
+    con.close()
+    changed = pipeline.score(config, as_of)
+    assert not changed.similar_reused
+    stored = _query(tmp_path, "select * from main.item_similar order by item_id, rank")
+    assert item not in set(stored["similar_item_id"]) and len(stored) > 100
+    fresh = pipeline.score(config, as_of, write=False)
+    assert not fresh.similar_reused
+    pd.testing.assert_frame_equal(stored, fresh.item_similar.reset_index(drop=True), check_dtype=False)
+    assert pipeline.score(config, as_of).similar_reused
