@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 
 from insights import steps
-from insights.config import load_config
+from insights.config import Config, load_config
 from insights.warehouse import connect
 from models_ml import pipeline, registry
 from tests.ml.conftest import truth
@@ -247,14 +247,19 @@ def test_run_report_shows_every_section_with_real_numbers(learned: dict) -> None
     assert [s["step"] for s in data["steps"]] == ["export"]
 
 
-def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: dict, tmp_path: Path) -> None:
-    """The refresh path: the stored picks of unchanged users are reused (same lists as a full
-    recompute at the same instant), a user with a new interaction is folded in again."""
+def _private_copy(learned: dict, tmp_path: Path) -> Config:
+    """The learned warehouse copied into ``tmp_path``, and its configuration."""
     root = learned["root"]
     shutil.copy(root / "wh.duckdb", tmp_path / "wh.duckdb")
     text = (root / "insights.yml").read_text().replace(str(root / "wh.duckdb"), str(tmp_path / "wh.duckdb"))
     (tmp_path / "insights.yml").write_text(text)
-    config = load_config(tmp_path / "insights.yml", environ={})
+    return load_config(tmp_path / "insights.yml", environ={})
+
+
+def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: dict, tmp_path: Path) -> None:
+    """The refresh path: the stored picks of unchanged users are reused (same lists as a full
+    recompute at the same instant), a user with a new interaction is folded in again."""
+    config = _private_copy(learned, tmp_path)
     as_of = learned["as_of"]
     before = _query(tmp_path, "select * from main.recommendations order by user_id, rank")
     warm = _query(tmp_path, "select count(*) as n from ml.pick_cache_users")["n"][0]
@@ -298,11 +303,7 @@ def test_scoring_again_reuses_similar_items_until_stock_changes(learned: dict, t
     """Similar items depend on the model, the items and their stock only: an hourly run with
     none of them changed reads the stored table back; a stock change recomputes it, giving
     what a run without a stored table gives."""
-    root = learned["root"]
-    shutil.copy(root / "wh.duckdb", tmp_path / "wh.duckdb")
-    text = (root / "insights.yml").read_text().replace(str(root / "wh.duckdb"), str(tmp_path / "wh.duckdb"))
-    (tmp_path / "insights.yml").write_text(text)
-    config = load_config(tmp_path / "insights.yml", environ={})
+    config = _private_copy(learned, tmp_path)
     as_of = learned["as_of"]
     before = _query(tmp_path, "select * from main.item_similar order by item_id, rank")
     assert len(before) > 100
