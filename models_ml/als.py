@@ -21,8 +21,8 @@ import pandas as pd  # noqa: E402
 from implicit.cpu.als import AlternatingLeastSquares  # noqa: E402
 from scipy import sparse  # noqa: E402
 
-from models_ml.metrics import ranking_metrics  # noqa: E402
-from models_ml.recommend import top_k  # noqa: E402
+from models_ml.metrics import ranking_metrics_of_lists  # noqa: E402
+from models_ml.recommend import top_k_blends  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,17 @@ def history_matrix(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
     return sparse.csr_matrix(scale @ matrix)
 
 
-def _validation_users(
-    train: sparse.csr_matrix, relevant: dict[int, set[int]]
-) -> tuple[np.ndarray, dict[str, set[str]]]:
+def _validation_users(train: sparse.csr_matrix, relevant: dict[int, set[int]]) -> tuple[np.ndarray, sparse.csr_matrix]:
     """The users scored on the time split (something relevant after it, history before it)
-    and their relevant items, keyed as ``ranking_metrics`` wants."""
-    users = np.array(sorted(u for u, items in relevant.items() if items and train[u].nnz), dtype=np.int64)
-    return users, {str(u): {str(i) for i in relevant[u]} for u in users}
+    and their relevant items, one row per user, as ``ranking_metrics_of_lists`` wants."""
+    has_history = np.diff(sparse.csr_matrix(train).indptr) > 0
+    users = np.array(sorted(u for u, items in relevant.items() if items and has_history[u]), dtype=np.int64)
+    rows = np.repeat(np.arange(len(users)), [len(relevant[u]) for u in users])
+    columns = np.fromiter((i for u in users for i in relevant[u]), dtype=np.int64, count=len(rows))
+    truth = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, columns)), shape=(len(users), train.shape[1])
+    )
+    return users, truth
 
 
 def tune(
@@ -133,24 +137,19 @@ def tune(
     """
     users, truth = _validation_users(train, relevant)
     history = history_matrix(train[users])
+    excluded = exclude[users]
     trials: list[dict[str, object]] = []
 
     def evaluate(
         model: AlternatingLeastSquares, base: ALSParams, stage: str, weights: list[float]
     ) -> tuple[tuple[float, float, int], ALSParams]:
         best_key = None
-        for weight in weights:
+        blends = top_k_blends(
+            model.user_factors[users], model.item_factors, 20, weights, exclude=excluded, history=history
+        )
+        for weight, (idx, _) in zip(weights, blends):
             params = replace(base, history_weight=weight)
-            idx, _ = top_k(
-                model.user_factors[users],
-                model.item_factors,
-                20,
-                exclude=exclude[users],
-                history=history,
-                history_weight=weight,
-            )
-            recommended = {str(u): [str(i) for i in row] for u, row in zip(users, idx)}
-            metrics = ranking_metrics(recommended, truth, train.shape[1])
+            metrics = ranking_metrics_of_lists(idx, truth, train.shape[1])
             trials.append({"params": params.__dict__, "stage": stage, **metrics})
             key = (metrics["ndcg_at_10"], metrics["hr_at_10"], -params.factors)
             log.info("ALS %s %s: ndcg@10 %.4f hr@10 %.4f", stage, params, metrics["ndcg_at_10"], metrics["hr_at_10"])
@@ -193,11 +192,14 @@ def popularity_baseline(
     users, truth = _validation_users(train, relevant)
     popularity = np.diff(sparse.csc_matrix(train).indptr)
     ranked = np.lexsort((np.arange(len(popularity)), -popularity))
-    recommended = {}
-    for u in users:
-        skip = set(exclude[u].indices)
-        recommended[str(u)] = [str(i) for i in ranked[: 20 + len(skip)] if i not in skip][:20]
-    return ranking_metrics(recommended, truth, train.shape[1])
+    excluded = sparse.csr_matrix(exclude[users])
+    lists = np.full((len(users), 20), -1, dtype=np.int64)
+    for row in range(len(users)):
+        skip = excluded.indices[excluded.indptr[row] : excluded.indptr[row + 1]]
+        top = ranked[: 20 + len(skip)]
+        top = top[~np.isin(top, skip)][:20]
+        lists[row, : len(top)] = top
+    return ranking_metrics_of_lists(lists, truth, train.shape[1])
 
 
 def grid(factors: list[int], regularization: list[float], alpha: list[float], iterations: int) -> list[ALSParams]:

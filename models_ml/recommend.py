@@ -109,31 +109,56 @@ def top_k(
     Returns item indices and scores, both (users, min(k, items)); excluded or missing
     slots have score -inf.
     """
+    return top_k_blends(user_vectors, item_vectors, k, [history_weight], exclude, block_size, threads, history)[0]
+
+
+def top_k_blends(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    k: int,
+    history_weights: list[float],
+    exclude: sparse.csr_matrix | None = None,
+    block_size: int = 64,
+    threads: int | None = None,
+    history: sparse.csr_matrix | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`top_k` for several history weights at once, one (indices, scores) pair per
+    weight: each block's matrix product is computed once and blended per weight (the ALS
+    search compares five weights per candidate)."""
     user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
     item_vectors_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
     n_users = user_vectors.shape[0]
     k = min(k, item_vectors_t.shape[1])
-    indices = np.empty((n_users, k), dtype=np.int32)
-    scores = np.empty((n_users, k), dtype=np.float32)
+    results = [
+        (np.empty((n_users, k), dtype=np.int32), np.empty((n_users, k), dtype=np.float32)) for _ in history_weights
+    ]
     if exclude is not None:
         exclude = sparse.csr_matrix(exclude)
     if history is not None:
         history = sparse.csr_matrix(history, dtype=np.float32)
 
     # One score buffer per thread, reused block after block: a fresh block-sized array
-    # would cost as much in page faults as the matrix product itself.
+    # would cost as much in page faults as the matrix product itself. Blending works in
+    # place, so with several weights each blends a copy of the product.
     buffers = threading.local()
 
     def run(start: int) -> None:
         stop = min(start + block_size, n_users)
         if getattr(buffers, "scores", None) is None:
-            buffers.scores = np.empty((min(block_size, n_users), item_vectors_t.shape[1]), dtype=np.float32)
+            shape = (min(block_size, n_users), item_vectors_t.shape[1])
+            buffers.scores = np.empty(shape, dtype=np.float32)
+            buffers.work = np.empty(shape, dtype=np.float32) if len(history_weights) > 1 else None
         block = np.matmul(user_vectors[start:stop], item_vectors_t, out=buffers.scores[: stop - start])
         block_exclude = exclude[start:stop] if exclude is not None else None
         block_history = history[start:stop] if history is not None else None
-        idx, val = _block_top_k(block, k, block_exclude, block_history, history_weight)
-        indices[start:stop] = idx
-        scores[start:stop] = val
+        for (indices, scores), weight in zip(results, history_weights):
+            work = block
+            if buffers.work is not None:
+                work = buffers.work[: stop - start]
+                np.copyto(work, block)
+            idx, val = _block_top_k(work, k, block_exclude, block_history, weight)
+            indices[start:stop] = idx
+            scores[start:stop] = val
 
     starts = range(0, n_users, block_size)
     workers = threads or min(len(starts), os.cpu_count() or 1) or 1
@@ -143,7 +168,7 @@ def top_k(
     else:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(run, starts))
-    return indices, scores
+    return results
 
 
 def cap_per_group(

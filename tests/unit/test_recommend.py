@@ -6,8 +6,8 @@ import numpy as np
 from scipy import sparse
 
 from models_ml import als
-from models_ml.metrics import ranking_metrics
-from models_ml.recommend import cap_per_group, similar_items, top_k
+from models_ml.metrics import ranking_metrics, ranking_metrics_of_lists
+from models_ml.recommend import cap_per_group, similar_items, top_k, top_k_blends
 
 
 def test_top_k_matches_a_full_sort_and_respects_exclusions() -> None:
@@ -31,6 +31,21 @@ def test_history_weight_lifts_items_the_user_came_back_to() -> None:
     blended, _ = top_k(users, items, 3, history=history, history_weight=0.9)
     assert plain[0].tolist() == [0, 1, 2]
     assert blended[0][0] == 2
+
+
+def test_several_history_weights_at_once_equal_one_at_a_time() -> None:
+    rng = np.random.default_rng(5)
+    users, items = rng.normal(size=(150, 6)), rng.normal(size=(90, 6))
+    exclude = sparse.random(150, 90, density=0.05, random_state=2, format="csr")
+    history = sparse.random(150, 90, density=0.1, random_state=3, format="csr", dtype=np.float32)
+    weights = [0.0, 0.5, 0.9]
+    blends = top_k_blends(users, items, 7, weights, exclude=exclude, block_size=32, threads=2, history=history)
+    for weight, (idx, val) in zip(weights, blends):
+        one_idx, one_val = top_k(
+            users, items, 7, exclude=exclude, block_size=32, history=history, history_weight=weight
+        )
+        assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val)
+    assert not np.array_equal(blends[0][0], blends[2][0])
 
 
 def test_category_cap_keeps_the_best_of_each_group() -> None:
@@ -79,3 +94,14 @@ def test_ranking_metrics_on_a_known_answer() -> None:
     assert abs(m["ndcg_at_10"] - 0.5 * (1 / np.log2(3))) < 1e-9
     assert m["recall_at_20"] == 0.5
     assert m["coverage"] == 0.75
+
+
+def test_ranking_metrics_of_lists_pads_and_counts_a_repeated_item_once() -> None:
+    lists = np.array([[3, 1, 1, -1], [2, -1, -1, -1], [0, 0, 0, 0]])
+    truth = sparse.csr_matrix(np.array([[0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=np.float32))
+    m = ranking_metrics_of_lists(lists, truth, catalog_size=8)
+    assert m["users"] == 2 and m["hr_at_10"] == 0.5
+    assert abs(m["ndcg_at_10"] - 0.5 * (1 / np.log2(3))) < 1e-12  # the repeat at rank 3 adds nothing
+    assert m["recall_at_20"] == 0.5
+    assert m["coverage"] == 4 / 8  # items 3, 1, 2 and 0 were shown
+    assert m == ranking_metrics({"a": ["3", "1"], "b": ["2"], "c": ["0"]}, {"a": {"1"}, "b": {"3"}}, 8)
