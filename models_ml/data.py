@@ -81,13 +81,13 @@ window_events as (
     select * from main.fct_events where occurred_at >= $start and occurred_at < $end
 ),
 keyed as (
-    select user_id as key, event_id, event_type, event_name, item_id, revenue, price, quantity
-    from window_events where user_id is not null
-    union
-    select coalesce(identities.user_id, window_events.anonymous_id) as key, event_id, event_type, event_name,
-        item_id, revenue, price, quantity
+    -- an event counts for its user id and for whom its cookie was known to be (or the
+    -- cookie itself), once when both are the same person (event ids are unique)
+    select unnest(list_distinct([window_events.user_id,
+               case when window_events.anonymous_id is not null
+                    then coalesce(identities.user_id, window_events.anonymous_id) end])) as key,
+        event_id, event_type, event_name, item_id, revenue, price, quantity
     from window_events left join identities using (anonymous_id)
-    where window_events.anonymous_id is not null
 )
 """
 

@@ -28,7 +28,7 @@ from insights.transform import (
     FEATURE_MODELS,
     INTERACTION_MODELS,
     SNAPSHOT_MODELS,
-    build_snapshot,
+    build_snapshots,
     snapshot_schema_name,
 )
 from insights.warehouse import connect, query_frame, transaction
@@ -153,11 +153,9 @@ def _feature_schemas(config: Config, needs: dict[datetime, frozenset[str]]) -> d
                     schemas[instant] = name
     finally:
         con.close()
-    built = []
-    for instant in wanted:
-        if instant not in schemas:
-            schemas[instant] = build_snapshot(config, instant, needs[instant])
-            built.append(instant)
+    built = [instant for instant in wanted if instant not in schemas]
+    if built:
+        schemas.update(build_snapshots(config, {instant: needs[instant] for instant in built}))
     if built:
         con = connect(config)
         try:

@@ -10,7 +10,14 @@ import pytest
 
 from insights.config import load_config
 from insights.steps import parse_as_of
-from insights.transform import TransformError, run_dbt
+from insights.transform import (
+    FEATURE_MODELS,
+    DbtInvocation,
+    TransformError,
+    build_snapshots,
+    run_dbt,
+    run_dbt_many,
+)
 from tests.conftest import ROOT
 from tests.helpers import query, transform
 
@@ -349,3 +356,31 @@ def test_uniqueness_tests_check_each_load_against_every_row(sample_warehouse: Pa
     assert run_dbt(config, as_of, "test", select=["fct_events"]).tests  # the hourly test passes
     with pytest.raises(TransformError, match="unique_since_last_build_fct_events_event_id"):
         run_dbt(config, as_of, "test", select=["fct_events"], extra_vars={"insights__test_all_rows": True})
+
+
+def test_snapshots_built_in_one_child_each_see_their_own_instant(sample_warehouse: Path) -> None:
+    config = load_config(sample_warehouse / "insights.yml")
+    transform(sample_warehouse, AS_OF)
+    first, second = parse_as_of("2026-10-06"), parse_as_of("2026-10-13")
+    schemas = build_snapshots(config, {first: FEATURE_MODELS, second: None})
+    instants = {
+        instant: query(sample_warehouse, f"select max(as_of), count(*) from {schema}.dim_users")[0]
+        for instant, schema in schemas.items()
+    }
+    assert instants[first][0] == first and instants[second][0] == second
+    assert 0 < instants[first][1] < instants[second][1]
+    # Only the second instant asked for every snapshot model.
+    tables = {
+        (schema, table)
+        for schema, table in query(
+            sample_warehouse,
+            "select table_schema, table_name from information_schema.tables where table_schema like 'pit_%'",
+        )
+    }
+    assert (schemas[second], "fct_interactions") in tables and (schemas[first], "fct_interactions") not in tables
+    # The commands run in order and stop at the first that fails, which the error names.
+    later = parse_as_of("2026-10-16")
+    bad = DbtInvocation(later, "run", select=["dim_users"], extra_args=["--no-such-flag"])
+    with pytest.raises(TransformError, match="dbt run failed") as failed:
+        run_dbt_many(config, [DbtInvocation(later, "run", select=["int_events_as_of"]), bad, bad])
+    assert "no-such-flag" in str(failed.value)
