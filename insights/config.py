@@ -235,6 +235,12 @@ class MLConfig(_Strict):
         "best `als_finalists` are trained on to `als_iterations` (the same fit as from scratch) and compared.",
     )
     als_finalists: int = Field(3, ge=1, description="Grid candidates trained to full iterations after screening.")
+    als_processes: int = Field(
+        2,
+        ge=1,
+        description="Worker processes fitting ALS candidates at once (from 100k user-item pairs on the time "
+        "split; below it a fit takes less than starting a worker). implicit's fit does not speed up in threads.",
+    )
     als_screen_min_interactions: int = Field(
         500_000,
         ge=0,

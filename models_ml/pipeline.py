@@ -325,6 +325,7 @@ def _train_als(
                 if train_matrix.nnz >= ml.als_screen_min_interactions
                 else None,
                 finalists=ml.als_finalists,
+                processes=ml.als_processes if train_matrix.nnz >= als.PROCESSES_MIN_INTERACTIONS else 1,
             )
         chosen = next(t for t in trials if t["params"] == best.__dict__ and t["stage"] == "final")
         validation = {k: v for k, v in chosen.items() if k != "params"}

@@ -60,6 +60,17 @@ def test_screening_trains_only_the_finalists_to_full_iterations():
     assert winner["hr_at_10"] > 0.6
 
 
+def test_worker_processes_give_the_same_search_as_one_process():
+    train, later = _planted(seed=1)
+    exclude = sparse.csr_matrix(train.shape, dtype=np.float32)
+    grid = als.grid([4, 8], [0.1], [1.0, 10.0], iterations=6)
+    for screening in ({"screen_iterations": 2, "finalists": 2}, {}):
+        alone = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, **screening)
+        workers = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, processes=2, **screening)
+        assert workers == alone
+        assert len(alone[1]) == (len(grid) + 2 * 2 if screening else 2 * len(grid))
+
+
 def test_without_screening_every_candidate_is_trained_fully():
     train, later = _planted()
     exclude = sparse.csr_matrix(train.shape, dtype=np.float32)
