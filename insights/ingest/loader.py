@@ -38,7 +38,7 @@ from insights.ingest import mapped, snowplow
 from insights.ingest.textio import quote_ident, split_lines
 from insights.ingest.validate import VALIDATION_QUERY, validate_events, warm_up
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
-from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, transaction
+from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, query_frame, transaction
 
 log = logging.getLogger(__name__)
 
@@ -485,21 +485,29 @@ def _load_events(
     result.quarantined += quarantined + len(extra_bad)
     result.loaded += loaded_lines
     result.duplicates += good_lines - loaded_lines
-    if config.validation.enabled:
-        frame = con.execute(VALIDATION_QUERY.format(relation="fresh")).df()
-        report = validate_events(frame, config.validation)
-        _store_validation(con, report, source.name, result.load_id, now)
-        result.warnings += [f"{source.name}: {report.summary(report.warnings)}"] if report.warnings else []
-        if report.errors:
-            raise _ValidationFailed(report)
-    present = {row[0] for row in con.execute("describe fresh").fetchall()}
-    columns = ", ".join(EVENT_INSERT_COLUMNS)
-    values = ", ".join(c if c in present else f"null::{EVENT_COLUMNS[c]}" for c in EVENT_INSERT_COLUMNS)
-    con.execute(
-        f"insert into raw.events ({columns}, source_kind, load_id, loaded_at) select {values}, ?, ?, ? from fresh",
-        [source.kind, result.load_id, now],
-    )
-    return dict(con.execute("select source_file, count(*) from fresh group by all").fetchall())
+    with ThreadPoolExecutor(1) as validator:
+        validation = None
+        if config.validation.enabled:
+            # Great Expectations checks the batch on a helper thread while the insert runs
+            # (it is Python and pandas; the insert is DuckDB's and releases the GIL). A
+            # failed error-level check raises before the batch commits, which undoes it.
+            frame = query_frame(con, VALIDATION_QUERY.format(relation="fresh"))
+            validation = validator.submit(validate_events, frame, config.validation)
+        present = {row[0] for row in con.execute("describe fresh").fetchall()}
+        columns = ", ".join(EVENT_INSERT_COLUMNS)
+        values = ", ".join(c if c in present else f"null::{EVENT_COLUMNS[c]}" for c in EVENT_INSERT_COLUMNS)
+        con.execute(
+            f"insert into raw.events ({columns}, source_kind, load_id, loaded_at) select {values}, ?, ?, ? from fresh",
+            [source.kind, result.load_id, now],
+        )
+        per_file = dict(con.execute("select source_file, count(*) from fresh group by all").fetchall())
+        if validation is not None:
+            report = validation.result()
+            _store_validation(con, report, source.name, result.load_id, now)
+            result.warnings += [f"{source.name}: {report.summary(report.warnings)}"] if report.warnings else []
+            if report.errors:
+                raise _ValidationFailed(report)
+    return per_file
 
 
 class _ValidationFailed(Exception):
