@@ -121,6 +121,8 @@ def run_dbt_many(config: Config, invocations: list[DbtInvocation]) -> list[Trans
     commands in a row, pay it once. Raises TransformError naming the failed command's
     failed nodes and dbt's message.
     """
+    if not invocations:
+        return []
     Path(config.resolve(config.warehouse.path)).parent.mkdir(parents=True, exist_ok=True)
     env, work = _dbt_environment(config, invocations[0].as_of)
     (work / "target").mkdir(parents=True, exist_ok=True)
