@@ -177,16 +177,19 @@ def run_dbt_many(config: Config, invocations: list[DbtInvocation]) -> list[Trans
                 failures.append(f"{kind} {name}: {reason}")
         if failures or (proc.returncode != 0 and not results_file.exists()):
             if not failures:
-                lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+                lines = _output_lines(proc)
                 errors = [line for line in lines if "error" in line.lower()] or lines[-3:]
                 # dbt prefixes its lines with a clock time: keep only what it says.
                 failures.append(" | ".join(re.sub(r"^\d\d:\d\d:\d\d\s+", "", line.strip()) for line in errors[:4]))
             raise TransformError(f"dbt {invocation.command} failed: " + "; ".join(failures))
         outcomes.append(result)
     if proc.returncode != 0:
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-        raise TransformError(f"dbt failed: {' | '.join(lines[-3:])}")
+        raise TransformError(f"dbt failed: {' | '.join(_output_lines(proc)[-3:])}")
     return outcomes
+
+
+def _output_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
 
 
 def _run_invocations(spec_file: str) -> int:

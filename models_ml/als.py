@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from itertools import product
 from multiprocessing import get_context
@@ -182,14 +182,12 @@ def tune(
         and len(grid) > finalists
         and any(screen_iterations < p.iterations for p in grid)
     )
-    with ExitStack() as stack:
-        pool = None
-        if processes > 1:
-            pool = stack.enter_context(
-                ProcessPoolExecutor(
-                    processes, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(train,)
-                )
-            )
+    workers = (
+        ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(train,))
+        if processes > 1
+        else nullcontext()
+    )
+    with workers as pool:
 
         def fitted(
             jobs: list[tuple[ALSParams, AlternatingLeastSquares | None]],

@@ -156,7 +156,6 @@ def _feature_schemas(config: Config, needs: dict[datetime, frozenset[str]]) -> d
     built = [instant for instant in wanted if instant not in schemas]
     if built:
         schemas.update(build_snapshots(config, {instant: needs[instant] for instant in built}))
-    if built:
         con = connect(config)
         try:
             for instant in built:
