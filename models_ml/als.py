@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from itertools import product
@@ -87,6 +88,30 @@ def fit(
         model.iterations = params.iterations
         model.iterations_done = params.iterations
     return model
+
+
+def fit_aside(
+    matrix: sparse.csr_matrix, params: ALSParams, seed: int, aside: bool
+) -> Future[tuple[AlternatingLeastSquares, float]]:
+    """:func:`fit` in a worker process of its own, so the caller can go on meanwhile; the
+    future gives the model and the seconds the fit took. The fit is memory-bound on one
+    thread: at 10M events it took 10 s in which training otherwise kept one core idle.
+    Without ``aside`` it fits here and returns the finished future."""
+    if not aside:
+        done: Future[tuple[AlternatingLeastSquares, float]] = Future()
+        done.set_result(_timed_fit(matrix, params, seed))
+        return done
+    worker = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+    try:
+        return worker.submit(_timed_fit, matrix, params, seed)
+    finally:
+        worker.shutdown(wait=False)  # the worker ends when the fit is done
+
+
+def _timed_fit(matrix: sparse.csr_matrix, params: ALSParams, seed: int) -> tuple[AlternatingLeastSquares, float]:
+    started = time.perf_counter()
+    model = fit(matrix, params, seed)
+    return model, round(time.perf_counter() - started, 2)
 
 
 def fold_in(item_factors: np.ndarray, params: ALSParams, matrix: sparse.csr_matrix) -> np.ndarray:

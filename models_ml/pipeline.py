@@ -337,9 +337,9 @@ def _train_als(
     matrix = als.interaction_matrix(
         _indexed(user_ids), item_index, now["user_id"].to_numpy(), now["item_id"].to_numpy(), now["weight"].to_numpy()
     )
-    with timed(timings, "als_fit"):
-        model = als.fit(matrix, best, ml.seed)
-    return best, report, catalog, now, user_ids, item_ids, model
+    # The final fit runs beside the catalog encoder and the propensities (see als.fit_aside).
+    aside = ml.als_processes > 1 and matrix.nnz >= als.PROCESSES_MIN_INTERACTIONS
+    return best, report, catalog, now, user_ids, item_ids, als.fit_aside(matrix, best, ml.seed, aside)
 
 
 def _version(as_of: datetime, params: dict[str, Any]) -> str:
@@ -367,7 +367,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         schemas = _feature_schemas(config, _needs(plan))
     con = connect(config)
     try:
-        best, als_report, catalog, now, user_ids, item_ids, model = _train_als(con, config, schemas, plan, timings)
+        best, als_report, catalog, now, user_ids, item_ids, final_fit = _train_als(con, config, schemas, plan, timings)
         users_per_item = now.groupby("item_id")["user_id"].nunique()
         warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids])
         in_catalog = catalog.set_index("item_id")
@@ -375,9 +375,12 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         with timed(timings, "catalog_encoder"):
             encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
             text = encoder.transform(in_catalog.loc[[i for i, c in zip(item_ids, catalog_rows) if c]].reset_index())
-            mapping = fit_mapping(text, model.item_factors[catalog_rows], warm[catalog_rows])
         with timed(timings, "propensities"):
             targets = _train_propensities(con, config, schemas, plan)
+        with timed(timings, "als_fit_wait"):
+            model, timings["als_fit"] = final_fit.result()
+        with timed(timings, "catalog_encoder"):
+            mapping = fit_mapping(text, model.item_factors[catalog_rows], warm[catalog_rows])
         metrics: dict[str, Any] = {"als": als_report}
         for name, target in targets.items():
             metrics[name] = {"method": target.method, "reason": target.reason, **target.metrics}

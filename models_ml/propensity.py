@@ -221,7 +221,10 @@ def train_target(
         return TrainedTarget(name=name, kind=kind, method="heuristic", reason=reason, heuristic=heuristic)
 
     columns = feature_columns(train)
-    categories = {c: sorted(set(everything[c].astype("string").fillna("unknown"))) for c in CATEGORICAL if c in columns}
+    # unique() before sorting: a Python set over every example's value took 3 s at 10M events.
+    categories = {
+        c: sorted(everything[c].astype("string").fillna("unknown").unique()) for c in CATEGORICAL if c in columns
+    }
     check = holdout_half(valid["user_id"], name)
     stop_set, check_set = valid[~check], valid[check]
     x_train = design_matrix(train, columns, categories)

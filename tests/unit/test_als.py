@@ -88,3 +88,14 @@ def test_validation_users_are_a_fixed_sample_when_there_are_too_many():
     assert first == sample_users(relevant, 1000, seed=3)
     assert first != sample_users(relevant, 1000, seed=4)
     assert sample_users(relevant, 5000, seed=3) is relevant
+
+
+def test_a_fit_aside_in_its_own_process_equals_one_here():
+    train, _ = _planted(seed=2)
+    params = als.ALSParams(8, 0.1, 5.0, 6)
+    here = als.fit(train, params, seed=3)
+    for aside in (True, False):
+        model, seconds = als.fit_aside(train, params, 3, aside).result(timeout=120)
+        assert seconds >= 0
+        np.testing.assert_array_equal(model.user_factors, here.user_factors)
+        np.testing.assert_array_equal(model.item_factors, here.item_factors)
