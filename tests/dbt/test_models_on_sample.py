@@ -378,6 +378,9 @@ def test_snapshots_built_in_one_child_each_see_their_own_instant(sample_warehous
         )
     }
     assert (schemas[second], "fct_interactions") in tables and (schemas[first], "fct_interactions") not in tables
+    # One parse serves both: its placeholder schema is never built, and main is untouched.
+    assert not query(sample_warehouse, "select 1 from information_schema.schemata where schema_name = 'pit_parsed'")
+    assert query(sample_warehouse, "select max(as_of) from main.dim_users")[0][0] == parse_as_of(AS_OF)
     # The commands run in order and stop at the first that fails, which the error names.
     later = parse_as_of("2026-10-16")
     bad = DbtInvocation(later, "run", select=["dim_users"], extra_args=["--no-such-flag"])
