@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from itertools import product
 from multiprocessing import get_context
@@ -207,12 +208,21 @@ def tune(
         and len(grid) > finalists
         and any(screen_iterations < p.iterations for p in grid)
     )
-    workers = (
-        ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(train,))
-        if processes > 1
-        else nullcontext()
-    )
-    with workers as pool:
+    with ExitStack() as stack:
+        pool = None
+        if processes > 1:
+            # The workers load the matrix from a file: sent as the initializer's argument,
+            # it made this process wait for each worker to start and import (0.9 s each).
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="insights-als-"))
+            sparse.save_npz(os.path.join(folder, "train.npz"), sparse.csr_matrix(train), compressed=False)
+            pool = stack.enter_context(
+                ProcessPoolExecutor(
+                    processes,
+                    mp_context=get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(os.path.join(folder, "train.npz"),),
+                )
+            )
 
         def fitted(
             jobs: list[tuple[ALSParams, AlternatingLeastSquares | None]],
@@ -247,9 +257,9 @@ def tune(
 _worker_train: sparse.csr_matrix | None = None
 
 
-def _start_worker(train: sparse.csr_matrix) -> None:
+def _start_worker(path: str) -> None:
     global _worker_train
-    _worker_train = train
+    _worker_train = sparse.csr_matrix(sparse.load_npz(path))
 
 
 def _fit_in_worker(params: ALSParams, seed: int, model: AlternatingLeastSquares | None) -> AlternatingLeastSquares:
