@@ -42,6 +42,15 @@ def test_wrong_type_says_what_was_expected(tmp_path: Path) -> None:
         load_config(cfg, environ={})
 
 
+def test_a_history_weight_must_leave_the_model_a_share(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("ml:\n  history_weights: [0.0, 0.5, 1.0]\n")
+    with pytest.raises(ConfigError, match=r"ml.history_weights.2.*less than 1"):
+        load_config(cfg, environ={})
+    cfg.write_text("ml:\n  history_weights: [0.0, 0.5, 0.95]\n")
+    assert load_config(cfg, environ={}).ml.history_weights == [0.0, 0.5, 0.95]
+
+
 def test_bad_env_value_is_reported_with_the_variable(tmp_path: Path) -> None:
     cfg = tmp_path / "insights.yml"
     cfg.write_text("{}\n")
