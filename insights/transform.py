@@ -292,7 +292,7 @@ def build_snapshots(config: Config, needs: dict[datetime, frozenset[str] | None]
                 instant,
                 "run",
                 select=[m for m in SNAPSHOT_MODELS if models is None or m in models],
-                extra_vars={"insights__snapshot_schema": schemas[instant]},
+                extra_vars={SNAPSHOT_VAR: schemas[instant]},
             )
             for instant, models in needs.items()
         ],

@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 PROCESSES_MIN_INTERACTIONS = 100_000
 
 
+def worker_processes(configured: int, matrix: sparse.csr_matrix) -> int:
+    """The worker processes to fit on ``matrix`` with: the configured number, or none (1)
+    when the matrix is too small for a worker to pay for its start."""
+    return configured if matrix.nnz >= PROCESSES_MIN_INTERACTIONS else 1
+
+
 @dataclass(frozen=True)
 class ALSParams:
     factors: int

@@ -324,7 +324,7 @@ def _train_als(
                 if train_matrix.nnz >= ml.als_screen_min_interactions
                 else None,
                 finalists=ml.als_finalists,
-                processes=ml.als_processes if train_matrix.nnz >= als.PROCESSES_MIN_INTERACTIONS else 1,
+                processes=als.worker_processes(ml.als_processes, train_matrix),
             )
         chosen = next(t for t in trials if t["params"] == best.__dict__ and t["stage"] == "final")
         validation = {k: v for k, v in chosen.items() if k != "params"}
@@ -338,7 +338,7 @@ def _train_als(
         _indexed(user_ids), item_index, now["user_id"].to_numpy(), now["item_id"].to_numpy(), now["weight"].to_numpy()
     )
     # The final fit runs beside the catalog encoder and the propensities (see als.fit_aside).
-    aside = ml.als_processes > 1 and matrix.nnz >= als.PROCESSES_MIN_INTERACTIONS
+    aside = als.worker_processes(ml.als_processes, matrix) > 1
     return best, report, catalog, now, user_ids, item_ids, als.fit_aside(matrix, best, ml.seed, aside)
 
 
