@@ -307,6 +307,11 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
 
     Output columns: every raw.events column except load metadata, plus ``reason``
     (non-null for quarantined lines), ``raw_text``, ``base_event_id`` and ``dedup_ts``.
+    Quarantined lines pass through the same projection, one row each (they are never
+    exploded, and what would fail on them is guarded by ``reason is null`` or a
+    ``try_cast``); only their ``source_file``, ``source_line``, ``raw_text`` and ``reason``
+    mean anything. One pass instead of two branches over a materialized CTE: a sixth less
+    CPU for the batch (1.15 -> 0.97 s for 189k lines on one thread).
     """
     if kind == "atomic":
         missing = [f for f in NEEDED_FIELDS if f not in columns and f not in JSON_FIELDS]
@@ -318,7 +323,8 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
         f"case when {n} is not null and not json_valid({n}) then '{n}: invalid JSON' end" for n in JSON_FIELDS
     )
     parsed_columns = (
-        f", {_context_list('contexts')} as x_contexts, {_context_list('derived_contexts')} as x_derived"
+        f", case when reason is null then {_context_list('contexts')} end as x_contexts"
+        f", case when reason is null then {_context_list('derived_contexts')} end as x_derived"
         if kind == "enriched"
         else ""
     )
@@ -326,7 +332,7 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
     src = source_name.replace("'", "''")
     return f"""
     with fields as ({fields_sql}),
-    checked as materialized (  -- both branches read it: the checks (JSON parses) run once
+    checked as (
         select *,
             coalesce(shape_error, nullif(concat_ws('; ',
                 case when event_id is null then 'event_id is empty' end,
@@ -339,7 +345,7 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
     ),
     parsed as (
         select *{parsed_columns}
-        from checked where reason is null
+        from checked
     ),
     good as (
         select *,
@@ -372,7 +378,7 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
         from good
     ),
     exploded as (
-        select *, unnest(case when x_event_type = 'purchase' and len(x_products) > 1
+        select *, unnest(case when reason is null and x_event_type = 'purchase' and len(x_products) > 1
                               then list_transform(x_products, lambda p, i: {{'i': i, 'p': p}})
                               else [{{'i': 1, 'p': x_products[1]}}] end) as x_line
         from typed
@@ -386,12 +392,12 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
         coalesce(domain_userid, network_userid) as anonymous_id,
         domain_sessionid as session_id,
         coalesce(json_extract_string(x_line.p, '$.id'), ti_sku) as item_id,
-        coalesce(try_cast(json_extract_string(x_line.p, '$.quantity') as double), ti_quantity::double,
+        coalesce(try_cast(json_extract_string(x_line.p, '$.quantity') as double), try_cast(ti_quantity as double),
                  case when x_line.p is not null then 1.0 end) as quantity,
-        coalesce(try_cast(json_extract_string(x_line.p, '$.price') as double), ti_price::double) as price,
+        coalesce(try_cast(json_extract_string(x_line.p, '$.price') as double), try_cast(ti_price as double)) as price,
         case when x_event_type = 'purchase' then
-            coalesce(try_cast(json_extract_string(x_line.p, '$.price') as double), ti_price::double)
-            * coalesce(try_cast(json_extract_string(x_line.p, '$.quantity') as double), ti_quantity::double, 1.0)
+            coalesce(try_cast(json_extract_string(x_line.p, '$.price') as double), try_cast(ti_price as double))
+            * coalesce(try_cast(json_extract_string(x_line.p, '$.quantity') as double), try_cast(ti_quantity as double), 1.0)
         end as revenue,
         coalesce(json_extract_string(x_line.p, '$.currency'),
                  json_extract_string(x_transaction, '$.currency'), ti_currency, tr_currency) as currency,
@@ -406,7 +412,7 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
         {ts.format("collector_tstamp")} as collector_tstamp,
         {ts.format("dvce_created_tstamp")} as dvce_created_tstamp,
         x_page_view_id as page_view_id,
-        domain_sessionidx::integer as session_index,
+        try_cast(domain_sessionidx as integer) as session_index,
         page_title, page_urlhost, page_urlpath, refr_medium, refr_source,
         mkt_medium, mkt_source, mkt_campaign, useragent,
         json_extract_string(x_yauaa, '$.deviceClass') as device_class,
@@ -416,13 +422,8 @@ def canonical_sql(fields_sql: str, kind: str, columns: list[str], source_name: s
         try_cast(doc_height as integer) as doc_height,
         try_cast(br_viewheight as integer) as br_viewheight,
         source_file, source_line,
-        null::varchar as raw_text, null::varchar as reason,
+        case when reason is not null then raw_text end as raw_text, reason,
         event_id as base_event_id,
         {ts.format("collector_tstamp")} as dedup_ts
     from exploded
-    union all by name
-    select source_file, source_line,
-           raw_text,
-           reason
-    from checked where reason is not null
     """
