@@ -1,4 +1,8 @@
 {{ config(unique_key='scope_key') }}
+-- depends_on: {{ ref('fct_page_views') }}
+-- (Built after fct_page_views, though it reads none of it: the two window over every event
+-- and, side by side in one DuckDB, took about 20 s each at 10M events against 8 s alone.
+-- Ordered, the full build went from 57.5-60.0 s to 52.4-52.6 s.)
 -- Sessions with their stitched user. An incremental run recomputes the scopes that
 -- received events, and those whose anonymous id was just identified (re-stitching the
 -- visitor's earlier sessions to the user).
