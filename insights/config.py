@@ -136,6 +136,11 @@ class IngestConfig(_Strict):
         description="Stored (compressed) bytes per load batch (one transaction, one validation).",
     )
     parse_threads: int = Field(2, ge=1)
+    batches_ahead: int = Field(
+        2,
+        ge=1,
+        description="Batches read, parsed and staged on helper threads while one loads (each holds a batch in memory).",
+    )
 
 
 class ValidationConfig(_Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -139,8 +140,9 @@ class _Batch:
 def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -> list[LoadResult]:
     """Load what is new in one source; returns one result per batch (none if up to date).
 
-    Batch N+1 is read, decompressed and parsed on a helper thread while batch N runs its
-    SQL (both release the GIL), so about two batches are in memory at a time.
+    Batch N+1 is read, decompressed, parsed and (Snowplow) staged on a helper thread while
+    batch N is de-duplicated, validated and inserted (both release the GIL), so about two
+    batches are in memory at a time.
     """
     refs = pending_files(con, source, config)
     if refs and config.validation.enabled and not isinstance(source, CatalogSource):
@@ -149,28 +151,43 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
         con.execute("select path, checksum from ingest.load_manifest where source_name = ?", [source.name]).fetchall()
     )
 
-    def prepare(batch_refs: list[FileRef], pool: ThreadPoolExecutor) -> _Batch:
-        pending = list(pool.map(lambda r: _read(r, known, config), batch_refs))
-        batch = _Batch([p for p in pending if p], [r for r, p in zip(batch_refs, pending) if p is None])
-        if batch.files:
-            try:
-                batch.parsed = _parse_files(source, batch.files, pool)
-            except ValueError as exc:
-                batch.error = exc
-        return batch
+    # Snowplow batches are staged by the helper threads into tables of an in-memory
+    # database of the same DuckDB (each on a cursor of its own), where the load reads them.
+    con.execute(f"attach if not exists ':memory:' as {SCRATCH}")
+
+    def prepare(batch_refs: list[FileRef], pool: ThreadPoolExecutor, cursor: duckdb.DuckDBPyConnection) -> _Batch:
+        try:
+            pending = list(pool.map(lambda r: _read(r, known, config), batch_refs))
+            batch = _Batch([p for p in pending if p], [r for r, p in zip(batch_refs, pending) if p is None])
+            if batch.files:
+                try:
+                    batch.parsed = _parse_files(source, batch.files, pool)
+                    if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
+                        batch.parsed = _stage_snowplow(source, batch.parsed, cursor)
+                except (ValueError, duckdb.Error) as exc:
+                    batch.error = exc
+            return batch
+        finally:
+            cursor.close()
 
     results = []
     unchanged: list[FileRef] = []
     batches = _batches(refs, config.ingest.batch_bytes)
-    with ThreadPoolExecutor(config.ingest.parse_threads) as pool, ThreadPoolExecutor(1) as ahead:
-        upcoming = ahead.submit(prepare, batches[0], pool) if batches else None
+    depth = config.ingest.batches_ahead
+    with ThreadPoolExecutor(config.ingest.parse_threads) as pool, ThreadPoolExecutor(depth) as ahead:
+        upcoming = deque(ahead.submit(prepare, b, pool, con.cursor()) for b in batches[:depth])
         for i in range(len(batches)):
-            batch = upcoming.result()
-            upcoming = ahead.submit(prepare, batches[i + 1], pool) if i + 1 < len(batches) else None
+            batch = upcoming.popleft().result()
+            if i + depth < len(batches):
+                upcoming.append(ahead.submit(prepare, batches[i + depth], pool, con.cursor()))
             unchanged += batch.unchanged
-            if batch.files:
-                results.append(_load_batch(con, source, batch, config))
-                faults.reached("ingest.batch")
+            try:
+                if batch.files:
+                    results.append(_load_batch(con, source, batch, config))
+                    faults.reached("ingest.batch")
+            finally:
+                if batch.files and isinstance(batch.parsed, tuple) and isinstance(batch.parsed[0], StagedTable):
+                    con.execute(f"drop table if exists {batch.parsed[0]}")
     if unchanged:
         # Same content under a new modification time (a touch, a re-upload): remember the
         # new time so the file is not read again, and load nothing.
@@ -201,17 +218,54 @@ def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor
     return _read_catalog(files)
 
 
-def _stage_snowplow(source: Any, parsed: Any, con: duckdb.DuckDBPyConnection) -> tuple[str, int, dict[str, bytes]]:
+SCRATCH = "ingest_scratch"
+
+
+class StagedTable(str):
+    """The name of a batch's staged rows in the scratch database."""
+
+
+def _stage_snowplow(source: Any, parsed: Any, cursor: duckdb.DuckDBPyConnection) -> tuple[StagedTable, int]:
+    """A Snowplow batch's canonical rows (quarantined lines included, with their raw text)
+    in a table of the scratch database. They need nothing from the warehouse, so a helper
+    thread stages them beside the previous batch's load. Returns the table and lines read.
+    """
     if isinstance(source, SnowplowEnrichedSource):
         table, texts = parsed
-        con.register("batch_enriched", table)
-        columns = [c for c in table.column_names if c not in mapped.META]
-        sql = snowplow.canonical_sql("select * from batch_enriched", "enriched", columns, source.name)
-        return sql, table.num_rows, texts
-    con.register("batch_atomic", parsed)
-    columns = [c for c in parsed.column_names if c not in mapped.META]
-    sql = snowplow.canonical_sql("select * from batch_atomic", "atomic", columns, source.name)
-    return sql, parsed.num_rows, {}
+        kind = "enriched"
+    else:
+        table, texts = parsed, {}
+        kind = "atomic"
+    name = StagedTable(f"{SCRATCH}.stage_{uuid.uuid4().hex[:12]}")
+    columns = [c for c in table.column_names if c not in mapped.META]
+    sql = snowplow.canonical_sql("select * from batch_fields", kind, columns, source.name)
+    # Offset-bearing text converts to UTC timestamps, as everywhere in the warehouse.
+    cursor.execute("set TimeZone = 'UTC'")
+    cursor.register("batch_fields", table)
+    cursor.execute(f"create table {name} as {sql}")
+    if texts:
+        # Parsed lines keep no raw text (it would double the batch in memory); the few
+        # that fail a later check get theirs back from the file contents.
+        missing = cursor.execute(
+            f"select source_file, source_line from {name} where reason is not null and raw_text is null"
+        ).fetchall()
+        if missing:
+            found = snowplow.raw_lines(texts, missing)
+            cursor.register(
+                "found_raw",
+                pa.table(
+                    {
+                        "source_file": pa.array([k[0] for k in found], pa.string()),
+                        "source_line": pa.array([k[1] for k in found], pa.int64()),
+                        "raw_text": pa.array(list(found.values()), pa.string()),
+                    }
+                ),
+            )
+            cursor.execute(
+                f"update {name} as s set raw_text = f.raw_text from found_raw f "
+                "where s.source_file = f.source_file and s.source_line = f.source_line"
+            )
+    return name, table.num_rows
 
 
 def _stage_events_file(
@@ -382,39 +436,21 @@ EVENT_INSERT_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("source_kind", "lo
 
 def _load_events(
     con: duckdb.DuckDBPyConnection,
-    stage_sql: str,
+    staged: str,
     source: Any,
     files: list[PendingFile],
     result: LoadResult,
     config: Config,
     now: datetime,
     extra_bad: list[tuple[str, int, str, str]],
-    texts: dict[str, bytes] | None = None,
 ) -> dict[str, int]:
-    """De-duplicate, validate and insert one staged batch; fills the counts of ``result``."""
-    con.execute(f"create or replace temp table stage as {stage_sql}")
-    if texts:
-        # Parsed lines keep no raw text (it would double the batch in memory); the few
-        # that fail a later check get theirs back from the file contents.
-        missing = con.execute(
-            "select source_file, source_line from stage where reason is not null and raw_text is null"
-        ).fetchall()
-        if missing:
-            found = snowplow.raw_lines(texts, missing)
-            con.register(
-                "found_raw",
-                pa.table(
-                    {
-                        "source_file": pa.array([k[0] for k in found], pa.string()),
-                        "source_line": pa.array([k[1] for k in found], pa.int64()),
-                        "raw_text": pa.array(list(found.values()), pa.string()),
-                    }
-                ),
-            )
-            con.execute(
-                "update stage set raw_text = f.raw_text from found_raw f "
-                "where stage.source_file = f.source_file and stage.source_line = f.source_line"
-            )
+    """De-duplicate, validate and insert one staged batch (the SQL that stages it, or its
+    rows staged already); fills the counts of ``result``."""
+    if isinstance(staged, StagedTable):
+        con.execute(f"create or replace temp view stage as select * from {staged}")
+    else:
+        con.execute(f"create or replace temp table stage_rows as {staged}")
+        con.execute("create or replace temp view stage as select * from stage_rows")
     result.replaced += _forget_files(con, source.name, files, "raw.events")
     con.execute(
         "insert into ingest.quarantine select ?, ?, source_file, source_line, raw_text, reason, ? "
@@ -648,13 +684,13 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                     per_file = _load_events(con, singer.sql, source, files, result, config, started, singer.bad)
                 singer.finish(con, result.load_id, started)
             else:
-                texts: dict[str, bytes] = {}
+                staged: str
                 if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
-                    sql, lines, texts = _stage_snowplow(source, batch.parsed, con)
+                    staged, lines = batch.parsed
                 else:
-                    sql, lines = _stage_events_file(source, batch.parsed, con, result.warnings)
+                    staged, lines = _stage_events_file(source, batch.parsed, con, result.warnings)
                 result.lines_read = lines
-                per_file = _load_events(con, sql, source, files, result, config, started, [], texts)
+                per_file = _load_events(con, staged, source, files, result, config, started, [])
             if not result.reconciles:
                 raise IngestError(
                     f"source '{source.name}': counts do not reconcile for {paths}: read {result.lines_read}, "
