@@ -140,9 +140,9 @@ class _Batch:
 def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -> list[LoadResult]:
     """Load what is new in one source; returns one result per batch (none if up to date).
 
-    Batch N+1 is read, decompressed, parsed and (Snowplow) staged on a helper thread while
-    batch N is de-duplicated, validated and inserted (both release the GIL), so about two
-    batches are in memory at a time.
+    The next ``ingest.batches_ahead`` batches are read, decompressed, parsed and (Snowplow)
+    staged on helper threads while one is de-duplicated, validated and inserted (all of it
+    releases the GIL), so that many batches and one more are in memory at a time.
     """
     refs = pending_files(con, source, config)
     if refs and config.validation.enabled and not isinstance(source, CatalogSource):
@@ -176,18 +176,23 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
     depth = config.ingest.batches_ahead
     with ThreadPoolExecutor(config.ingest.parse_threads) as pool, ThreadPoolExecutor(depth) as ahead:
         upcoming = deque(ahead.submit(prepare, b, pool, con.cursor()) for b in batches[:depth])
-        for i in range(len(batches)):
-            batch = upcoming.popleft().result()
-            if i + depth < len(batches):
-                upcoming.append(ahead.submit(prepare, batches[i + depth], pool, con.cursor()))
-            unchanged += batch.unchanged
-            try:
-                if batch.files:
-                    results.append(_load_batch(con, source, batch, config))
-                    faults.reached("ingest.batch")
-            finally:
-                if batch.files and isinstance(batch.parsed, tuple) and isinstance(batch.parsed[0], StagedTable):
-                    con.execute(f"drop table if exists {batch.parsed[0]}")
+        try:
+            for i in range(len(batches)):
+                batch = upcoming.popleft().result()
+                if i + depth < len(batches):
+                    upcoming.append(ahead.submit(prepare, batches[i + depth], pool, con.cursor()))
+                unchanged += batch.unchanged
+                try:
+                    if batch.files:
+                        results.append(_load_batch(con, source, batch, config))
+                        faults.reached("ingest.batch")
+                finally:
+                    _drop_staged(con, batch)
+        finally:
+            # After a failed load, the batches prepared ahead are not loaded: free them.
+            for left in upcoming:
+                if left.exception() is None:
+                    _drop_staged(con, left.result())
     if unchanged:
         # Same content under a new modification time (a touch, a re-upload): remember the
         # new time so the file is not read again, and load nothing.
@@ -223,6 +228,11 @@ SCRATCH = "ingest_scratch"
 
 class StagedTable(str):
     """The name of a batch's staged rows in the scratch database."""
+
+
+def _drop_staged(con: duckdb.DuckDBPyConnection, batch: _Batch) -> None:
+    if isinstance(batch.parsed, tuple) and isinstance(batch.parsed[0], StagedTable):
+        con.execute(f"drop table if exists {batch.parsed[0]}")
 
 
 def _stage_snowplow(source: Any, parsed: Any, cursor: duckdb.DuckDBPyConnection) -> tuple[StagedTable, int]:
