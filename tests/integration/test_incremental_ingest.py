@@ -152,3 +152,66 @@ def test_s3_prefix_is_ingested_incrementally(
     paths = [r[0] for r in query(tmp_path, "select path from ingest.load_manifest order by 1")]
     assert all(p.startswith("s3://clickstream/enriched/") for p in paths)
     assert ingest(tmp_path, [source], s3={"endpoint_url": s3_endpoint})["loads"] == []
+
+
+def test_batches_prepared_ahead_change_nothing_and_are_freed(tmp_path: Path, site: Path) -> None:
+    """Batches are read, parsed and staged on helper threads ahead of the one loading
+    (``ingest.batches_ahead``); they still load in order, so the warehouse is the same
+    however many are prepared at once, and no staged batch outlives its load, even when a
+    later batch fails."""
+    from insights.config import load_config
+    from insights.ingest.loader import SCRATCH, run_ingest
+    from insights.warehouse import connect
+    from tests.conftest import write_config
+
+    source = {"name": "web", "kind": "snowplow_enriched", "path": str(site / "snowplow_enriched")}
+    every_row = (
+        "select count(*), sum(hash(columns(lambda c: c not in ('load_id', 'loaded_at')))) from raw.events",
+        "select count(*), sum(hash(source_file, line_number, raw_text, reason)) from ingest.quarantine",
+    )
+    contents = []
+    for ahead in (1, 3):
+        folder = tmp_path / f"ahead_{ahead}"
+        folder.mkdir()
+        config = load_config(
+            write_config(folder, [source], ingest={"batch_bytes": 64 * 1024, "batches_ahead": ahead}), environ={}
+        )
+        con = connect(config)
+        try:
+            loads = run_ingest(con, config)
+            assert len(loads) > 5
+            staged = f"select count(*) from duckdb_tables() where database_name = '{SCRATCH}'"
+            assert con.execute(staged).fetchone()[0] == 0
+            contents.append([con.execute(sql).fetchone() for sql in every_row])
+        finally:
+            con.close()
+    assert contents[0] == contents[1]
+    assert contents[0][0][0] > 0 and contents[0][1][0] > 0
+
+    # A corrupt file in the middle: the load stops there, and neither the failed batch nor
+    # those prepared after it leave a staged table behind.
+    files = sorted((site / "snowplow_enriched").rglob("*.tsv.gz"))[:12]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i, f in enumerate(files):
+        data = f.read_bytes()
+        (broken / f"{i:02d}.tsv.gz").write_bytes(data[: len(data) // 2] if i == 4 else data)
+    folder = tmp_path / "failing"
+    folder.mkdir()
+    config = load_config(
+        write_config(
+            folder,
+            [{"name": "web", "kind": "snowplow_enriched", "path": str(broken)}],
+            ingest={"batch_bytes": 1024, "batches_ahead": 3},
+        ),
+        environ={},
+    )
+    con = connect(config)
+    try:
+        with pytest.raises(IngestError, match=r"04\.tsv\.gz.*corrupt gzip data"):
+            run_ingest(con, config)
+        assert con.execute(staged).fetchone()[0] == 0
+        loaded = {Path(p).name for (p,) in con.execute("select path from ingest.load_manifest").fetchall()}
+        assert loaded == {f"{i:02d}.tsv.gz" for i in range(4)}
+    finally:
+        con.close()
