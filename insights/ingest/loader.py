@@ -134,6 +134,7 @@ class _Batch:
     files: list[PendingFile]
     unchanged: list[FileRef]
     parsed: Any = None
+    staged: str | None = None  # the scratch table of a Snowplow batch's staged rows
     error: Exception | None = None  # raised again inside the load, which records it
 
 
@@ -163,7 +164,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
                 try:
                     batch.parsed = _parse_files(source, batch.files, pool)
                     if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
-                        batch.parsed = _stage_snowplow(source, batch.parsed, cursor)
+                        batch.staged, batch.parsed = _stage_snowplow(source, batch.parsed, cursor)
                 except (ValueError, duckdb.Error) as exc:
                     batch.error = exc
             return batch
@@ -226,16 +227,12 @@ def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor
 SCRATCH = "ingest_scratch"
 
 
-class StagedTable(str):
-    """The name of a batch's staged rows in the scratch database."""
-
-
 def _drop_staged(con: duckdb.DuckDBPyConnection, batch: _Batch) -> None:
-    if isinstance(batch.parsed, tuple) and isinstance(batch.parsed[0], StagedTable):
-        con.execute(f"drop table if exists {batch.parsed[0]}")
+    if batch.staged is not None:
+        con.execute(f"drop table if exists {batch.staged}")
 
 
-def _stage_snowplow(source: Any, parsed: Any, cursor: duckdb.DuckDBPyConnection) -> tuple[StagedTable, int]:
+def _stage_snowplow(source: Any, parsed: Any, cursor: duckdb.DuckDBPyConnection) -> tuple[str, int]:
     """A Snowplow batch's canonical rows (quarantined lines included, with their raw text)
     in a table of the scratch database. They need nothing from the warehouse, so a helper
     thread stages them beside the previous batch's load. Returns the table and lines read.
@@ -246,7 +243,7 @@ def _stage_snowplow(source: Any, parsed: Any, cursor: duckdb.DuckDBPyConnection)
     else:
         table, texts = parsed, {}
         kind = "atomic"
-    name = StagedTable(f"{SCRATCH}.stage_{uuid.uuid4().hex[:12]}")
+    name = f"{SCRATCH}.stage_{uuid.uuid4().hex[:12]}"
     columns = [c for c in table.column_names if c not in mapped.META]
     sql = snowplow.canonical_sql("select * from batch_fields", kind, columns, source.name)
     # Offset-bearing text converts to UTC timestamps, as everywhere in the warehouse.
@@ -444,6 +441,12 @@ def _store_validation(
 EVENT_INSERT_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("source_kind", "load_id", "loaded_at")]
 
 
+def _stage_rows(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """A batch staged by SQL on the warehouse connection, in a temp table; returns its name."""
+    con.execute(f"create or replace temp table stage_rows as {sql}")
+    return "stage_rows"
+
+
 def _load_events(
     con: duckdb.DuckDBPyConnection,
     staged: str,
@@ -454,13 +457,9 @@ def _load_events(
     now: datetime,
     extra_bad: list[tuple[str, int, str, str]],
 ) -> dict[str, int]:
-    """De-duplicate, validate and insert one staged batch (the SQL that stages it, or its
-    rows staged already); fills the counts of ``result``."""
-    if isinstance(staged, StagedTable):
-        con.execute(f"create or replace temp view stage as select * from {staged}")
-    else:
-        con.execute(f"create or replace temp table stage_rows as {staged}")
-        con.execute("create or replace temp view stage as select * from stage_rows")
+    """De-duplicate, validate and insert one staged batch (``staged``: the table holding its
+    rows); fills the counts of ``result``."""
+    con.execute(f"create or replace temp view stage as select * from {staged}")
     result.replaced += _forget_files(con, source.name, files, "raw.events")
     con.execute(
         "insert into ingest.quarantine select ?, ?, source_file, source_line, raw_text, reason, ? "
@@ -691,14 +690,15 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                     _insert_quarantine(con, singer.bad, source.name, result.load_id, started)
                     per_file = {}
                 else:
-                    per_file = _load_events(con, singer.sql, source, files, result, config, started, singer.bad)
+                    staged = _stage_rows(con, singer.sql)
+                    per_file = _load_events(con, staged, source, files, result, config, started, singer.bad)
                 singer.finish(con, result.load_id, started)
             else:
-                staged: str
-                if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
-                    staged, lines = batch.parsed
+                if batch.staged is not None:
+                    staged, lines = batch.staged, batch.parsed
                 else:
-                    staged, lines = _stage_events_file(source, batch.parsed, con, result.warnings)
+                    sql, lines = _stage_events_file(source, batch.parsed, con, result.warnings)
+                    staged = _stage_rows(con, sql)
                 result.lines_read = lines
                 per_file = _load_events(con, staged, source, files, result, config, started, [])
             if not result.reconciles:
