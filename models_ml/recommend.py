@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,13 +37,14 @@ def _select_top_k(scores: np.ndarray, k: int, chunk: int = 64) -> tuple[np.ndarr
         return np.empty((n_rows, 0), dtype=np.int32), np.empty((n_rows, 0), dtype=np.float32)
     m = n_items // chunk
     if m < 4 * k:
+        # Every score reaching the row's k-th largest is a candidate, so that ties at the
+        # k-th place go to the lower columns here too (a partition would pick any of them).
         if k < n_items:
-            part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k :]
+            kth = np.partition(scores, n_items - k, axis=1)[:, n_items - k]
+            rows, columns = np.nonzero(scores >= kth[:, None])
         else:
-            part = np.broadcast_to(np.arange(n_items), (n_rows, n_items)).copy()
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.lexsort((part, -part_scores), axis=1)
-        return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+            rows, columns = np.divmod(np.arange(n_rows * n_items), n_items)
+        return _first_k_per_row(rows, columns, scores[rows, columns], n_rows, k)
     body = scores[:, : m * chunk].reshape(n_rows, chunk, m)  # group q holds columns q, q + m, q + 2m...
     group_max = body.max(axis=1)
     bound = np.partition(group_max, m - k, axis=1)[:, m - k]
@@ -57,6 +59,14 @@ def _select_top_k(scores: np.ndarray, k: int, chunk: int = 64) -> tuple[np.ndarr
         rows = np.concatenate([rows, np.repeat(np.arange(n_rows), tail.shape[1])])
         columns = np.concatenate([columns, np.tile(np.arange(m * chunk, n_items), n_rows)])
         values = np.concatenate([values, tail.ravel()])
+    return _first_k_per_row(rows, columns, values, n_rows, k)
+
+
+def _first_k_per_row(
+    rows: np.ndarray, columns: np.ndarray, values: np.ndarray, n_rows: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each row's candidates (best first, ties by lower column); every row
+    must have at least k."""
     order = np.lexsort((columns, -values, rows))
     rows, columns, values = rows[order], columns[order], values[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n_rows))[rows]
@@ -81,6 +91,64 @@ def _block_top_k(
     if exclude is not None and exclude.nnz:
         _set_sparse(scores, exclude, NEG_INF)
     return _select_top_k(scores, k)
+
+
+# Candidates kept per row beyond k when blending, so that a blend can be shown to need none
+# further (see _block_blends).
+BLEND_MARGIN = 4
+
+
+def _block_blends(
+    scores: np.ndarray,
+    k: int,
+    history_weights: list[float],
+    exclude: sparse.csr_matrix | None,
+    history: sparse.csr_matrix,
+    raw_scores: Callable[[], np.ndarray],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_block_top_k` for each history weight, from one selection over the block.
+
+    A blend scales every score of a row by the same positive factor and adds to the
+    history items only, so apart from the history items a row keeps its order: the k best
+    of a blend are among the row's best items outside its history (selected once, with a
+    margin) and its history items. That holds exactly, ties included, when the last
+    candidate of the margin scores strictly below the k-th pick; a row where it does not
+    (a float tie, or fewer than k items left) is recomputed from ``raw_scores`` as
+    :func:`_block_top_k` does. Values are those of :func:`_block_top_k`, bit for bit: the
+    same float32 operations in the same order. ``scores`` is overwritten.
+    """
+    n_rows, n_items = scores.shape
+    best = np.maximum(scores.max(axis=1), np.float32(1e-6))
+    rows = np.repeat(np.arange(n_rows), np.diff(history.indptr))
+    seen = scores[rows, history.indices]
+    excluded_seen = np.zeros(len(rows), dtype=bool)
+    if exclude is not None and exclude.nnz:
+        _set_sparse(scores, exclude, NEG_INF)
+        excluded_seen = np.isneginf(scores[rows, history.indices])
+    scores[rows, history.indices] = NEG_INF
+    wide = min(k + BLEND_MARGIN, n_items)
+    cand_idx, cand_val = _select_top_k(scores, wide)
+    cand_rows = np.repeat(np.arange(n_rows), wide)
+    all_rows = np.concatenate([cand_rows, rows])
+    all_columns = np.concatenate([cand_idx.ravel(), history.indices])
+    results = []
+    for weight in history_weights:
+        if weight > 0:
+            factor = np.float32(1 - weight) / best
+            values = cand_val * factor[:, None]
+            seen_values = seen * factor[rows] + np.float32(weight) * history.data
+        else:
+            values, seen_values = cand_val, seen.copy()
+        seen_values[excluded_seen] = NEG_INF
+        idx, val = _first_k_per_row(all_rows, all_columns, np.concatenate([values.ravel(), seen_values]), n_rows, k)
+        exact = np.isfinite(val[:, -1]) & ((wide == n_items) | (values[:, -1] < val[:, -1]))
+        if not exact.all():
+            redo = np.flatnonzero(~exact)
+            idx[redo], val[redo] = _block_top_k(
+                raw_scores()[redo], k, exclude[redo] if exclude is not None else None, history[redo], weight
+            )
+        results.append((idx, val))
+    return results
 
 
 def top_k(
@@ -123,8 +191,9 @@ def top_k_blends(
     history: sparse.csr_matrix | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`top_k` for several history weights at once, one (indices, scores) pair per
-    weight: each block's matrix product is computed once and blended per weight (the ALS
-    search compares five weights per candidate)."""
+    weight: each block's matrix product is computed once, and so is the selection of its
+    best items outside the users' history, which every weight then blends with the history
+    items (:func:`_block_blends`; the ALS search compares five weights per candidate)."""
     user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
     item_vectors_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
     n_users = user_vectors.shape[0]
@@ -136,27 +205,36 @@ def top_k_blends(
         exclude = sparse.csr_matrix(exclude)
     if history is not None:
         history = sparse.csr_matrix(history, dtype=np.float32)
+        history.sum_duplicates()
+    # Several weights share one selection (_block_blends). Without a positive weight and a
+    # history to blend, every weight gives the plain top k; and one blend alone is a little
+    # faster done directly.
+    shared = history is not None and len(history_weights) > 1 and any(weight > 0 for weight in history_weights)
 
     # One score buffer per thread, reused block after block: a fresh block-sized array
-    # would cost as much in page faults as the matrix product itself. Blending works in
-    # place, so with several weights each blends a copy of the product.
+    # would cost as much in page faults as the matrix product itself.
     buffers = threading.local()
 
     def run(start: int) -> None:
         stop = min(start + block_size, n_users)
         if getattr(buffers, "scores", None) is None:
-            shape = (min(block_size, n_users), item_vectors_t.shape[1])
-            buffers.scores = np.empty(shape, dtype=np.float32)
-            buffers.work = np.empty(shape, dtype=np.float32) if len(history_weights) > 1 else None
+            buffers.scores = np.empty((min(block_size, n_users), item_vectors_t.shape[1]), dtype=np.float32)
         block = np.matmul(user_vectors[start:stop], item_vectors_t, out=buffers.scores[: stop - start])
         block_exclude = exclude[start:stop] if exclude is not None else None
         block_history = history[start:stop] if history is not None else None
-        for (indices, scores), weight in zip(results, history_weights):
-            work = block
-            if buffers.work is not None:
-                work = buffers.work[: stop - start]
-                np.copyto(work, block)
-            idx, val = _block_top_k(work, k, block_exclude, block_history, weight)
+        if shared:
+            assert block_history is not None
+            picks = _block_blends(
+                block,
+                k,
+                history_weights,
+                block_exclude,
+                block_history,
+                lambda: np.matmul(user_vectors[start:stop], item_vectors_t),
+            )
+        else:
+            picks = [_block_top_k(block, k, block_exclude, block_history, history_weights[0])] * len(history_weights)
+        for (indices, scores), (idx, val) in zip(results, picks):
             indices[start:stop] = idx
             scores[start:stop] = val
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from models_ml import als
+from models_ml import als, recommend
 from models_ml.metrics import ranking_metrics, ranking_metrics_of_lists
 from models_ml.recommend import cap_per_group, similar_items, top_k, top_k_blends
 
@@ -22,6 +22,16 @@ def test_top_k_matches_a_full_sort_and_respects_exclusions() -> None:
     assert np.all(np.diff(val, axis=1) <= 0)
     for row in range(300):
         assert not set(idx[row]) & set(exclude[row].indices)
+
+
+def test_ties_at_the_kth_place_go_to_the_lower_items() -> None:
+    # 40 items take the partition path, 20,000 the grouped one; every score ties but item 7's.
+    for n_items in (40, 20_000):
+        items = np.ones((n_items, 1), dtype=np.float32)
+        items[7] = 2.0
+        idx, val = top_k(np.ones((3, 1)), items, 5)
+        assert idx.tolist() == [[7, 0, 1, 2, 3]] * 3, n_items
+        assert val.tolist() == [[2.0, 1.0, 1.0, 1.0, 1.0]] * 3
 
 
 def test_history_weight_lifts_items_the_user_came_back_to() -> None:
@@ -46,6 +56,34 @@ def test_several_history_weights_at_once_equal_one_at_a_time() -> None:
         )
         assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val)
     assert not np.array_equal(blends[0][0], blends[2][0])
+
+
+def test_blends_sharing_one_selection_equal_one_at_a_time_with_ties_and_few_items_left(monkeypatch) -> None:
+    """Small integer vectors tie everywhere, and some users have all but a few items
+    excluded: the rows where the shared selection cannot be shown exact are recomputed, and
+    every blend equals the one computed alone, indices and values."""
+    rng = np.random.default_rng(8)
+    users = rng.integers(0, 3, size=(200, 3)).astype(np.float32)
+    items = rng.integers(0, 3, size=(30, 3)).astype(np.float32)
+    exclude = sparse.random(200, 30, density=0.1, random_state=4, format="csr").tolil()
+    exclude[:20, :26] = 1.0  # 4 items left for these users, fewer than k
+    history = sparse.random(200, 30, density=0.3, random_state=6, format="csr", dtype=np.float32)
+    history.data = np.round(history.data * 4) / 4  # ties in the history too
+    recomputed = []
+    plain = recommend._block_top_k
+
+    def spy(scores, k, exclude, history=None, history_weight=0.0):
+        recomputed.append(len(scores))
+        return plain(scores, k, exclude, history, history_weight)
+
+    weights = [0.0, 0.25, 0.5, 0.9]
+    monkeypatch.setattr(recommend, "_block_top_k", spy)
+    blends = top_k_blends(users, items, 7, weights, exclude=exclude.tocsr(), block_size=64, history=history)
+    assert recomputed, "no row needed recomputing: the test lost its ties"
+    monkeypatch.setattr(recommend, "_block_top_k", plain)
+    for weight, (idx, val) in zip(weights, blends):
+        one_idx, one_val = top_k(users, items, 7, exclude=exclude.tocsr(), history=history, history_weight=weight)
+        assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val), weight
 
 
 def test_category_cap_keeps_the_best_of_each_group() -> None:
