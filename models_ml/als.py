@@ -173,11 +173,13 @@ def tune(
     then fewer factors, break ties). Returns the winner and every candidate's metrics.
 
     With ``screen_iterations`` and ``finalists`` (successive halving, as in Hyperband), every
-    candidate is first fitted only ``screen_iterations`` iterations and scored on the ALS
-    score alone (history weight 0); the ``finalists`` best are then trained on to their full
-    iterations (exactly the fit from scratch) and only they compete, with every history
-    weight. On 18 candidates at 5 of 15 iterations and 5 weights that is 8 fits' work
-    instead of 18, and 33 scorings instead of 90.
+    candidate is first fitted only ``screen_iterations`` iterations and scored as the finals
+    are, with every history weight; the ``finalists`` best are then trained on to their full
+    iterations (exactly the fit from scratch) and only they compete. On 18 candidates at 5
+    of 15 iterations that is 8 fits' work instead of 18. (Screening on the ALS score alone
+    favoured many factors, which the history blend makes up for: at 10M events it sent
+    three 32- and 64-factor candidates to the finals, and the best reached NDCG@10 0.1128;
+    screened as scored, three 16-factor ones went and the best reached 0.1160.)
 
     With ``processes`` > 1 the fits run in that many worker processes, the next ones while
     the parent scores one (in order, so the result is the same). Threads would not do:
@@ -245,7 +247,7 @@ def tune(
             for order, (base, short, model) in enumerate(
                 zip(grid, shorts, fitted([(short, None) for short in shorts]))
             ):
-                key, _ = evaluate(model, short, "screen", [0.0])
+                key, _ = evaluate(model, short, "screen", history_weights)
                 screened.append((key, -order, base, model))
                 # Keep only the finalists' models in memory.
                 screened = sorted(screened, key=lambda s: (s[0], s[1]), reverse=True)[:finalists]
