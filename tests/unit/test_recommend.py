@@ -34,6 +34,23 @@ def test_ties_at_the_kth_place_go_to_the_lower_items() -> None:
         assert val.tolist() == [[2.0, 1.0, 1.0, 1.0, 1.0]] * 3
 
 
+def test_first_k_per_row_orders_by_value_then_column_in_both_sorts() -> None:
+    """The packed-key sort (up to 4,096 rows) and the three-array sort (more rows, or
+    columns past 2**20) give a plain sort's answer: larger first, -0.0 equal to 0.0 and
+    ties to the lower column, -inf last."""
+    rng = np.random.default_rng(3)
+    for n_rows, column_base in ((50, 0), (5000, 0), (50, 1 << 20)):
+        per_row = 9
+        rows = np.repeat(np.arange(n_rows), per_row)
+        columns = column_base + np.concatenate([rng.permutation(40)[:per_row] for _ in range(n_rows)])
+        values = rng.choice(np.array([-np.inf, -1.5, -0.0, 0.0, 1e-30, 2.0, 3.0], dtype=np.float32), len(rows))
+        idx, val = recommend._first_k_per_row(rows, columns, values, n_rows, 4)
+        for row in range(0, n_rows, max(1, n_rows // 50)):
+            mine = sorted(zip(-values[rows == row], columns[rows == row]))[:4]
+            assert idx[row].tolist() == [c for _, c in mine], (n_rows, column_base, row)
+            assert val[row].tolist() == [-v for v, _ in mine]
+
+
 def test_history_weight_lifts_items_the_user_came_back_to() -> None:
     users, items = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.9, 0.0], [0.1, 0.0]])
     history = sparse.csr_matrix(np.array([[0.0, 0.0, 1.0]]))
