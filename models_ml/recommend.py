@@ -72,21 +72,19 @@ def _first_k_per_row(
     if n_rows > 1 << 12 or (len(columns) and int(columns.max()) >= 1 << 20):
         order = np.lexsort((columns, -values, rows))
         rows, columns, values = rows[order], columns[order], values[order]
-        rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n_rows))[rows]
-        first = rank < k
-        return columns[first].reshape(n_rows, k).astype(np.int32), values[first].reshape(n_rows, k)
-    # Bits of -value as an unsigned integer in float order: flip every bit of a negative,
-    # only the sign bit of a positive. Adding 0.0 makes -0.0 equal to 0.0, as it compares.
-    bits = (-(values.astype(np.float32) + np.float32(0.0))).view(np.uint32).astype(np.uint64)
-    ordered = np.where(bits >> 31 == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000)
-    keys = (rows.astype(np.uint64) << 52) | (ordered << 20) | columns.astype(np.uint64)
-    keys.sort()
-    key_rows = (keys >> 52).astype(np.int64)
-    rank = np.arange(len(keys)) - np.searchsorted(key_rows, np.arange(n_rows))[key_rows]
-    first = keys[rank < k]
-    ordered = (first >> 20) & 0xFFFFFFFF
-    bits = np.where(ordered >> 31 == 1, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF).astype(np.uint32)
-    return (first & 0xFFFFF).astype(np.int32).reshape(n_rows, k), -bits.view(np.float32).reshape(n_rows, k)
+    else:
+        # Bits of -value as an unsigned integer in float order: flip every bit of a negative,
+        # only the sign bit of a positive. Adding 0.0 makes -0.0 equal to 0.0, as it compares.
+        bits = (-(values.astype(np.float32) + np.float32(0.0))).view(np.uint32).astype(np.uint64)
+        ordered = np.where(bits >> 31 == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000)
+        keys = (rows.astype(np.uint64) << 52) | (ordered << 20) | columns.astype(np.uint64)
+        keys.sort()
+        rows, columns, ordered = (keys >> 52).astype(np.int64), keys & 0xFFFFF, (keys >> 20) & 0xFFFFFFFF
+        bits = np.where(ordered >> 31 == 1, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF).astype(np.uint32)
+        values = -bits.view(np.float32)
+    rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n_rows))[rows]
+    first = rank < k
+    return columns[first].reshape(n_rows, k).astype(np.int32), values[first].reshape(n_rows, k)
 
 
 def _block_top_k(
