@@ -134,7 +134,10 @@ class _Batch:
     files: list[PendingFile]
     unchanged: list[FileRef]
     parsed: Any = None
-    staged: str | None = None  # the scratch table of a Snowplow batch's staged rows
+    # A Snowplow batch once staged: the scratch table of its rows and the lines read (its
+    # parsed fields are let go then).
+    staged: str | None = None
+    lines: int = 0
     error: Exception | None = None  # raised again inside the load, which records it
 
 
@@ -164,7 +167,8 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
                 try:
                     batch.parsed = _parse_files(source, batch.files, pool)
                     if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
-                        batch.staged, batch.parsed = _stage_snowplow(source, batch.parsed, cursor)
+                        batch.staged, batch.lines = _stage_snowplow(source, batch.parsed, cursor)
+                        batch.parsed = None
                 except (ValueError, duckdb.Error) as exc:
                     batch.error = exc
             return batch
@@ -695,7 +699,7 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                 singer.finish(con, result.load_id, started)
             else:
                 if batch.staged is not None:
-                    staged, lines = batch.staged, batch.parsed
+                    staged, lines = batch.staged, batch.lines
                 else:
                     sql, lines = _stage_events_file(source, batch.parsed, con, result.warnings)
                     staged = _stage_rows(con, sql)
