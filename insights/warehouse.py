@@ -78,6 +78,9 @@ EXTRA_EVENT_COLUMNS: dict[str, str] = {
     "source_line": "BIGINT",
     "load_id": "VARCHAR",
     "loaded_at": "TIMESTAMP",
+    # DuckDB's 64-bit hash of event_id, for de-duplicating a batch against the warehouse
+    # without reading every stored event_id (see insights.ingest.loader.ensure_event_keys).
+    "event_key": "UBIGINT",
 }
 
 EVENT_COLUMNS = {**CANONICAL_EVENT_COLUMNS, **EXTRA_EVENT_COLUMNS}
@@ -103,6 +106,9 @@ DDL = f"""
 create schema if not exists raw;
 create schema if not exists ingest;
 create table if not exists raw.events ({_columns_sql(EVENT_COLUMNS)});
+-- Warehouses made before event_key existed get it (filled by the next ingest).
+alter table raw.events add column if not exists event_key ubigint;
+create table if not exists ingest.settings (name varchar primary key, value varchar);
 create table if not exists raw.catalog_items (
     {_columns_sql(CATALOG_COLUMNS)},
     source_name varchar, source_file varchar, source_line bigint,

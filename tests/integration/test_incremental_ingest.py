@@ -86,6 +86,46 @@ def test_new_file_is_picked_up_and_changed_file_reloads_without_duplicates(tmp_p
     assert query(tmp_path, "select count(*) from raw.events where event_id = ?", [gone])[0][0] == 0
 
 
+def test_duplicates_are_found_through_event_keys_written_by_any_version(tmp_path: Path, site: Path) -> None:
+    """A batch is de-duplicated against the warehouse through the stored ``event_key``
+    (a hash of ``event_id``). Events stored before the column existed, and keys a DuckDB
+    that hashes differently wrote, are keyed again before the next load: an event already
+    in the warehouse is still found and counted as a duplicate."""
+    import duckdb
+
+    web = {"name": "web", "kind": "snowplow_enriched", "path": str(tmp_path / "web")}
+    (tmp_path / "web").mkdir()
+    first = sorted((site / "snowplow_enriched").rglob("*.tsv.gz"))[0]
+    shutil.copy(first, tmp_path / "web" / "a.tsv.gz")
+    ingest(tmp_path, [web])
+    lines = gzip.decompress(first.read_bytes()).decode().splitlines()
+    loaded = query(tmp_path, "select count(*) from raw.events")[0][0]
+    assert query(tmp_path, "select count(*) from raw.events where event_key is distinct from hash(event_id)") == [(0,)]
+
+    def again(number: int, old_line: str) -> dict:
+        fields = old_line.split("\t")
+        fields[6] = f"00000000-0000-4000-a000-{number:012d}"
+        (tmp_path / "web" / f"{number}.tsv").write_text(old_line + "\n" + "\t".join(fields) + "\n")
+        [load] = ingest(tmp_path, [web])["loads"]
+        return load
+
+    # A warehouse from before the column: it comes back empty and is filled.
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("alter table raw.events drop column event_key; delete from ingest.settings")
+    con.close()
+    load = again(1, lines[0])
+    assert (load["lines_read"], load["loaded"], load["duplicates"]) == (2, 1, 1)
+
+    # Keys that another hash function wrote: all are computed again.
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("update raw.events set event_key = event_key + 1; update ingest.settings set value = 'other'")
+    con.close()
+    load = again(2, lines[1])
+    assert (load["lines_read"], load["loaded"], load["duplicates"]) == (2, 1, 1)
+    assert query(tmp_path, "select count(*), count(distinct event_id) from raw.events")[0] == (loaded + 2, loaded + 2)
+    assert query(tmp_path, "select count(*) from raw.events where event_key is distinct from hash(event_id)") == [(0,)]
+
+
 def test_gzip_members_and_a_corrupt_file(tmp_path: Path, site: Path) -> None:
     """Concatenated gzip members (as the S3 loader writes) load whole; a corrupt file fails
     its batch with the file named while earlier batches stay loaded; fixed, it loads."""
