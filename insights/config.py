@@ -240,6 +240,11 @@ class MLConfig(_Strict):
         "best `als_finalists` are trained on to `als_iterations` (the same fit as from scratch) and compared.",
     )
     als_finalists: int = Field(3, ge=1, description="Grid candidates trained to full iterations after screening.")
+    als_grow_factors: bool = Field(
+        True,
+        description="When screening, factor counts are screened smallest first, and larger ones only while each "
+        "count's best screened NDCG@10 (then HR@10) beats the count before it; false screens the whole grid.",
+    )
     als_processes: int = Field(
         2,
         ge=1,

@@ -325,6 +325,7 @@ def _train_als(
                 else None,
                 finalists=ml.als_finalists,
                 processes=als.worker_processes(ml.als_processes, train_matrix),
+                grow_factors=ml.als_grow_factors,
             )
         chosen = next(t for t in trials if t["params"] == best.__dict__ and t["stage"] == "final")
         validation = {k: v for k, v in chosen.items() if k != "params"}

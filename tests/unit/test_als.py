@@ -108,3 +108,50 @@ def test_a_fit_aside_in_its_own_process_equals_one_here():
         assert seconds >= 0
         np.testing.assert_array_equal(model.user_factors, here.user_factors)
         np.testing.assert_array_equal(model.item_factors, here.item_factors)
+
+
+def test_growing_factors_stops_once_more_factors_do_no_better(monkeypatch):
+    """Screened smallest first, a larger factor count is fitted only while the count before
+    it beat the one before that. Here fits of 16 factors and more are spoiled (random user
+    factors): 8 beats 2, 16 does worse than 8, so 32 is never fitted, and the search is
+    otherwise the one over the grid without 32."""
+    train, later = _planted()
+    exclude = sparse.csr_matrix(train.shape, dtype=np.float32)
+    real_fit = als.fit
+    fits: list[int] = []
+
+    def spoiled_fit(matrix, params, seed, model=None):
+        fits.append(params.factors)
+        fitted = real_fit(matrix, params, seed, model)
+        if params.factors >= 16:
+            rng = np.random.default_rng(params.factors)
+            fitted.user_factors = rng.standard_normal(fitted.user_factors.shape).astype(np.float32)
+        return fitted
+
+    monkeypatch.setattr(als, "fit", spoiled_fit)
+    screening = {"screen_iterations": 2, "finalists": 2}
+    grid = als.grid([32, 2, 16, 8], [0.1], [1.0, 10.0], iterations=6)
+    best, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, grow_factors=True, **screening)
+    screen_fits = fits[: 2 * 3]
+    assert screen_fits == [2, 2, 8, 8, 16, 16] and 32 not in fits
+    assert all(t["params"]["factors"] != 32 for t in trials)
+
+    def best_at(factors: int) -> tuple:
+        return max(
+            (t["ndcg_at_10"], t["hr_at_10"])
+            for t in trials
+            if t["stage"] == "screen" and t["params"]["factors"] == factors
+        )
+
+    assert best_at(8) > best_at(2) and best_at(16) <= best_at(8)
+    without = [p for p in grid if p.factors != 32]
+    best_without, trials_without = als.tune(train, later, exclude, without, [0.0, 0.5], seed=3, **screening)
+    assert best_without == best and sorted(map(repr, trials_without)) == sorted(map(repr, trials))
+
+    # While more factors keep helping, every count is screened.
+    fits.clear()
+    monkeypatch.setattr(als, "fit", real_fit)
+    _, grown = als.tune(
+        train, later, exclude, als.grid([2, 8], [0.1], [1.0], 6), [0.0], 3, 2, finalists=1, grow_factors=True
+    )
+    assert sorted({t["params"]["factors"] for t in grown if t["stage"] == "screen"}) == [2, 8]
