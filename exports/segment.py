@@ -1,7 +1,8 @@
 """Segment identify-trait sync: only what changed, within the HTTP API's limits, nothing lost.
 
 For every user with a real user id, the configured ``user_insights`` columns become traits
-(prefixed, rounded so that noise is no change). The last traits Segment accepted for each
+(prefixed, rounded so that noise is no change: ``segment.decimals``, and whole percentiles,
+``segment.trait_decimals``). The last traits Segment accepted for each
 user are kept in ``segment.sent_traits``; a run sends the users whose traits differ (or
 everyone with ``full_resync``). Messages go in batches of at most 2,500 messages and
 500 KB, each message at most 32 KB, posted to ``/v1/batch`` with the write key as basic
@@ -146,7 +147,10 @@ def current_traits(con: duckdb.DuckDBPyConnection, config: Config) -> list[tuple
         f"select user_id, {select} from main.user_insights where is_identified and user_id is not null order by user_id"
     ).to_arrow_table()
     encoded = [
-        [_string(f"{seg.trait_prefix}{name}") + ":" + text for text in _encoded(table.column(f"c{i}"), seg.decimals)]
+        [
+            _string(f"{seg.trait_prefix}{name}") + ":" + text
+            for text in _encoded(table.column(f"c{i}"), seg.trait_decimals.get(name, seg.decimals))
+        ]
         for i, name in enumerate(names)
     ]
     texts = ["{" + ",".join(parts) + "}" for parts in zip(*encoded)] if encoded else ["{}"] * table.num_rows

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "INSIGHTS__"
 DEFAULT_CONFIG_FILE = "insights.yml"
@@ -334,6 +334,13 @@ class SegmentConfig(_Strict):
         description="Trait name (before the prefix) -> user_insights column.",
     )
     decimals: int = Field(2, ge=0, le=6, description="Probabilities and amounts are rounded so noise is no change.")
+    # Every probability that changes shifts the others' percentile ranks by hundredths: at
+    # 10M events an hour with no new event changed 176,312 of 190,156 users' traits at two
+    # decimals (174,324 by their percentile alone); with whole percentiles, 33,054.
+    trait_decimals: dict[str, Annotated[int, Field(ge=0, le=6)]] = Field(
+        default_factory=lambda: {"purchase_percentile": 0},
+        description="Decimals of given traits (trait name before the prefix), instead of `decimals`.",
+    )
     full_resync: bool = Field(False, description="Send every user, changed or not.")
     max_batch_bytes: int = Field(500_000, ge=1_000, le=500_000)
     max_batch_messages: int = Field(2_500, ge=1, le=2_500)
@@ -342,6 +349,17 @@ class SegmentConfig(_Strict):
     backoff_seconds: float = Field(1.0, ge=0, description="First retry delay; doubles each time.")
     max_wait_seconds: float = Field(60.0, ge=0, description="Longest single wait, Retry-After included.")
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _decimals_of_known_traits(self) -> SegmentConfig:
+        # The default names purchase_percentile, which a narrower `traits` may leave out.
+        unknown = sorted(set(self.trait_decimals) - set(self.traits))
+        if unknown and "trait_decimals" in self.model_fields_set:
+            raise ValueError(
+                f"trait_decimals names trait(s) not in segment.traits: {', '.join(unknown)}; "
+                f"traits: {', '.join(sorted(self.traits))}"
+            )
+        return self
 
 
 class BoostRule(_Strict):

@@ -89,6 +89,27 @@ def test_sends_only_changes_within_limits(small: Config) -> None:
         assert max(fake.received.values()) == 1
 
 
+def test_percentiles_go_whole_so_rank_drift_is_no_change(small: Config) -> None:
+    """Every changed probability shifts the others' percentile ranks by hundredths; sent
+    with two decimals, that alone re-sent most users each run. Percentiles go whole."""
+    with FakeSegment() as fake:
+        config = _live(small, fake.endpoint)
+        assert _run(config, "r1")["sent"] == 40
+        con = connect(config)
+        con.execute("update main.user_insights set purchase_percentile = 55.42 where user_id in ('u004', 'u005')")
+        con.close()
+        _run(config, "r2")
+        assert fake.users()["u004"]["insights_purchase_percentile"] == 55.0
+        con = connect(config)
+        con.execute("update main.user_insights set purchase_percentile = 55.45 where user_id = 'u004'")
+        con.execute("update main.user_insights set purchase_percentile = 57.1 where user_id = 'u005'")
+        con.close()
+        third = _run(config, "r3")
+        assert (third["changed"], third["sent"]) == (1, 1)
+        assert fake.users()["u005"]["insights_purchase_percentile"] == 57.0
+        assert fake.users()["u004"]["insights_purchase_probability"] is not None
+
+
 def test_batches_respect_bytes_and_counts() -> None:
     messages = [{"messageId": str(i), "traits": {"x": "y" * 1000}} for i in range(2000)]
     groups = batches(messages, 2500, 500_000)

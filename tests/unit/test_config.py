@@ -75,6 +75,16 @@ def test_duplicate_source_names_are_refused(tmp_path: Path) -> None:
         load_config(cfg, environ={})
 
 
+def test_trait_decimals_must_name_synced_traits(tmp_path: Path) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text("segment:\n  trait_decimals: {purchase_percentil: 0}\n")
+    with pytest.raises(ConfigError, match="segment.*trait_decimals names trait.*purchase_percentil;"):
+        load_config(cfg, environ={})
+    # The default (whole purchase percentiles) is no error when the trait is not synced.
+    cfg.write_text("segment:\n  traits: {segment: segment}\n")
+    assert load_config(cfg, environ={}).segment.trait_decimals == {"purchase_percentile": 0}
+
+
 def test_secrets_are_refused_in_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "insights.yml"
     cfg.write_text("segment:\n  write_key: abc123\n")
