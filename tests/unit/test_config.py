@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from insights.config import ConfigError, load_config
+from insights.config import Config, ConfigError, load_config
 
 
 def test_defaults_apply_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,31 +58,30 @@ def test_bad_env_value_is_reported_with_the_variable(tmp_path: Path) -> None:
         load_config(cfg, environ={"INSIGHTS__WAREHOUSE__THREADS": "many"})
 
 
-def test_unknown_source_kind_and_event_type(tmp_path: Path) -> None:
+def _from_text(tmp_path: Path, text: str) -> Config:
     cfg = tmp_path / "insights.yml"
-    cfg.write_text("sources:\n  - {name: x, kind: kafka, path: ./x}\n")
+    cfg.write_text(text)
+    return load_config(cfg, environ={})
+
+
+def test_unknown_source_kind_and_event_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sources.0"):
-        load_config(cfg, environ={})
-    cfg.write_text("sources:\n  - {name: x, kind: events_file, path: ./x, event_types: {Buy: purchased}}\n")
+        _from_text(tmp_path, "sources:\n  - {name: x, kind: kafka, path: ./x}\n")
     with pytest.raises(ConfigError, match="unknown event type 'purchased'"):
-        load_config(cfg, environ={})
+        _from_text(tmp_path, "sources:\n  - {name: x, kind: events_file, path: ./x, event_types: {Buy: purchased}}\n")
 
 
 def test_duplicate_source_names_are_refused(tmp_path: Path) -> None:
-    cfg = tmp_path / "insights.yml"
-    cfg.write_text("sources:\n  - {name: a, kind: catalog, path: x}\n  - {name: a, kind: catalog, path: y}\n")
     with pytest.raises(ConfigError, match="used twice"):
-        load_config(cfg, environ={})
+        _from_text(tmp_path, "sources:\n  - {name: a, kind: catalog, path: x}\n  - {name: a, kind: catalog, path: y}\n")
 
 
 def test_trait_decimals_must_name_synced_traits(tmp_path: Path) -> None:
-    cfg = tmp_path / "insights.yml"
-    cfg.write_text("segment:\n  trait_decimals: {purchase_percentil: 0}\n")
     with pytest.raises(ConfigError, match="segment.*trait_decimals names trait.*purchase_percentil;"):
-        load_config(cfg, environ={})
+        _from_text(tmp_path, "segment:\n  trait_decimals: {purchase_percentil: 0}\n")
     # The default (whole purchase percentiles) is no error when the trait is not synced.
-    cfg.write_text("segment:\n  traits: {segment: segment}\n")
-    assert load_config(cfg, environ={}).segment.trait_decimals == {"purchase_percentile": 0}
+    config = _from_text(tmp_path, "segment:\n  traits: {segment: segment}\n")
+    assert config.segment.trait_decimals == {"purchase_percentile": 0}
 
 
 def test_secrets_are_refused_in_the_file(tmp_path: Path) -> None:
