@@ -219,7 +219,7 @@ _KEY_PROBE = "user-insights event key"
 def ensure_event_keys(con: duckdb.DuckDBPyConnection) -> None:
     """Give every stored event its ``event_key`` (the events of a warehouse made before the
     column existed, rows written by other tools) and recompute all of them if this DuckDB
-    hashes differently from the one that stored them. A no-op (two small queries) when
+    hashes differently from the one that stored them. Three small queries when
     the keys are in place."""
     probe = str(con.execute("select hash(?)", [_KEY_PROBE]).fetchone()[0])
     stored = con.execute("select value from ingest.settings where name = 'event_key_hash'").fetchone()
