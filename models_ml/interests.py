@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from insights.warehouse import query_frame
 
@@ -22,10 +23,22 @@ DIMENSIONS = {"category_l1": "category", "category": "subcategory", "brand": "br
 
 
 def embedding_strengths(
-    user_ids: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray, item_categories: np.ndarray
+    user_ids: np.ndarray,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    item_categories: np.ndarray,
+    limit: int | None = None,
+    behaviour: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per user and category path (leaf and top level): the user's score for the category's
-    centroid, scaled so the user's best category is 1 and negative scores are 0."""
+    centroid, scaled so the user's best category is 1 and negative scores are 0.
+
+    With ``limit``, only the cells that can still be among the user's top ``limit``
+    interests in :func:`top_interests` are returned (see :func:`_reachable`), plus the
+    cells the user has a behaviour affinity for in ``behaviour`` (the warehouse's
+    ``user_id, dimension, value`` affinity rows), whose strengths blend with them. The top
+    interests are the same; at 10M events the rows fall from 4.4M to about 1.5M.
+    """
     frame = pd.DataFrame(item_vectors)
     centroids = frame.groupby(pd.Series(item_categories, name="category")).mean()
     if len(user_ids) == 0 or len(centroids) == 0:
@@ -39,22 +52,75 @@ def embedding_strengths(
     top_of = np.array([str(c).split(" > ")[0] for c in leaves], dtype=object)
     tops = np.array(list(dict.fromkeys(top_of)), dtype=object)
     top_scores = np.column_stack([scaled[:, top_of == t].max(axis=1) for t in tops])
-    return pd.concat([_long(user_ids, scaled, leaves, "subcategory"), _long(user_ids, top_scores, tops, "category")])[
-        ["user_id", "dimension", "value", "strength"]
-    ].reset_index(drop=True)
-
-
-def _long(user_ids: np.ndarray, strengths: np.ndarray, names: np.ndarray, dimension: str) -> pd.DataFrame:
-    """The positive cells of a (users x names) matrix as (user_id, dimension, value, strength) rows."""
-    rows, cols = np.nonzero(strengths > 0)
-    return pd.DataFrame(
+    strengths = np.hstack([scaled, top_scores])
+    names = np.concatenate([leaves, tops])
+    dimensions = np.array([DIMENSIONS["category"]] * len(leaves) + [DIMENSIONS["category_l1"]] * len(tops))
+    keep = strengths > 0
+    if limit is not None:
+        keep &= _reachable(strengths, limit)
+        if behaviour is not None and len(behaviour):
+            keep |= _cells(behaviour, user_ids, {"category": leaves, "category_l1": tops}, strengths.shape) & (
+                strengths > 0
+            )
+    rows, cols = np.nonzero(keep)
+    # Gathered as Arrow strings: pandas converting 1.6M Python strings took 0.5 s.
+    return pa.table(
         {
-            "user_id": np.asarray(user_ids)[rows],
-            "dimension": dimension,
-            "value": names[cols],
+            "user_id": _strings(user_ids).take(rows),
+            "dimension": _strings(dimensions).take(cols),
+            "value": _strings(names).take(cols),
             "strength": strengths[rows, cols],
         }
-    )
+    ).to_pandas()
+
+
+def _strings(values: np.ndarray | pd.Series) -> pa.Array:
+    if isinstance(values, pd.Series):
+        return pa.array(values).cast(pa.large_string())
+    return pa.array(values, pa.large_string())
+
+
+def _reachable(strengths: np.ndarray, limit: int, chunk: int = 32768) -> np.ndarray:
+    """Which cells of a (users x categories) strength matrix can be among a user's top
+    ``limit`` interests. A cell the user has no behaviour for ends with strength
+    ``round(EMBEDDING_SHARE * e, 4)``; a cell with behaviour ends at least as strong. So a
+    cell whose rounded share is below the user's ``limit``-th largest is behind ``limit``
+    cells that rank strictly ahead of it (and are kept if it would have been), whatever the
+    behaviour strengths and tie-breaks: it is never shown. Ties at the threshold are kept."""
+    keep = np.ones(strengths.shape, dtype=bool)
+    if strengths.shape[1] <= limit:
+        return keep
+    for start in range(0, len(strengths), chunk):
+        # the value top_interests rounds: (1 - share) * 0.0 + share * e, in doubles
+        share = np.round(np.clip(EMBEDDING_SHARE * strengths[start : start + chunk].astype(np.float64), 0, 1), 4)
+        threshold = np.partition(share, -limit, axis=1)[:, -limit]
+        keep[start : start + chunk] = share >= threshold[:, None]
+    return keep
+
+
+def _cells(
+    behaviour: pd.DataFrame, user_ids: np.ndarray, columns: dict[str, np.ndarray], shape: tuple[int, int]
+) -> np.ndarray:
+    """A (users x categories) mask of the cells named by ``behaviour`` rows (source
+    dimension names, ``columns`` giving each dimension's names in matrix order)."""
+    mask = np.zeros(shape, dtype=bool)
+    rows = _positions(behaviour["user_id"], user_ids)
+    dimension = pa.array(behaviour["dimension"])
+    offset = 0
+    for source, names in columns.items():
+        chosen = pc.equal(dimension, source).to_numpy(zero_copy_only=False) & (rows >= 0)
+        cols = _positions(behaviour["value"][chosen], names)
+        found = cols >= 0
+        mask[rows[chosen][found], cols[found] + offset] = True
+        offset += len(names)
+    return mask
+
+
+def _positions(values: pd.Series, names: np.ndarray) -> np.ndarray:
+    """Each value's position in ``names`` (unique), -1 where absent: Arrow's hash lookup,
+    three times faster than pandas' on Arrow-backed strings."""
+    found = pc.index_in(_strings(values), value_set=_strings(names))
+    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 _BLEND_SQL = """

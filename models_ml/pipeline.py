@@ -791,7 +791,12 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
         with timed(seconds, "interests"):
             warm_item = np.array([r == "collaborative" for r in reasons])
             embedded = interests.embedding_strengths(
-                warm_users, user_vectors, vectors[warm_item], catalog["category"].fillna("").to_numpy()[warm_item]
+                warm_users,
+                user_vectors,
+                vectors[warm_item],
+                catalog["category"].fillna("").to_numpy()[warm_item],
+                limit=ml.interests,
+                behaviour=affinities,
             )
             user_interests = interests.top_interests(affinities, embedded, ml.interests)
         result = Scores(
