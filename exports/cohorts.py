@@ -209,7 +209,10 @@ def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple
     limit = f"limit {int(definition.limit)}" if definition.limit else ""
     n = len(compiled.params)
     line = " || ',' || ".join(_quoted(_cell_sql(c, everything.get(c, "VARCHAR"))) for c in [*columns, "group"])
-    table = con.execute(
+    con.complete()  # con.sql() refuses to run while an execute() result is open
+    # con.sql, not execute: Arrow from an execute() result copies every row (and DuckDB
+    # warns each cohort that it does).
+    table = con.sql(
         f"""
         with chosen as (
             select *,
@@ -221,7 +224,7 @@ def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple
         select user_id, purchase_probability::double as purchase_probability, "group", {line} as line
         from chosen order by {order} {limit}
         """,
-        [*compiled.params, cohort.name, float(definition.holdout)],
+        params=[*compiled.params, cohort.name, float(definition.holdout)],
     ).to_arrow_table()
     frame = table.select(["user_id", "purchase_probability", "group"]).to_pandas()
     return Pull(frame, columns, table.column("line").to_pylist())
