@@ -21,6 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from insights.config import Config
 from insights.timing import timed
@@ -844,17 +845,9 @@ def _propensities(config: Config, bundle: registry.ModelBundle, feats: pd.DataFr
     return users
 
 
+# The two list columns come from interest_lists and recommended_lists (see _lists_by_user).
 _USER_INSIGHTS_SQL = """
 create or replace table main.user_insights as
-with interests as (
-    select user_id,
-        list({'dimension': dimension, 'value': value, 'strength': strength} order by rank) as top_interests
-    from main.user_interests group by user_id
-),
-recommended as (
-    select user_id, list({'item_id': item_id, 'score': score} order by rank) as recommended_items
-    from main.recommendations group by user_id
-)
 select
     s.user_id,
     s.as_of,
@@ -887,10 +880,34 @@ select
     coalesce(s.has_logged_in, false) as is_identified,
     $version as model_version
 from scored as s
-left join interests as i using (user_id)
-left join recommended as r using (user_id)
+left join interest_lists as i using (user_id)
+left join recommended_lists as r using (user_id)
 order by s.user_id
 """
+
+
+def _lists_by_user(table: pa.Table, fields: list[str], name: str) -> pa.Table:
+    """One row per user with the ``fields`` of their rows as a list in ``rank`` order.
+
+    Built in Arrow: DuckDB's ``list(... order by rank)`` per user took 0.95 s for the
+    2.6M recommendations and 1.1M interests at 10M events. The rows come sorted by user
+    and rank (the queries that make them end so), which is checked; unsorted rows are
+    sorted first."""
+    users, ranks = table.column("user_id").combine_chunks(), table.column("rank").combine_chunks()
+    if len(table) > 1:
+        same = pc.equal(users[1:], users[:-1])
+        ordered = pc.all(pc.or_(pc.less(users[:-1], users[1:]), pc.and_(same, pc.less(ranks[:-1], ranks[1:])))).as_py()
+        if not ordered:
+            table = table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+            users = table.column("user_id").combine_chunks()
+            same = pc.equal(users[1:], users[:-1])
+        first = np.concatenate(([True], ~same.to_numpy(zero_copy_only=False)))
+    else:
+        first = np.ones(len(table), dtype=bool)
+    starts = np.flatnonzero(first)
+    values = pa.StructArray.from_arrays([table.column(f).combine_chunks() for f in fields], names=fields)
+    lists = pa.ListArray.from_arrays(pa.array(np.append(starts, len(table)), pa.int32()), values)
+    return pa.table({"user_id": users.take(pa.array(starts)), name: lists})
 
 
 def _write(con: duckdb.DuckDBPyConnection, scores: Scores) -> None:
@@ -905,8 +922,13 @@ def _write(con: duckdb.DuckDBPyConnection, scores: Scores) -> None:
     }
     if not scores.similar_reused:
         frames["similar_frame"] = scores.item_similar
-    for name, frame in frames.items():
-        con.register(name, pa.Table.from_pandas(frame, preserve_index=False))
+    tables = {name: pa.Table.from_pandas(frame, preserve_index=False) for name, frame in frames.items()}
+    tables["interest_lists"] = _lists_by_user(
+        tables["interests_frame"], ["dimension", "value", "strength"], "top_interests"
+    )
+    tables["recommended_lists"] = _lists_by_user(tables["recs_frame"], ["item_id", "score"], "recommended_items")
+    for name, table in tables.items():
+        con.register(name, table)
     try:
         con.execute("create or replace table main.recommendations as select * from recs_frame")
         if not scores.similar_reused:
@@ -918,7 +940,7 @@ def _write(con: duckdb.DuckDBPyConnection, scores: Scores) -> None:
         con.execute("create or replace table main.user_interests as select * from interests_frame")
         con.execute(_USER_INSIGHTS_SQL, {"version": scores.model_version})
     finally:
-        for name in frames:
+        for name in tables:
             con.unregister(name)
 
 
