@@ -361,8 +361,13 @@ def test_uniqueness_tests_check_each_load_against_every_row(sample_warehouse: Pa
 def test_snapshots_built_in_one_child_each_see_their_own_instant(sample_warehouse: Path) -> None:
     config = load_config(sample_warehouse / "insights.yml")
     transform(sample_warehouse, AS_OF)
+    saved_parse = Path(config.resolve(config.warehouse.path)).parent / "dbt" / "target" / "partial_parse.msgpack"
+    parsed_for_transform = saved_parse.read_bytes()
     first, second = parse_as_of("2026-10-06"), parse_as_of("2026-10-13")
     schemas = build_snapshots(config, {first: FEATURE_MODELS, second: None})
+    # The snapshots' parse (other vars) keeps its state apart: the next transform can
+    # still parse only what changed.
+    assert saved_parse.read_bytes() == parsed_for_transform
     instants = {
         instant: query(sample_warehouse, f"select max(as_of), count(*) from {schema}.dim_users")[0]
         for instant, schema in schemas.items()
