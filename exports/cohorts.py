@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from exports.filters import FilterError, column_types, compile_filter, compile_sort
 from insights.config import CohortDefinition, Config
+from insights.warehouse import query_table
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +210,8 @@ def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple
     limit = f"limit {int(definition.limit)}" if definition.limit else ""
     n = len(compiled.params)
     line = " || ',' || ".join(_quoted(_cell_sql(c, everything.get(c, "VARCHAR"))) for c in [*columns, "group"])
-    con.complete()  # con.sql() refuses to run while an execute() result is open
-    # con.sql, not execute: Arrow from an execute() result copies every row (and DuckDB
-    # warns each cohort that it does).
-    table = con.sql(
+    table = query_table(
+        con,
         f"""
         with chosen as (
             select *,
@@ -224,8 +223,8 @@ def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple
         select user_id, purchase_probability::double as purchase_probability, "group", {line} as line
         from chosen order by {order} {limit}
         """,
-        params=[*compiled.params, cohort.name, float(definition.holdout)],
-    ).to_arrow_table()
+        [*compiled.params, cohort.name, float(definition.holdout)],
+    )
     frame = table.select(["user_id", "purchase_probability", "group"]).to_pandas()
     return Pull(frame, columns, table.column("line").to_pylist())
 

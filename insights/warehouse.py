@@ -167,6 +167,13 @@ def connect(config: Config, read_only: bool = False) -> duckdb.DuckDBPyConnectio
     return con
 
 
+def query_table(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
+    """A query's result as an Arrow table, through ``con.sql``: Arrow from an
+    ``execute()`` result copies every row (and DuckDB 2.0 warns that it does)."""
+    con.complete()  # a result left open by an earlier execute() would refuse con.sql()
+    return con.sql(sql, params=params).to_arrow_table()
+
+
 def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
     """A query's result as a pandas frame, through Arrow.
 
@@ -175,8 +182,7 @@ def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) ->
     through Arrow, for an equal frame. Decimals become floats, as ``.df()`` makes them."""
     import pyarrow as pa
 
-    con.complete()  # a result left open by an earlier execute() would refuse con.sql()
-    table = con.sql(sql, params=params).to_arrow_table()
+    table = query_table(con, sql, params)
     for i, column in enumerate(table.schema):
         if pa.types.is_decimal(column.type):
             table = table.set_column(i, column.name, table.column(i).cast(pa.float64()))

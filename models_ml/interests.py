@@ -37,7 +37,7 @@ def embedding_strengths(
     interests in :func:`top_interests` are returned (see :func:`_reachable`), plus the
     cells the user has a behaviour affinity for in ``behaviour`` (the warehouse's
     ``user_id, dimension, value`` affinity rows), whose strengths blend with them. The top
-    interests are the same; at 10M events the rows fall from 4.4M to about 1.5M.
+    interests are the same; at 10M events the rows fall from 4.4M to 1.6M.
     """
     frame = pd.DataFrame(item_vectors)
     centroids = frame.groupby(pd.Series(item_categories, name="category")).mean()
@@ -57,11 +57,10 @@ def embedding_strengths(
     dimensions = np.array([DIMENSIONS["category"]] * len(leaves) + [DIMENSIONS["category_l1"]] * len(tops))
     keep = strengths > 0
     if limit is not None:
-        keep &= _reachable(strengths, limit)
+        wanted = _reachable(strengths, limit)
         if behaviour is not None and len(behaviour):
-            keep |= _cells(behaviour, user_ids, {"category": leaves, "category_l1": tops}, strengths.shape) & (
-                strengths > 0
-            )
+            wanted |= _cells(behaviour, user_ids, {"category": leaves, "category_l1": tops}, strengths.shape)
+        keep &= wanted
     rows, cols = np.nonzero(keep)
     # Gathered as Arrow strings: pandas converting 1.6M Python strings took 0.5 s.
     return pa.table(
