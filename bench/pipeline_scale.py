@@ -70,7 +70,8 @@ def _stage(stage: str, as_of: str, env: dict[str, str], cwd: Path) -> dict:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # wait4: this stage's own peak memory, its children's (dbt) included.
+    # wait4: this stage's own peak memory and CPU time, its children's (dbt, ALS workers)
+    # included: CPU seconds over wall seconds says how much of the two cores a stage used.
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -78,9 +79,18 @@ def _stage(stage: str, as_of: str, env: dict[str, str], cwd: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{stage} failed ({proc.returncode}):\n{err[-3000:]}")
     line = next((x for x in out.splitlines() if x.startswith("STAGE")), "STAGE{}")
-    result = {"stage": stage, "seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+    cpu = usage.ru_utime + usage.ru_stime
+    result = {
+        "stage": stage,
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+    }
     result.update(json.loads(line[len("STAGE") :]))
-    print(f"  {stage:<9} {seconds:7.1f}s  {result['peak_rss_mb']:6,} MB  {result.get('headline', '')}", flush=True)
+    print(
+        f"  {stage:<9} {seconds:7.1f}s  {cpu:7.1f} CPU-s  {result['peak_rss_mb']:6,} MB  {result.get('headline', '')}",
+        flush=True,
+    )
     return result
 
 
@@ -247,6 +257,7 @@ def bench(events: int, days: int, workdir: Path, reuse_site: bool = False) -> di
         "days": days,
         "generate_seconds": round(generate_seconds, 1),
         "full_seconds": round(sum(s["seconds"] for s in full), 1),
+        "full_cpu_seconds": round(sum(s["cpu_seconds"] for s in full), 1),
         "full_peak_rss_mb": max(s["peak_rss_mb"] for s in full),
         "stages": full,
         "incremental_hour_files": held,
