@@ -70,10 +70,13 @@ bot_hours as materialized (
 
 bot_agents as materialized (
 
-    -- Agents are few and repeat: match the pattern once per distinct agent.
-    select useragent
-    from (select distinct useragent from deduplicated where useragent is not null)
-    where regexp_matches(useragent, {{ bot_useragent_pattern() }})
+    -- Agents are few and repeat: match the pattern once per distinct agent. The match runs
+    -- in a lambda over the list of agents: as a filter on `select distinct useragent`,
+    -- DuckDB pushed it below the distinct and matched every event (3.9 of 37 CPU-s of a
+    -- full build at 10M events).
+    select unnest(list_filter(list(distinct useragent), lambda a: regexp_matches(a, {{ bot_useragent_pattern() }})))
+        as useragent
+    from deduplicated
 
 ),
 

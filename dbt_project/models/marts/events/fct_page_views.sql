@@ -16,7 +16,7 @@ identities as (
 
 {{ events_in_touched_scopes('events', restitch=true) }},
 
-page_view_events as (
+page_view_rows as not materialized (
 
     select
         coalesce(page_view_id, event_id) as page_view_id,
@@ -26,15 +26,38 @@ page_view_events as (
         user_id,
         anonymous_id,
         occurred_at,
+        dvce_created_tstamp,
         page_url,
         page_title,
         referrer,
         device_class
     from events_in_scope
     where event_type = 'page_view'
-    qualify row_number() over (
-        partition by coalesce(page_view_id, event_id) order by occurred_at, dvce_created_tstamp, event_id
-    ) = 1
+
+),
+
+repeated_page_views as materialized (
+
+    select page_view_id from page_view_rows group by page_view_id having count(*) > 1
+
+),
+
+page_view_events as (
+
+    -- The first page_view event of an id wins. Only the (few) ids seen more than once go
+    -- through the window, as in fct_events: windowing every page view with its wide text
+    -- columns took a third of this model (10.4 -> 5.9 s alone at 10M events).
+    select * exclude (dvce_created_tstamp)
+    from page_view_rows anti join repeated_page_views using (page_view_id)
+    union all
+    select * exclude (dvce_created_tstamp)
+    from (
+        select *
+        from page_view_rows semi join repeated_page_views using (page_view_id)
+        qualify row_number() over (
+            partition by page_view_id order by occurred_at, dvce_created_tstamp, event_id
+        ) = 1
+    )
 
 ),
 

@@ -57,9 +57,12 @@ session_events as (
         max(occurred_at) as ended_at,
         arg_min(anonymous_id, occurred_at) filter (where anonymous_id is not null) as anonymous_id,
         arg_min(user_id, occurred_at) filter (where user_id is not null) as logged_in_user_id,
-        count(distinct coalesce(page_view_id, event_id)) filter (
+        -- Distinct counts as len(list_distinct(list(...))) (see the engaged_seconds macro):
+        -- DuckDB runs count(distinct) as one more group-by over every event and a join
+        -- back, which with the orders' one took 12 of this model's 21 CPU-s at 10M events.
+        coalesce(len(list_distinct(list(coalesce(page_view_id, event_id)) filter (
             where event_type = 'page_view' or (event_type = 'page_ping' and page_view_id is not null)
-        ) as page_views,
+        ))), 0) as page_views,
         count(*) as total_events,
         count(*) filter (where event_type = 'product_view') as product_views,
         count(*) filter (where event_type = 'search') as searches,
@@ -70,7 +73,8 @@ session_events as (
         count(*) filter (where event_type = 'page_ping') as page_pings,
         count(*) filter (where event_type = 'custom') as custom_events,
         round(coalesce(sum(revenue) filter (where event_type = 'purchase'), 0), 2) as revenue,
-        count(distinct coalesce(order_id, event_id)) filter (where event_type = 'purchase') as orders,
+        coalesce(len(list_distinct(list(coalesce(order_id, event_id)) filter (where event_type = 'purchase'))), 0)
+            as orders,
         bool_or(is_conversion) as converted,
         min(occurred_at) filter (where is_conversion) as converted_at,
         arg_min(page_url, occurred_at) filter (where event_type = 'page_view') as first_page_url,
