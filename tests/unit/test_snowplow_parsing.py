@@ -2,10 +2,12 @@
 
 import csv
 import json
+import random
 import shutil
 from datetime import datetime
 from pathlib import Path
 
+from insights.ingest import snowplow
 from tests.helpers import ingest, query
 
 # Expected-JSON key (Snowplow's analytics SDK) -> column of raw.events.
@@ -79,6 +81,36 @@ def test_broken_enriched_lines_are_quarantined_with_reasons(tmp_path: Path, fixt
     assert quarantined[1][2] == "\t".join(bad_ts)
     assert quarantined[2][1] == "empty line"
     assert "contexts: invalid JSON" in quarantined[3][1]
+
+
+def test_good_lines_around_broken_ones_keep_their_line_numbers(fixtures_dir: Path) -> None:
+    """Files mixing good and broken lines in every arrangement (broken first, last, in
+    runs, the last line without its newline): each good line is parsed once, under its own
+    number, and each broken one is reported under its own."""
+    fields = (fixtures_dir / "snowplow_enriched_tsv" / "enriched_event_sample.tsv").read_text().rstrip("\n").split("\t")
+    rng = random.Random(7)
+    for _ in range(40):
+        files, expected_good, expected_bad = [], [], []
+        for name in ("a.tsv", "b.tsv"):
+            lines = []
+            for number in range(1, rng.randint(1, 12) + 1):
+                line = fields.copy()
+                line[6] = f"{name}-{number}"
+                if rng.random() < 0.4:
+                    lines.append("\t".join(line[: rng.randint(0, 130)]))
+                    expected_bad.append((name, number))
+                else:
+                    lines.append("\t".join(line))
+                    expected_good.append((name, number, f"{name}-{number}"))
+            newline = lines[-1] == "" or rng.random() < 0.5
+            files.append((name, ("\n".join(lines) + ("\n" if newline else "")).encode()))
+
+        table = snowplow.read_enriched(files).to_pylist()
+
+        good = [(r["source_file"], r["source_line"], r["event_id"]) for r in table if r["shape_error"] is None]
+        bad = [(r["source_file"], r["source_line"]) for r in table if r["shape_error"] is not None]
+        assert good == expected_good
+        assert sorted(bad) == expected_bad
 
 
 def _fixture_rows(fixtures_dir: Path) -> list[dict[str, str]]:
