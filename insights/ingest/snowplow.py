@@ -130,8 +130,8 @@ def read_enriched(files: list[tuple[str, bytes]]) -> pa.Table:
                 bad_rows["shape_error"].append(
                     "empty line" if not raw.strip() else f"expected 131 tab-separated fields, found {fields[i]}"
                 )
-            # The good lines between two bad ones are one slice of the text (a slice per
-            # line cost a tenth of the parse in batches whose files had a bad line).
+            # The good lines between two bad ones are one slice of the text, not one slice
+            # per line (159,893 of them in one 244k-line batch of the 10M site).
             for first, stop in zip(np.concatenate(([0], bad_lines + 1)), np.append(bad_lines, len(ends))):
                 if first < stop:
                     pieces.append(text[starts[first] : ends[stop - 1] + 1])

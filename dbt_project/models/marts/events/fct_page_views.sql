@@ -46,7 +46,7 @@ page_view_events as (
 
     -- The first page_view event of an id wins. Only the (few) ids seen more than once go
     -- through the window, as in fct_events: windowing every page view with its wide text
-    -- columns took a third of this model (10.4 -> 5.9 s alone at 10M events).
+    -- columns cost this model 10.4 s against 5.9 s (built alone at 10M events).
     select * exclude (dvce_created_tstamp)
     from page_view_rows anti join repeated_page_views using (page_view_id)
     union all
