@@ -112,3 +112,31 @@ left join items on items.item_id = as_of_events.item_id
 {% macro bot_useragent_pattern() -%}
     '{{ var('insights__bot_useragent_pattern') | replace("'", "''") }}'
 {%- endmacro %}
+
+{#- The first row of each id of `rows` by `order_by`, without windowing every row: the ids
+    seen more than once are found first and only their rows go through the window (they
+    are rare: ingestion keeps one copy per event id, a tracker sends one page_view per page
+    view id); the others pass as they are. Windowing every page view with its wide text
+    columns cost fct_page_views 10.4 s against 5.9 s (built alone at 10M events). Emits two
+    CTEs, `<name>_repeated_ids` and `<name>`, for a `with` list. -#}
+{% macro first_row_per_id(name, rows, id, order_by, exclude=none) -%}
+{%- set columns = '*' ~ (' exclude (' ~ exclude ~ ')' if exclude else '') -%}
+{{ name }}_repeated_ids as materialized (
+
+    select {{ id }} from {{ rows }} group by {{ id }} having count(*) > 1
+
+),
+
+{{ name }} as not materialized (
+
+    select {{ columns }} from {{ rows }} anti join {{ name }}_repeated_ids using ({{ id }})
+    union all
+    select {{ columns }}
+    from (
+        select *
+        from {{ rows }} semi join {{ name }}_repeated_ids using ({{ id }})
+        qualify row_number() over (partition by {{ id }} order by {{ order_by }}) = 1
+    )
+
+)
+{%- endmacro %}

@@ -21,27 +21,9 @@ with events as not materialized (
 
 {{ events_in_touched_scopes('events') }},
 
-duplicate_ids as materialized (
-
-    select event_id from events_in_scope group by event_id having count(*) > 1
-
-),
-
-deduplicated as not materialized (
-
-    -- The earliest collector time wins, as in Snowplow's models. Ingestion already keeps
-    -- one copy per id, so only the (rare) ids seen twice pay for the window.
-    select * from events_in_scope anti join duplicate_ids using (event_id)
-    union all
-    select * from (
-        select *
-        from events_in_scope semi join duplicate_ids using (event_id)
-        qualify row_number() over (
-            partition by event_id order by collector_tstamp nulls last, loaded_at, occurred_at
-        ) = 1
-    )
-
-),
+-- The earliest collector time wins, as in Snowplow's models. Ingestion already keeps one
+-- copy per id, so only the (rare) ids seen twice pay for the window.
+{{ first_row_per_id('deduplicated', 'events_in_scope', 'event_id', 'collector_tstamp nulls last, loaded_at, occurred_at') }},
 
 bot_hours as materialized (
 
