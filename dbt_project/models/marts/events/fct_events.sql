@@ -21,8 +21,7 @@ with events as not materialized (
 
 {{ events_in_touched_scopes('events') }},
 
--- The earliest collector time wins, as in Snowplow's models. Ingestion already keeps one
--- copy per id, so only the (rare) ids seen twice pay for the window.
+-- The earliest collector time wins, as in Snowplow's models; then the earliest loaded.
 {{ first_row_per_id('deduplicated', 'events_in_scope', 'event_id', 'collector_tstamp nulls last, loaded_at, occurred_at') }},
 
 bot_hours as materialized (
