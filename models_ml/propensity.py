@@ -4,7 +4,10 @@ and predicted revenue, with LightGBM.
 Training examples come from several past cutoffs (features as of the cutoff, labels from
 the window after it). The latest cutoff is held out: one half of its users stops the
 boosting early and fits an isotonic calibration (Zadrozny & Elkan 2002), the other half
-checks both. With too few positives or negatives to learn from, a transparent heuristic
+checks both. The calibration's blocks are shrunk towards the base rate, and it is kept
+only when cross-fitting on its own half shows it beats the booster's raw scores: fitted
+on a hundred users, plain isotonic blocks say 0% and 100%, and scored worse than no
+calibration at all. With too few positives or negatives to learn from, a transparent heuristic
 takes over: the observed rate of the user's RFM cell (recency band x order count band) at
 the training cutoffs, which is also the baseline every model must beat.
 """
@@ -20,6 +23,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import log_loss
 
 from models_ml.metrics import classification_metrics, regression_metrics
 
@@ -43,6 +47,8 @@ CATEGORICAL = ("price_band", "favourite_device")
 RECENCY_BANDS = [0, 1, 3, 7, 14, 30, 60, 90, np.inf]
 ORDER_BANDS = [-np.inf, 0, 1, 3, np.inf]
 PRIOR_WEIGHT = 10.0
+# Pseudo-examples at the base rate added to each isotonic block (see fit_calibration).
+CALIBRATION_PRIOR_WEIGHT = 2.0
 
 
 def rfm_cell(features: pd.DataFrame) -> pd.Series:
@@ -156,6 +162,53 @@ def holdout_half(user_ids: pd.Series, salt: str) -> np.ndarray:
     return np.array([hashlib.sha256(f"{salt}:{u}".encode()).digest()[0] % 2 == 1 for u in user_ids], dtype=bool)
 
 
+def _isotonic(raw: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knots of an isotonic map from raw score to rate, each block's rate shrunk towards
+    the overall rate by ``CALIBRATION_PRIOR_WEIGHT`` pseudo-examples (three buyers out of
+    three read 0.87 at a 30% base rate, not 1.0), then pooled again where shrinking a small
+    block more than its neighbours broke the order."""
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, label)
+    blocks, block_of = np.unique(iso.predict(raw), return_inverse=True)
+    size = np.bincount(block_of, minlength=len(blocks)).astype(float)
+    hits = np.bincount(block_of, weights=label, minlength=len(blocks))
+    rate = (hits + CALIBRATION_PRIOR_WEIGHT * label.mean()) / (size + CALIBRATION_PRIOR_WEIGHT)
+    order = np.arange(len(blocks), dtype=float)
+    rate = IsotonicRegression().fit(order, rate, sample_weight=size + CALIBRATION_PRIOR_WEIGHT).predict(order)
+    # Each knot takes the rate of the block it bounds (the nearest block value).
+    knot_block = np.abs(iso.y_thresholds_[:, None] - blocks[None, :]).argmin(axis=1)
+    return iso.X_thresholds_.astype(float), rate[knot_block]
+
+
+def fit_calibration(
+    raw: np.ndarray, label: np.ndarray, fold: np.ndarray
+) -> tuple[list[float], list[float], dict[str, Any]]:
+    """The calibration knots of raw booster scores (none: use the raw scores) and why.
+
+    Cross-fitted on the same examples: each ``fold`` half is calibrated by a map fitted on
+    the other half, and the calibration is kept only when that beats the raw scores' log
+    loss. Comparing on the examples a map was fitted to would always favour it.
+    """
+    raw = np.asarray(raw, dtype=float)
+    label = np.asarray(label, dtype=float)
+    fold = np.asarray(fold, dtype=bool)
+    choice: dict[str, Any] = {"prior_weight": CALIBRATION_PRIOR_WEIGHT, "examples": int(len(raw))}
+    if fold.all() or not fold.any():
+        return [], [], {"method": "none", "reason": "too few examples to cross-fit a calibration", **choice}
+
+    def loss(p: np.ndarray) -> float:
+        return float(log_loss(label, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1]))
+
+    crossed = np.empty_like(raw)
+    for part in (fold, ~fold):
+        x, y = _isotonic(raw[~part], label[~part])
+        crossed[part] = np.interp(raw[part], x, y)
+    choice |= {"raw_log_loss": loss(raw), "isotonic_log_loss": loss(crossed)}
+    if choice["isotonic_log_loss"] < choice["raw_log_loss"]:
+        x, y = _isotonic(raw, label)
+        return [float(v) for v in x], [float(v) for v in y], {"method": "isotonic", **choice}
+    return [], [], {"method": "none", "reason": "isotonic did not beat the raw scores cross-fitted", **choice}
+
+
 def _params(kind: str, seed: int) -> dict[str, Any]:
     common = {
         # 0.1, not 0.05: half the trees to train and score, same held-out quality at 10M events
@@ -255,11 +308,11 @@ def train_target(
     raw_check = booster.predict(x_check, num_iteration=best)
     y_check = check_set["label"].to_numpy(dtype=float)
     if kind == "binary":
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        iso.fit(raw_stop, stop_set["label"].to_numpy(dtype=float))
-        trained.calibration_x = [float(x) for x in iso.X_thresholds_]
-        trained.calibration_y = [float(y) for y in iso.y_thresholds_]
+        trained.calibration_x, trained.calibration_y, calibrator = fit_calibration(
+            raw_stop, stop_set["label"].to_numpy(dtype=float), holdout_half(stop_set["user_id"], f"{name}:calibration")
+        )
         trained.metrics = {
+            "calibrator": calibrator,
             "held_out": classification_metrics(y_check, trained.calibrate(raw_check)),
             "held_out_uncalibrated": classification_metrics(y_check, raw_check),
             "held_out_baseline": classification_metrics(y_check, heuristic.predict(check_set)),

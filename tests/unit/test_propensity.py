@@ -9,7 +9,7 @@ import pandas as pd
 
 from models_ml import registry
 from models_ml.metrics import classification_metrics
-from models_ml.propensity import Heuristic, TrainedTarget, train_target
+from models_ml.propensity import Heuristic, TrainedTarget, _isotonic, fit_calibration, train_target
 
 
 def _users(n: int, seed: int, cutoff: str) -> pd.DataFrame:
@@ -39,9 +39,13 @@ def test_learns_a_planted_signal_and_is_calibrated_on_held_out_users() -> None:
     held = trained.metrics["held_out"]
     assert held["roc_auc"] > 0.8
     assert held["roc_auc"] >= trained.metrics["held_out_baseline"]["roc_auc"] - 0.01
-    # Calibrated: predicted and observed rates agree within a few points in every decile.
-    for row in held["calibration"]:
-        assert abs(row["predicted"] - row["observed"]) < 0.12
+    # Calibrated: predicted and observed rates agree within a few points on average over the
+    # deciles and in every one within sampling noise (about 150 users a decile); whatever the
+    # calibrator chose, it is no worse than the raw scores on the held-out users.
+    gaps = [abs(row["predicted"] - row["observed"]) for row in held["calibration"]]
+    assert np.mean(gaps) < 0.04 and max(gaps) < 0.15
+    assert held["log_loss"] <= trained.metrics["held_out_uncalibrated"]["log_loss"] + 1e-9
+    assert trained.metrics["calibrator"]["method"] in ("isotonic", "none")
     fresh = _users(2000, 4, "d")
     scored = trained.predict(fresh)
     assert classification_metrics(fresh["label"].to_numpy(), scored)["roc_auc"] > 0.8
@@ -88,3 +92,38 @@ def test_publication_gate() -> None:
     ok, reason = registry.compare({"purchase": {"held_out": {"roc_auc": 0.70}}}, old, 0.02)
     assert not ok and "purchase ROC AUC" in reason
     assert registry.compare({}, None, 0.02) == (True, "first model version")
+
+
+def test_calibration_repairs_skewed_scores_without_claiming_certainty() -> None:
+    rng = np.random.default_rng(11)
+    truth = rng.uniform(0.02, 0.7, 8000)
+    label = (rng.random(8000) < truth).astype(float)
+    raw = truth**2  # ranks right, rates wrong (too low everywhere)
+    xs, ys, choice = fit_calibration(raw[:4000], label[:4000], rng.random(4000) < 0.5)
+    assert choice["method"] == "isotonic" and choice["isotonic_log_loss"] < choice["raw_log_loss"]
+    calibrated = np.interp(raw[4000:], xs, ys)
+    fresh = classification_metrics(label[4000:], calibrated)
+    assert fresh["brier"] < classification_metrics(label[4000:], raw[4000:])["brier"] - 0.01
+    assert 0 < min(ys) and max(ys) < 1 and np.all(np.diff(ys) >= 0)
+
+
+def test_isotonic_blocks_shrink_towards_the_base_rate() -> None:
+    # Three users scored high all bought; one of five scored low did: plain isotonic says
+    # 100% and 20%. Two pseudo-examples at the base rate (50%) each: 80% and about 29%.
+    raw = np.array([0.1] * 5 + [0.9] * 3)
+    label = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=float)
+    xs, ys = _isotonic(raw, label)
+    assert np.allclose(np.interp([0.1, 0.9], xs, ys), [2 / 7, 0.8])
+
+
+def test_a_calibration_that_does_not_help_out_of_sample_is_not_used() -> None:
+    # Scores that are already rates, on the 60 users a small site holds out: an isotonic
+    # map fitted on half of them is worse on the other half, so the raw scores stay.
+    rng = np.random.default_rng(5)
+    truth = rng.uniform(0.1, 0.9, 60)
+    label = (rng.random(60) < truth).astype(float)
+    xs, ys, choice = fit_calibration(truth, label, np.arange(60) % 2 == 0)
+    assert choice["method"] == "none" and (xs, ys) == ([], [])
+    assert choice["isotonic_log_loss"] >= choice["raw_log_loss"]
+    one_fold = fit_calibration(truth, label, np.ones(60, dtype=bool))
+    assert one_fold[2]["method"] == "none" and "too few" in one_fold[2]["reason"]
