@@ -165,7 +165,7 @@ def holdout_half(user_ids: pd.Series, salt: str) -> np.ndarray:
 def _isotonic(raw: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Knots of an isotonic map from raw score to rate, each block's rate shrunk towards
     the overall rate by ``CALIBRATION_PRIOR_WEIGHT`` pseudo-examples (three buyers out of
-    three read 0.87 at a 30% base rate, not 1.0), then pooled again where shrinking a small
+    three read 0.72 at a 30% base rate, not 1.0), then pooled again where shrinking a small
     block more than its neighbours broke the order."""
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, label)
     blocks, block_of = np.unique(iso.predict(raw), return_inverse=True)
