@@ -108,7 +108,7 @@ def _propensities(published: dict[str, Any] | None) -> dict[str, Any]:
         if not target:
             continue
         entry = {"method": target.get("method"), "reason": target.get("reason")}
-        for key in ("held_out", "held_out_baseline"):
+        for key in ("held_out", "held_out_baseline", "calibrator"):
             if key in target:
                 entry[key] = target[key]
         out[name] = entry
@@ -324,6 +324,20 @@ def _metric(value: Any, percent: bool = False) -> str:
     return charts.fmt(_finite(value), percent) if value is not None else "-"
 
 
+def _calibrator_note(choice: dict[str, Any] | None) -> str:
+    """Which probabilities the curve shows: isotonic-calibrated or the booster's own."""
+    if not choice:
+        return ""
+    losses = (
+        f" (cross-fitted log loss {choice['isotonic_log_loss']:.3f} calibrated, {choice['raw_log_loss']:.3f} raw)"
+        if "raw_log_loss" in choice
+        else ""
+    )
+    if choice.get("method") == "isotonic":
+        return f"Probabilities: isotonic calibration, shrunk towards the base rate{losses}."
+    return f"Probabilities: the booster's own scores; a calibration did not help{losses}."
+
+
 def _propensity_block(name: str, entry: dict[str, Any], window: str) -> str:
     title = {"purchase": "Purchase", "churn": "Churn", "value": "Value (revenue)"}[name]
     if "held_out" not in entry:
@@ -370,7 +384,8 @@ def _propensity_block(name: str, entry: dict[str, Any], window: str) -> str:
     )
     return (
         f"<div><h3>{title} {window}</h3><p class='note'>{escape(entry.get('reason') or '')}; "
-        f"held-out users: {model.get('examples', 0):,}, base rate {charts.fmt(rate, True)}.</p>"
+        f"held-out users: {model.get('examples', 0):,}, base rate {charts.fmt(rate, True)}. "
+        f"{escape(_calibrator_note(entry.get('calibrator')))}</p>"
         f'<div class="grid">{charts.calibration(curves, f"{title}: calibration")}'
         f"{charts.columns(deciles, lift, f'{title}: lift by score decile', width=420, reference=1.0, reference_label='average user')}"
         f"</div>{table}</div>"

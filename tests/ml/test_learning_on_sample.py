@@ -236,6 +236,10 @@ def test_run_report_shows_every_section_with_real_numbers(learned: dict) -> None
     purchase = data["propensities"]["purchase"]
     assert purchase["method"] == "lightgbm" and len(purchase["held_out"]["calibration"]) == 10
     assert "calibration" in purchase["held_out_baseline"]
+    # Which probabilities the calibration curve shows, and the cross-fitted losses behind it.
+    chosen = purchase["calibrator"]
+    kept = "isotonic calibration" if chosen["method"] == "isotonic" else "the booster's own scores"
+    assert f"Probabilities: {kept}" in html and f"{chosen['raw_log_loss']:.3f} raw" in html
     current = data["recommendations"]["current"]
     assert current["hr_at_10"] > current["popularity_baseline"]["hr_at_10"]
     quality = data["quality"]
