@@ -137,6 +137,9 @@ class Item:
     in_stock: bool
     created_day: int
     popularity: float
+    # The product entity's JSON text by quantity, kept on the item itself: a cache keyed by
+    # item id alone outlived a site and wrote the last site's titles and prices into the next.
+    entities: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -199,13 +202,9 @@ def _unstruct(schema: str, data: dict) -> str:
     return json.dumps(_sd(SD_UNSTRUCT, _sd(schema, data)), separators=(",", ":"))
 
 
-_PRODUCT_JSON: dict[tuple[str, int], str] = {}
-
-
 def _product_entity(item: Item, quantity: int = 1) -> str:
-    """The e-commerce product entity as JSON text (cached: items repeat across events)."""
-    key = (item.item_id, quantity)
-    text = _PRODUCT_JSON.get(key)
+    """The e-commerce product entity as JSON text (cached on the item: items repeat across events)."""
+    text = item.entities.get(quantity)
     if text is None:
         data = {
             "id": item.item_id,
@@ -216,7 +215,7 @@ def _product_entity(item: Item, quantity: int = 1) -> str:
             "currency": "USD",
             "quantity": quantity,
         }
-        text = _PRODUCT_JSON[key] = json.dumps(_sd(SCHEMA_PRODUCT, data), separators=(",", ":"))
+        text = item.entities[quantity] = json.dumps(_sd(SCHEMA_PRODUCT, data), separators=(",", ":"))
     return text
 
 

@@ -29,6 +29,19 @@ def test_same_seed_same_site_other_seed_other_site(tmp_path: Path) -> None:
     assert c["web_events"] > 0
 
 
+def test_a_site_does_not_depend_on_the_sites_generated_before_it(tmp_path: Path) -> None:
+    """Same seed, same bytes, whatever the process made earlier: an item-id-keyed cache once
+    carried one site's product titles and prices into the next site's events."""
+    import subprocess
+    import sys
+
+    generate(tmp_path / "other", users=40, days=5, seed=3)
+    generate(tmp_path / "after", users=40, days=5, seed=11)
+    code = f"from insights.sample import generate; generate({str(tmp_path / 'alone')!r}, users=40, days=5, seed=11)"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    assert _digest(tmp_path / "after") == _digest(tmp_path / "alone")
+
+
 def test_formats_truth_and_dirt(tmp_path: Path) -> None:
     summary = generate(tmp_path, users=150, days=14, seed=5)
     tsv = sorted((tmp_path / "snowplow_enriched").rglob("*.tsv.gz"))
