@@ -335,7 +335,8 @@ def _calibrator_note(choice: dict[str, Any] | None) -> str:
     )
     if choice.get("method") == "isotonic":
         return f"Probabilities: isotonic calibration, shrunk towards the base rate{losses}."
-    return f"Probabilities: the booster's own scores; a calibration did not help{losses}."
+    why = choice.get("reason") or "a calibration did not help"
+    return f"Probabilities: the booster's own scores; {why}{losses}."
 
 
 def _propensity_block(name: str, entry: dict[str, Any], window: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from datetime import timedelta
+from html import escape
 from pathlib import Path
 
 import duckdb
@@ -239,7 +240,7 @@ def test_run_report_shows_every_section_with_real_numbers(learned: dict) -> None
     # Which probabilities the calibration curve shows, and the cross-fitted losses behind it.
     chosen = purchase["calibrator"]
     kept = "isotonic calibration" if chosen["method"] == "isotonic" else "the booster's own scores"
-    assert f"Probabilities: {kept}" in html and f"{chosen['raw_log_loss']:.3f} raw" in html
+    assert escape(f"Probabilities: {kept}") in html and f"{chosen['raw_log_loss']:.3f} raw" in html
     current = data["recommendations"]["current"]
     assert current["hr_at_10"] > current["popularity_baseline"]["hr_at_10"]
     quality = data["quality"]

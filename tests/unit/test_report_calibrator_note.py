@@ -1,0 +1,32 @@
+"""The run report says which probabilities a propensity's calibration curve shows."""
+
+from __future__ import annotations
+
+from exports.report import _calibrator_note
+
+
+def test_note_names_the_calibration_kept_and_the_losses_that_chose_it() -> None:
+    kept = {"method": "isotonic", "raw_log_loss": 0.6542, "isotonic_log_loss": 0.6531}
+    assert _calibrator_note(kept) == (
+        "Probabilities: isotonic calibration, shrunk towards the base rate "
+        "(cross-fitted log loss 0.653 calibrated, 0.654 raw)."
+    )
+    raw = {
+        "method": "none",
+        "reason": "isotonic did not beat the raw scores cross-fitted",
+        "raw_log_loss": 0.602,
+        "isotonic_log_loss": 0.637,
+    }
+    assert _calibrator_note(raw) == (
+        "Probabilities: the booster's own scores; isotonic did not beat the raw scores cross-fitted "
+        "(cross-fitted log loss 0.637 calibrated, 0.602 raw)."
+    )
+
+
+def test_note_without_losses_or_without_a_choice() -> None:
+    # Too few examples to cross-fit: no losses to quote; a model from before the choice: nothing.
+    too_few = {"method": "none", "reason": "too few examples to cross-fit a calibration"}
+    assert _calibrator_note(too_few) == (
+        "Probabilities: the booster's own scores; too few examples to cross-fit a calibration."
+    )
+    assert _calibrator_note(None) == "" and _calibrator_note({}) == ""
