@@ -3,6 +3,8 @@
 import gzip
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from insights.ingest.snowplow import ENRICHED_FIELDS
@@ -32,9 +34,6 @@ def test_same_seed_same_site_other_seed_other_site(tmp_path: Path) -> None:
 def test_a_site_does_not_depend_on_the_sites_generated_before_it(tmp_path: Path) -> None:
     """Same seed, same bytes, whatever the process made earlier: an item-id-keyed cache once
     carried one site's product titles and prices into the next site's events."""
-    import subprocess
-    import sys
-
     generate(tmp_path / "other", users=40, days=5, seed=3)
     generate(tmp_path / "after", users=40, days=5, seed=11)
     code = f"from insights.sample import generate; generate({str(tmp_path / 'alone')!r}, users=40, days=5, seed=11)"
