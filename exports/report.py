@@ -339,6 +339,16 @@ def _calibrator_note(choice: dict[str, Any] | None) -> str:
     return f"Probabilities: the booster's own scores; {why}{losses}."
 
 
+def _probability_kind(entry: dict[str, Any] | None) -> str:
+    """What the purchase histogram shows, in the words of its lead."""
+    if not entry or "held_out" not in entry:
+        return "rule-based scores, no model yet"
+    method = (entry.get("calibrator") or {}).get("method")
+    if method == "isotonic":
+        return "calibrated probabilities"
+    return "the model's own probabilities" if method else "the model's probabilities"
+
+
 def _propensity_block(name: str, entry: dict[str, Any], window: str) -> str:
     title = {"purchase": "Purchase", "churn": "Churn", "value": "Value (revenue)"}[name]
     if "held_out" not in entry:
@@ -469,7 +479,8 @@ def render(data: dict[str, Any], config: Config) -> str:
     parts["purchase"] = _section(
         "purchase",
         "Purchase probability",
-        f"How many users have each chance of buying {window} (calibrated probabilities, in steps of 5 points).",
+        f"How many users have each chance of buying {window} "
+        f"({_probability_kind(data['propensities'].get('purchase'))}, in steps of 5 points).",
         charts.columns(
             labels,
             {"users": hist["counts"]},

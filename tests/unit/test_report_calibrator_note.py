@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exports.report import _calibrator_note
+from exports.report import _calibrator_note, _probability_kind
 
 
 def test_note_names_the_calibration_kept_and_the_losses_that_chose_it() -> None:
@@ -30,3 +30,17 @@ def test_note_without_losses_or_without_a_choice() -> None:
         "Probabilities: the booster's own scores; too few examples to cross-fit a calibration."
     )
     assert _calibrator_note(None) == "" and _calibrator_note({}) == ""
+
+
+def test_purchase_histogram_calls_only_calibrated_probabilities_calibrated() -> None:
+    held_out = {"roc_auc": 0.66}
+    assert _probability_kind({"held_out": held_out, "calibrator": {"method": "isotonic"}}) == (
+        "calibrated probabilities"
+    )
+    assert _probability_kind({"held_out": held_out, "calibrator": {"method": "none"}}) == (
+        "the model's own probabilities"
+    )
+    assert _probability_kind({"held_out": held_out}) == "the model's probabilities"
+    heuristic = {"method": "heuristic", "reason": "no cutoff with a complete label window yet"}
+    assert _probability_kind(heuristic) == "rule-based scores, no model yet"
+    assert _probability_kind(None) == "rule-based scores, no model yet"
