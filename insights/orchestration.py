@@ -218,15 +218,22 @@ def _run_id(context: Mapping[str, Any]) -> str:
 
 
 def announce_new_data(summary: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Mark the clickstream Asset as updated when the ingest run loaded events; otherwise
-    skip, so that no refresh is started for nothing."""
+    """Mark the clickstream Asset as updated when the ingest run loaded events or catalog
+    items (new items get recommended from their text); otherwise skip, so that no refresh
+    is started for nothing."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     context = _current(context)
-    loaded = int(summary.get("totals", {}).get("loaded", 0))
-    if loaded == 0:
-        raise AirflowSkipException("no new events: the clickstream asset is not updated")
+    totals = summary.get("totals", {})
+    items = int(totals.get("catalog_items", 0))
+    loaded = int(totals.get("loaded", 0)) - items
+    if loaded == 0 and items == 0:
+        raise AirflowSkipException("no new events or catalog items: the clickstream asset is not updated")
     end = context.get("data_interval_end") or context.get("logical_date")
-    extra = {"events_loaded": loaded, "as_of": _naive_utc(end).isoformat() if end is not None else None}
+    extra = {
+        "events_loaded": loaded,
+        "catalog_items_loaded": items,
+        "as_of": _naive_utc(end).isoformat() if end is not None else None,
+    }
     context["outlet_events"][clickstream_asset()].extra = extra
     return extra

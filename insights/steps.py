@@ -61,14 +61,19 @@ def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
         quarantined = con.execute("select count(*) from ingest.quarantine").fetchone()[0]
     finally:
         con.close()
+    return ingest_summary(results) | {"warehouse_events": events, "warehouse_quarantined": quarantined}
+
+
+def ingest_summary(results: list[LoadResult]) -> dict[str, Any]:
+    """Per-load counts and their totals; ``loaded`` counts catalog rows too, and
+    ``catalog_items`` says how many of them there were."""
     return {
         "loads": [asdict(r) for r in results],
         "totals": {
             key: sum(getattr(r, key) for r in results)
             for key in ("files", "lines_read", "loaded", "duplicates", "quarantined", "control_messages", "replaced")
-        },
-        "warehouse_events": events,
-        "warehouse_quarantined": quarantined,
+        }
+        | {"catalog_items": sum(r.loaded for r in results if r.source_kind == "catalog")},
     }
 
 
@@ -246,8 +251,10 @@ def headline(step: str, summary: dict[str, Any]) -> str:
     """One line of what a step produced, for ``insights run``, the DAG logs and the run report."""
     if step == "ingest":
         t = summary["totals"]
+        items = t.get("catalog_items", 0)
+        loaded = f"{t['loaded'] - items:,} events" + (f" and {items:,} catalog items" if items else "")
         return (
-            f"{t['loaded']:,} events loaded from {t['files']:,} files, {t['duplicates']:,} duplicates, "
+            f"{loaded} loaded from {t['files']:,} files, {t['duplicates']:,} duplicates, "
             f"{t['quarantined']:,} quarantined"
         )
     if step == "transform":

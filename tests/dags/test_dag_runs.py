@@ -84,6 +84,7 @@ def test_ingest_then_refresh_then_training(deployment: dict) -> None:
     events = _asset_events(home)
     assert len(events) == 1 and events[0]["dag"] == "clickstream_ingest"
     assert events[0]["extra"]["events_loaded"] > 30_000
+    assert events[0]["extra"]["catalog_items_loaded"] == 200  # the sample's catalog
     assert events[0]["extra"]["as_of"] == "2026-11-01T00:00:00"
 
     # Nothing new an hour later: the run succeeds and no refresh is started for nothing.

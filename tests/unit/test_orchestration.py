@@ -38,6 +38,39 @@ def test_as_of_of_a_run_started_by_new_data_is_the_latest_ingest_interval() -> N
         orchestration.as_of_from_context({"dag_run": SimpleNamespace(run_after=None)})
 
 
+def _ingest_summary(**loads: tuple[str, int]) -> dict:
+    """What `steps.ingest` returns for loads of (source kind, rows loaded)."""
+    from insights.ingest.loader import LoadResult
+    from insights.steps import ingest_summary
+
+    return ingest_summary([LoadResult(f"l-{n}", n, kind, files=1, loaded=rows) for n, (kind, rows) in loads.items()])
+
+
+def test_ingest_headline_and_asset_tell_events_from_catalog_items() -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from insights.steps import headline
+
+    end = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)
+
+    def announce(summary: dict) -> dict:
+        outlets = {orchestration.clickstream_asset(): SimpleNamespace(extra=None)}
+        return orchestration.announce_new_data(summary, {"data_interval_end": end, "outlet_events": outlets})
+
+    both = _ingest_summary(web=("snowplow_enriched", 950), shop=("singer_jsonl", 50), items=("catalog", 20))
+    assert headline("ingest", both).startswith("1,000 events and 20 catalog items loaded from 3 files")
+    assert announce(both) == {"events_loaded": 1000, "catalog_items_loaded": 20, "as_of": "2026-11-01T01:00:00"}
+
+    events_only = _ingest_summary(web=("snowplow_enriched", 7))
+    assert headline("ingest", events_only).startswith("7 events loaded from 1 files")
+    # New or changed items alone start a refresh too: they are recommended from their text.
+    items_only = _ingest_summary(items=("catalog", 3))
+    assert headline("ingest", items_only).startswith("0 events and 3 catalog items loaded")
+    assert announce(items_only)["catalog_items_loaded"] == 3
+    with pytest.raises(AirflowSkipException, match="no new events or catalog items"):
+        announce(_ingest_summary())
+
+
 def _conn(login: str | None, password: str | None, extra: dict) -> SimpleNamespace:
     return SimpleNamespace(login=login, password=password, extra_dejson=extra)
 
