@@ -181,6 +181,23 @@ def _quality(con: duckdb.DuckDBPyConnection, config: Config) -> dict[str, Any]:
     }
 
 
+def _freshness(con: duckdb.DuckDBPyConnection, config: Config, as_of: datetime) -> dict[str, Any]:
+    """How old the newest scored event is, and who was left without recommendations."""
+    from models_ml.data import data_lag_warning
+
+    newest, without = con.execute(
+        "select max(last_seen_at), count(*) filter (where coalesce(len(recommended_items), 0) = 0) "
+        "from main.user_insights"
+    ).fetchone()
+    lag = data_lag_warning(config, as_of, newest)
+    return {
+        "newest_event_at": f"{newest:%Y-%m-%d %H:%M:%S}" if newest is not None else None,
+        "data_lag_hours": round((as_of - newest).total_seconds() / 3600, 1) if newest is not None else None,
+        "data_lag_warning": lag[1] if lag else None,
+        "users_without_recommendations": int(without),
+    }
+
+
 def gather(
     config: Config,
     con: duckdb.DuckDBPyConnection,
@@ -251,7 +268,7 @@ def gather(
         "propensities": _propensities(published),
         "recommendations": _recommendations(con, config, published),
         "interests": [[r[0], r[1], int(r[2]), float(r[3])] for r in interests],
-        "quality": _quality(con, config),
+        "quality": _quality(con, config) | _freshness(con, config, as_of),
         "steps": _steps(steps_summary or {}),
     }
 
@@ -318,6 +335,25 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def _section(key: str, title: str, lead: str, body: str) -> str:
     return f'<section id="{key}"><h2>{escape(title)}</h2><p class="lead">{escape(lead)}</p>{body}</section>'
+
+
+def _freshness_html(q: dict[str, Any]) -> str:
+    if q.get("newest_event_at") is None:
+        return ""
+    hours = q["data_lag_hours"]
+    lag = f"{hours / 24:,.1f} days" if hours >= 48 else f"{hours:,.1f} hours"
+    html = (
+        f"<p class='note'>Newest event of a scored user: {escape(q['newest_event_at'])} UTC, "
+        f"{lag} before the as-of instant.</p>"
+    )
+    if q.get("data_lag_warning"):
+        html += f"<p class='warn'>Warning: {escape(q['data_lag_warning'])}</p>"
+    if q.get("users_without_recommendations"):
+        html += (
+            f"<p class='warn'>{q['users_without_recommendations']:,} users have no recommendations: too short a "
+            "history for the model and nothing active to fill their lists with.</p>"
+        )
+    return html
 
 
 def _metric(value: Any, percent: bool = False) -> str:
@@ -597,6 +633,7 @@ def render(data: dict[str, Any], config: Config) -> str:
             color=charts.PALETTE[6],
         )
         + "</div>"
+        + _freshness_html(q)
         + (
             f"<p class='warn'>{q['loads_not_ok']} of {q['loads']} loads did not finish ok.</p>"
             if q["loads_not_ok"]

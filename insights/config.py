@@ -149,6 +149,11 @@ class ValidationConfig(_Strict):
     max_future_hours: float = Field(24.0, ge=0, description="Clock-skew allowance.")
     max_price: float = Field(1_000_000.0, gt=0)
     warn_only: list[str] = Field(default_factory=list, description="Expectation names demoted from error to warning.")
+    max_data_lag_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Scoring and the run report warn when the newest event is older than this before the as-of instant.",
+    )
 
 
 DEFAULT_EVENT_WEIGHTS = {

@@ -268,7 +268,8 @@ def headline(step: str, summary: dict[str, Any]) -> str:
     if step == "score":
         trained = summary.get("trained_first")
         first = f"trained {trained['model_version']} first; " if trained else ""
-        return f"{first}{summary['users']:,} users scored, {summary['recommendations']:,} recommendations"
+        warned = "".join(f"; warning: {w}" for w in summary.get("warning_headlines", []))
+        return f"{first}{summary['users']:,} users scored, {summary['recommendations']:,} recommendations{warned}"
     if step == "export":
         seg = summary["segment"]
         if not seg.get("enabled", True):

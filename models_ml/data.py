@@ -14,6 +14,7 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
+from insights.config import Config
 from insights.warehouse import query_frame
 
 _SCHEMA = re.compile(r"^(main|pit_\d{8}_\d{6})$")
@@ -125,4 +126,21 @@ def relevant_items(con: duckdb.DuckDBPyConnection, start: datetime, end: datetim
         order by 1, 2
         """,
         {"start": start, "end": end},
+    )
+
+
+def data_lag_warning(config: Config, as_of: datetime, newest: datetime | None) -> tuple[str, str] | None:
+    """A warning when the newest event is more than ``validation.max_data_lag_hours``
+    before the as-of instant: a source may have stalled, and insights computed now describe
+    the past (trending needs events in its recent days, popularity in its baseline).
+    Returns a short headline and the message."""
+    if newest is None:
+        return None
+    lag_hours = (as_of - newest).total_seconds() / 3600
+    if lag_hours <= config.validation.max_data_lag_hours:
+        return None
+    return f"newest event {lag_hours / 24:.1f} days old", (
+        f"the newest event ({newest:%Y-%m-%d %H:%M} UTC) is {lag_hours / 24:.1f} days before the as-of instant "
+        f"({as_of:%Y-%m-%d %H:%M}), more than validation.max_data_lag_hours ({config.validation.max_data_lag_hours:g}): "
+        "has a source stopped delivering, or is the as-of later than the data?"
     )

@@ -488,6 +488,9 @@ class Scores:
     picks_computed: int = 0  # warm users folded in and ranked by this run
     similar_key: str | None = None  # what item_similar was computed from (_similar_key)
     similar_reused: bool = False  # item_similar read back: model, items and stock unchanged
+    newest_event_at: datetime | None = None  # the latest event of any scored user
+    # (headline, message): a stalled source, users left without a list
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _item_vectors(bundle: registry.ModelBundle, catalog: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -514,7 +517,21 @@ def _item_vectors(bundle: registry.ModelBundle, catalog: pd.DataFrame) -> tuple[
 
 
 def _trending(catalog: pd.DataFrame, limit: int) -> pd.DataFrame:
-    live = catalog[catalog["in_stock"].fillna(False) & (catalog["trending_score"] > 0)]
+    """The in-stock items whose recent activity rose most, globally and per top category.
+    Where fewer than ``limit`` items trend (a quiet spell, a small site: nothing viewed in
+    the recent days), a list goes on with the most popular of the other in-stock items
+    (decayed popularity over the baseline window), scored below every trending item, so
+    that cold users and unknown visitors still get a full list while there was any
+    activity in the baseline window."""
+    stock = catalog[catalog["in_stock"].fillna(False)]
+    trend_score = stock["trending_score"].fillna(0)
+    popularity = stock["popularity"].fillna(0)
+    trending, quiet = stock[trend_score > 0], stock[(trend_score <= 0) & (popularity > 0)]
+    if len(quiet):
+        floor = float(trending["trending_score"].min()) if len(trending) else 1.0
+        quiet = quiet.assign(trending_score=0.5 * floor * quiet["popularity"] / quiet["popularity"].max())
+    parts = [f for f in (trending, quiet) if len(f)]
+    live = pd.concat(parts) if parts else trending
     live = live.sort_values(["trending_score", "item_id"], ascending=[False, True])
     overall = live.head(limit).assign(scope="global")
     per_category = live.groupby("category_l1", group_keys=False).head(limit).assign(scope=lambda f: f["category_l1"])
@@ -814,6 +831,9 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
             picks_reused=0 if pick_cache is None else pick_cache.reused,
             picks_computed=len(warm_users) - (0 if pick_cache is None else pick_cache.reused),
         )
+        result.newest_event_at, result.warnings = _score_warnings(config, as_of, users, recs)
+        for _, warning in result.warnings:
+            log.warning("%s", warning)
         if write:
             with timed(seconds, "write"), transaction(con):
                 _write(con, result)
@@ -823,6 +843,26 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
         con.close()
     log.info("scored %d users as of %s (seconds: %s)", len(result.users), as_of, seconds)
     return result
+
+
+def _score_warnings(
+    config: Config, as_of: datetime, users: pd.DataFrame, recs: pd.DataFrame
+) -> tuple[datetime | None, list[tuple[str, str]]]:
+    """The newest event of the scored users and what a reader of the run should know."""
+    seen = users["last_seen_at"].dropna() if "last_seen_at" in users else pd.Series(dtype="datetime64[ns]")
+    newest = pd.Timestamp(seen.max()).to_pydatetime() if len(seen) else None
+    warnings = [w for w in [data.data_lag_warning(config, as_of, newest)] if w]
+    empty = len(users) - recs["user_id"].nunique()
+    if empty > 0:
+        warnings.append(
+            (
+                f"{empty:,} users without recommendations",
+                f"{empty:,} of {len(users):,} users have no recommendations: too short a history for the model, and "
+                f"no in-stock item they have not bought had activity in the last {config.transform.trending_baseline_days} "
+                "days to fill their lists with",
+            )
+        )
+    return newest, warnings
 
 
 def _propensities(config: Config, bundle: registry.ModelBundle, feats: pd.DataFrame) -> pd.DataFrame:
@@ -962,6 +1002,9 @@ def score_summary(scores: Scores) -> dict[str, Any]:
         "picks_reused": scores.picks_reused,
         "picks_computed": scores.picks_computed,
         "similar_reused": scores.similar_reused,
+        "newest_event_at": scores.newest_event_at.isoformat(sep=" ") if scores.newest_event_at else None,
+        "warnings": [message for _, message in scores.warnings],
+        "warning_headlines": [headline for headline, _ in scores.warnings],
         "seconds": scores.seconds,
     }
 

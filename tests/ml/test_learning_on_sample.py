@@ -248,6 +248,10 @@ def test_run_report_shows_every_section_with_real_numbers(learned: dict) -> None
         quality["loaded"] + quality["duplicates"] + quality["quarantined"] + quality["control_messages"]
     )
     assert quality["bot_agent_events"] > 0 and quality["clean_events"] < quality["raw_events"]
+    # Fresh data, everyone with a list: no warning, and the newest event is stated.
+    assert learned["score"]["warnings"] == [] and quality["data_lag_warning"] is None
+    assert quality["users_without_recommendations"] == 0 and quality["data_lag_hours"] < 24
+    assert f"Newest event of a scored user: {quality['newest_event_at']} UTC" in html and "Warning:" not in html
     assert {d for d, *_ in data["interests"]} >= {"category", "brand"}
     assert [s["step"] for s in data["steps"]] == ["export"]
 
@@ -329,3 +333,36 @@ def test_scoring_again_reuses_similar_items_until_stock_changes(learned: dict, t
     assert not fresh.similar_reused
     pd.testing.assert_frame_equal(stored, fresh.item_similar.reset_index(drop=True), check_dtype=False)
     assert pipeline.score(config, as_of).similar_reused
+
+
+def test_a_quiet_spell_still_fills_every_list_and_stale_data_is_called_out(learned: dict, tmp_path: Path) -> None:
+    """Scored five days after the last event (nothing viewed in trending's recent days), the
+    trending lists go on with popular items and every user still gets a full list; scored
+    forty days after (nothing in the popularity baseline either), the users with too short
+    a history have nothing, and scoring and the report say so and that the data is old."""
+    config = _private_copy(learned, tmp_path)
+    ml = config.ml
+
+    quiet = pipeline.score(config, learned["as_of"] + timedelta(days=5))
+    assert len(quiet.trending) and (quiet.trending["score"] > 0).all()
+    assert (quiet.trending.groupby("scope").size() <= ml.trending_items).all()
+    assert (quiet.recommendations.groupby("user_id").size() == ml.recommendations).all()
+    assert quiet.recommendations["user_id"].nunique() == len(quiet.users)
+    assert [h for h, _ in quiet.warnings] == ["newest event 5.0 days old"]
+
+    later = learned["as_of"] + timedelta(days=40)
+    stale = steps.score(config, later)
+    assert stale["trending"] == 0
+    empty = (
+        len(stale_users := _query(tmp_path, "select * from main.user_insights"))
+        - _query(tmp_path, "select count(distinct user_id) as n from main.recommendations")["n"][0]
+    )
+    assert empty > 0 and stale_users["recommended_items"].map(len).eq(0).sum() == empty
+    assert stale["warning_headlines"] == ["newest event 40.0 days old", f"{empty:,} users without recommendations"]
+    assert "validation.max_data_lag_hours (24)" in stale["warnings"][0]
+    assert steps.headline("score", stale).endswith(
+        f"; warning: newest event 40.0 days old; warning: {empty:,} users without recommendations"
+    )
+    html = Path(steps.report(config, later)["path"]).read_text(encoding="utf-8")
+    assert "40.0 days before the as-of instant" in html and escape(stale["warnings"][0]) in html
+    assert f"{empty:,} users have no recommendations" in html
