@@ -91,6 +91,11 @@ class StreamMapping(_Strict):
     )
     event_types: dict[str, str] = Field(default_factory=dict, description="source value -> canonical event type")
     event_type: str | None = Field(None, description="Fixed event type for every record.")
+    explode: str | None = Field(
+        None,
+        description="A column holding a JSON array (an order's line items): each element becomes an event of its "
+        "own, and columns mapped as '<explode>.<key>' are read from the element.",
+    )
 
     @field_validator("event_types")
     @classmethod

@@ -124,10 +124,19 @@ def mapped_sql(
     available = set(columns)
     exprs: dict[str, str] = {}
     problems: list[str] = []
+    explode = _explode_column(mapping, available, source_name, drift, warnings)
     for canonical, kind in CANONICAL_EVENT_COLUMNS.items():
         if canonical in ("event_type", "source"):
             continue
         source_col = mapping.columns.get(canonical, canonical)
+        if explode and source_col.startswith(explode + "."):
+            label = f"{canonical} ({source_col})"
+            exprs[canonical], problem = _element_expr("x_line.e", source_col[len(explode) + 1 :], kind, label)
+            problems += [problem] if problem else []
+            continue
+        if mapping.explode and source_col.startswith(mapping.explode + "."):
+            exprs[canonical] = f"null::{kind}"  # the array column is missing (schema_drift: load)
+            continue
         if source_col not in available:
             if canonical in mapping.columns and drift == "load":
                 if warnings is not None:
@@ -173,6 +182,14 @@ def mapped_sql(
     if "event_name" not in exprs or exprs["event_name"] == "null::VARCHAR":
         first = next((c for c in (type_col, name_col) if c in available), None)
         exprs["event_name"] = quote_ident(first) if first else "null::varchar"
+    # Element checks run over the whole array before it is exploded: a bad element sends
+    # its source line (the record) to quarantine, as any other bad value does.
+    array_check = (
+        f"case when {quote_ident(explode)} is not null and x_elements is null "
+        f"then {_lit(explode + ': not a JSON array')} end"
+        if explode
+        else None
+    )
     derived_id = (
         "md5(concat_ws('|', "
         + _lit(source_name)
@@ -185,6 +202,7 @@ def mapped_sql(
         [
             "case when occurred_at_chk is null and occurred_at_raw is null then 'occurred_at is empty' end",
             "case when user_id_chk is null and anonymous_id_chk is null then 'no user_id or anonymous_id' end",
+            *([array_check] if array_check else []),
             *problems,
         ]
     )
@@ -193,12 +211,30 @@ def mapped_sql(
         if mapping.columns.get("occurred_at", "occurred_at") in available
         else "null"
     )
+    base_id = exprs["event_id"]
+    if explode:
+        # The first element's event keeps the record's id, the others get '#2', '#3', ... (as
+        # Snowplow's multi-product purchases do), so de-duplication stays per record.
+        exprs["event_id"] = f"case when x_line.i = 1 then {base_id} else {base_id} || '#' || x_line.i end"
     select_list = ",\n        ".join(f"{expr} as {name}" for name, expr in exprs.items())
     src = _lit(source_name)
+    elements, rows = "", "(select * from checked where reason is null)"
+    if explode:
+        column = quote_ident(explode)
+        elements = (
+            f", case when json_valid({column}) and json_type({column}) = 'ARRAY' "
+            f"then json_extract({column}, '$[*]') end as x_elements"
+        )
+        # An empty array still gives the record's one event, with the element columns empty.
+        rows = (
+            "(select *, unnest(case when len(x_elements) > 0 "
+            "then list_transform(x_elements, lambda x_e, x_i: {'i': x_i, 'e': x_e}) "
+            "else [{'i': 1, 'e': null::json}] end) as x_line from checked where reason is null)"
+        )
     return f"""
     with base as (
         select *, {exprs["occurred_at"]} as occurred_at_chk, {occurred_raw} as occurred_at_raw,
-               {exprs["user_id"]} as user_id_chk, {exprs["anonymous_id"]} as anonymous_id_chk
+               {exprs["user_id"]} as user_id_chk, {exprs["anonymous_id"]} as anonymous_id_chk{elements}
         from {view}
     ),
     checked as materialized (  -- both branches read it: the checks run once
@@ -208,13 +244,60 @@ def mapped_sql(
         {event_type} as event_type,
         {src} as source,
         source_file, source_line, null::varchar as raw_text, null::varchar as reason,
-        {exprs["event_id"]} as base_event_id,
+        {base_id} as base_event_id,
         {exprs["occurred_at"]} as dedup_ts
-    from checked src where reason is null
+    from {rows} src
     union all by name
     select source_file, source_line, raw_text, reason
     from checked where reason is not null
     """
+
+
+def _explode_column(
+    mapping: StreamMapping, available: set[str], source_name: str, drift: str, warnings: list[str] | None
+) -> str | None:
+    """The column whose JSON array elements become events, if configured and present."""
+    if not mapping.explode:
+        return None
+    if mapping.explode in available:
+        return mapping.explode
+    if drift == "load":
+        if warnings is not None:
+            warnings.append(
+                f"{source_name}: column '{mapping.explode}' (explode) is missing from this batch; its element "
+                "columns are loaded as empty, one event per record (schema_drift: load)"
+            )
+        return None
+    raise ValueError(
+        f"source '{source_name}': column '{mapping.explode}' (explode) is not in the data; columns present: "
+        f"{', '.join(sorted(available)) or 'none'} (set the source's schema_drift: load to load the rest)"
+    )
+
+
+def _element_expr(element: str, path: str, kind: str, label: str) -> tuple[str, str | None]:
+    """A canonical column read from each array element (``path``: dotted keys inside the
+    element), and the check that quarantines a record with an element of the wrong type."""
+    json_path = "$." + ".".join('"' + key.replace('"', '\\"') + '"' for key in path.split("."))
+
+    def raw(e: str) -> str:
+        return f"nullif(trim(json_extract_string({e}, {_lit(json_path)})), '')"
+
+    def cast(e: str) -> str:
+        if kind == "TIMESTAMP":
+            return f"try_cast({raw(e)} as timestamptz)::timestamp"
+        if kind == "DOUBLE":
+            return f"try_cast({raw(e)} as double)"
+        return raw(e)
+
+    if kind not in _CASTS:
+        return cast(element), None
+    bad = f"list_filter(x_elements, lambda x_e: {raw('x_e')} is not null and {cast('x_e')} is null)"
+    quote = "''''"  # SQL for a string holding one quote
+    problem = (
+        f"case when len({bad}) > 0 then {_lit(label + ': not a ' + _CASTS[kind] + ' ')} || {quote} || "
+        f"left(list_transform({bad}, lambda x_e: {raw('x_e')})[1], 40) || {quote} end"
+    )
+    return cast(element), problem
 
 
 def event_types_table(mapping: StreamMapping) -> pa.Table:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from insights import steps
 from insights.config import load_config
 from tests.conftest import FIXTURES, write_config
-from tests.unit.test_mapped_sources import STREAM
+from tests.unit.test_mapped_sources import ORDERS, STREAM
 
 SETTINGS = settings(
     max_examples=40,
@@ -158,6 +158,36 @@ def test_singer_jsonl(rows: list[tuple[str, str | None]]) -> None:
     text = "\n".join([state, *(line for line, _ in rows)]) + "\n"
     with _ingest(SINGER, {"events.jsonl": text}) as (summary, con):
         _check(summary, con, {i for _, i in rows if i})
+
+
+def _order(i: int) -> str:
+    items = [{"product_id": f"sku-{k}", "quantity": 1 + k, "price_set": {"amount": f"{k}.5"}} for k in range(i % 4)]
+    record = {
+        "id": f"id-{i}",
+        "created_at": "2026-10-02T09:00:00Z",
+        "customer": {"id": f"c{i % 5}"},
+        "currency": "EUR",
+        "line_items": items,
+    }
+    return json.dumps({"type": "RECORD", "stream": "orders", "record": record})
+
+
+@SETTINGS
+@given(lines(_order))
+def test_singer_orders_exploded(rows: list[tuple[str, str | None]]) -> None:
+    """Orders whose line items become events: damage anywhere in a record (its array
+    included) quarantines that record whole; counts stay per record."""
+    source = {"name": "shop", "kind": "singer_jsonl", "schema_drift": "load", "streams": {"orders": ORDERS}}
+    with _ingest(source, {"orders.jsonl": "\n".join(line for line, _ in rows) + "\n"}) as (summary, con):
+        _check(summary, con, {i for _, i in rows if i})
+        # One event per line item (one for an order without any), all of the record's.
+        counts = dict(
+            con.execute("select split_part(event_id, '#', 1), count(*) from raw.events group by 1").fetchall()
+        )
+        for line, i in rows:
+            # (A damaged copy of a record may keep its id and win the de-duplication.)
+            if i and sum(f'"{i}"' in other for other, _ in rows) == 1:
+                assert counts[i] == max(1, len(json.loads(line)["record"]["line_items"])), i
 
 
 EVENTS_FILE = {

@@ -161,3 +161,112 @@ def test_catalog_snapshot_upserts_and_quarantines(tmp_path: Path) -> None:
         ("sku-2", "Mug", 4.5, True),
     ]
     assert query(tmp_path, "select count(*) from ingest.quarantine") == [(0,)]
+
+
+ORDERS = {
+    "explode": "line_items",
+    "event_type": "purchase",
+    "columns": {
+        "event_id": "id",
+        "occurred_at": "created_at",
+        "user_id": "customer.id",
+        "order_id": "id",
+        "currency": "currency",
+        "item_id": "line_items.product_id",
+        "quantity": "line_items.quantity",
+        "price": "line_items.price_set.amount",
+    },
+}
+
+
+def _order(order_id: str, items: object, **extra: object) -> str:
+    rec = {"id": order_id, "created_at": "2026-10-02T09:00:00Z", "customer": {"id": "c1"}, "currency": "EUR"}
+    return json.dumps({"type": "RECORD", "stream": "orders", "record": {**rec, "line_items": items, **extra}})
+
+
+def _item(sku: str, quantity: object, amount: object) -> dict:
+    return {"product_id": sku, "quantity": quantity, "price_set": {"amount": amount}}
+
+
+def test_singer_orders_explode_into_one_purchase_per_line_item(tmp_path: Path) -> None:
+    """An order record (as a Shopify or WooCommerce tap writes it) becomes one purchase per
+    line item; a record with an element of the wrong type, or line items that are not an
+    array, is quarantined whole; counts stay per record; loading again adds nothing."""
+    src = tmp_path / "singer"
+    src.mkdir()
+    lines = [
+        _order("o1", [_item("sku-1", 2, "10.50"), _item("sku-2", 1, 4), _item("sku-3", 1, None)]),
+        _order("o2", [_item("sku-1", 1, 10.5)]),
+        _order("o3", [_item("sku-1", 1, 10.5), _item("sku-2", "two", 4)]),
+        _order("o4", {"product_id": "sku-1"}),
+        _order("o5", []),
+        _order("o1", [_item("sku-1", 2, "10.50")]),  # a replayed order: the same id
+    ]
+    (src / "orders.jsonl").write_text("\n".join(lines) + "\n")
+    source = {"name": "shop", "kind": "singer_jsonl", "path": str(src), "streams": {"orders": ORDERS}}
+
+    t = ingest(tmp_path, [source])["totals"]
+    assert (t["lines_read"], t["loaded"], t["duplicates"], t["quarantined"]) == (6, 3, 1, 2)
+    rows = query(
+        tmp_path,
+        "select event_id, event_type, order_id, user_id, item_id, quantity, price, currency from raw.events order by 1",
+    )
+    assert rows == [
+        ("o1", "purchase", "o1", "c1", "sku-1", 2.0, 10.5, "EUR"),
+        ("o1#2", "purchase", "o1", "c1", "sku-2", 1.0, 4.0, "EUR"),
+        ("o1#3", "purchase", "o1", "c1", "sku-3", 1.0, None, "EUR"),
+        ("o2", "purchase", "o2", "c1", "sku-1", 1.0, 10.5, "EUR"),
+        ("o5", "purchase", "o5", "c1", None, None, None, "EUR"),  # no line items: the order alone
+    ]
+    reasons = dict(query(tmp_path, "select line_number, reason from ingest.quarantine"))
+    assert reasons == {
+        3: "quantity (line_items.quantity): not a double 'two'",
+        4: "line_items: not a JSON array",
+    }
+    again = ingest(tmp_path, [source])["totals"]
+    assert again["files"] == 0 and query(tmp_path, "select count(*) from raw.events") == [(5,)]
+
+
+def test_events_file_explodes_a_json_array_column(tmp_path: Path) -> None:
+    src = tmp_path / "files"
+    src.mkdir()
+    (src / "orders.csv").write_text(
+        "order,ts,buyer,items\n"
+        'A1,2026-10-01 10:00:00,m1,"[{""sku"": ""s1"", ""qty"": 3}, {""sku"": ""s2"", ""qty"": 1}]"\n'
+        "A2,2026-10-01 11:00:00,m2,not json\n"
+    )
+    source = {
+        "name": "orders",
+        "kind": "events_file",
+        "path": str(src),
+        "explode": "items",
+        "event_type": "purchase",
+        "columns": {"event_id": "order", "order_id": "order", "occurred_at": "ts", "user_id": "buyer",
+                    "item_id": "items.sku", "quantity": "items.qty"},
+    }  # fmt: skip
+    t = ingest(tmp_path, [source])["totals"]
+    assert (t["lines_read"], t["loaded"], t["quarantined"]) == (2, 1, 1)
+    assert query(tmp_path, "select event_id, item_id, quantity from raw.events order by 1") == [
+        ("A1", "s1", 3.0),
+        ("A1#2", "s2", 1.0),
+    ]
+    assert query(tmp_path, "select reason from ingest.quarantine") == [("items: not a JSON array",)]
+
+
+def test_an_explode_column_missing_from_the_data_names_it(tmp_path: Path) -> None:
+    src = tmp_path / "files"
+    src.mkdir()
+    (src / "e.csv").write_text("order,ts,buyer\nA1,2026-10-01,m1\n")
+    source = {
+        "name": "x",
+        "kind": "events_file",
+        "path": str(src),
+        "explode": "items",
+        "columns": {"event_id": "order", "occurred_at": "ts", "user_id": "buyer", "item_id": "items.sku"},
+    }
+    with pytest.raises(IngestError, match="column 'items' \\(explode\\) is not in the data.*buyer, order, ts"):
+        ingest(tmp_path, [source])
+    summary = ingest(tmp_path, [{**source, "schema_drift": "load"}])
+    assert (
+        summary["totals"]["loaded"] == 1 and "column 'items' (explode) is missing" in summary["loads"][0]["warnings"][0]
+    )

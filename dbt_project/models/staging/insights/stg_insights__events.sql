@@ -26,7 +26,9 @@ renamed as (
         item_id,
         quantity,
         price,
-        revenue,
+        -- A purchase without a stated revenue (an export mapped with price and quantity only,
+        -- an order's exploded line items) earns price x quantity, as Snowplow's products do.
+        coalesce(revenue, case when event_type = 'purchase' then price * coalesce(quantity, 1) end) as revenue,
         currency,
         order_id,
         search_query,
