@@ -12,6 +12,15 @@ from insights.config import load_config
 from tests.conftest import write_config
 
 
+def source_files(tmp_path: Path, files: dict[str, str], folder: str = "files") -> Path:
+    """A source folder under ``tmp_path`` holding these text files; returns the folder."""
+    src = tmp_path / folder
+    src.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (src / name).write_text(text)
+    return src
+
+
 def ingest(tmp_path: Path, sources: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
     config = load_config(write_config(tmp_path, sources, **sections), environ={})
     return steps.ingest(config)

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from insights.ingest import IngestError
-from tests.helpers import ingest, query
+from tests.helpers import ingest, query, source_files
 
 STREAM = {
     "columns": {
@@ -37,8 +37,6 @@ def _record(i: int, event: str = "Product Viewed", price: object = 9.5) -> str:
 
 
 def test_singer_messages_records_schema_state_and_bad_lines(tmp_path: Path) -> None:
-    src = tmp_path / "singer"
-    src.mkdir()
     lines = [
         json.dumps(
             {"type": "SCHEMA", "stream": "events", "schema": {"type": "object"}, "key_properties": ["insert_id"]}
@@ -52,7 +50,7 @@ def test_singer_messages_records_schema_state_and_bad_lines(tmp_path: Path) -> N
         json.dumps({"type": "RECORD", "stream": "customers", "record": {"customer_id": "u1", "email": "a@b.c"}}),
         json.dumps({"type": "STATE", "value": {"bookmarks": {"events": "2026-10-01"}}}),
     ]
-    (src / "tap.jsonl").write_text("\n".join(lines) + "\n")
+    src = source_files(tmp_path, {"tap.jsonl": "\n".join(lines) + "\n"}, "singer")
 
     summary = ingest(
         tmp_path, [{"name": "app", "kind": "singer_jsonl", "path": str(src), "streams": {"events": STREAM}}]
@@ -72,15 +70,16 @@ def test_singer_messages_records_schema_state_and_bad_lines(tmp_path: Path) -> N
 
 
 def test_events_file_csv_with_column_and_event_type_maps(tmp_path: Path) -> None:
-    src = tmp_path / "files"
-    src.mkdir()
-    (src / "export.csv").write_text(
-        "ts,visitor,member,action,sku,amount\n"
-        "2026-10-01 10:00:00,v1,,view,sku-1,\n"
-        "2026-10-01 10:05:00,v1,m1,buy,sku-1,19.99\n"
-        "not a time,v2,,view,sku-2,\n"
-        "2026-10-01 10:09:00,,,view,sku-2,\n"
-        "2026-10-01 10:10:00,v3\n"
+    src = source_files(
+        tmp_path,
+        {
+            "export.csv": "ts,visitor,member,action,sku,amount\n"
+            "2026-10-01 10:00:00,v1,,view,sku-1,\n"
+            "2026-10-01 10:05:00,v1,m1,buy,sku-1,19.99\n"
+            "not a time,v2,,view,sku-2,\n"
+            "2026-10-01 10:09:00,,,view,sku-2,\n"
+            "2026-10-01 10:10:00,v3\n"
+        },
     )
     source = {
         "name": "clicks",
@@ -131,22 +130,22 @@ def test_events_file_parquet_canonical_names(tmp_path: Path) -> None:
 
 
 def test_mapping_to_a_missing_column_names_it(tmp_path: Path) -> None:
-    src = tmp_path / "files"
-    src.mkdir()
-    (src / "e.csv").write_text("when,who\n2026-10-01,v1\n")
+    src = source_files(tmp_path, {"e.csv": "when,who\n2026-10-01,v1\n"})
     source = {"name": "x", "kind": "events_file", "path": str(src), "columns": {"occurred_at": "timestamp"}}
     with pytest.raises(IngestError, match="column 'timestamp'.*not in the data.*when, who"):
         ingest(tmp_path, [source])
 
 
 def test_catalog_snapshot_upserts_and_quarantines(tmp_path: Path) -> None:
-    src = tmp_path / "catalog"
-    src.mkdir()
-    (src / "items.csv").write_text(
-        "item_id,title,category,brand,price,in_stock,created_at\n"
-        "sku-1,Tent,Outdoor > Tents,Northpeak,120.5,true,2026-01-01\n"
-        "sku-2,Mug,Home,Casa,cheap,yes,2026-01-01\n"
-        ",Nameless,Home,Casa,1,no,2026-01-01\n"
+    src = source_files(
+        tmp_path,
+        {
+            "items.csv": "item_id,title,category,brand,price,in_stock,created_at\n"
+            "sku-1,Tent,Outdoor > Tents,Northpeak,120.5,true,2026-01-01\n"
+            "sku-2,Mug,Home,Casa,cheap,yes,2026-01-01\n"
+            ",Nameless,Home,Casa,1,no,2026-01-01\n"
+        },
+        "catalog",
     )
     summary = ingest(tmp_path, [{"name": "catalog", "kind": "catalog", "path": str(src)}])
     assert (summary["totals"]["loaded"], summary["totals"]["quarantined"]) == (1, 2)
@@ -192,8 +191,6 @@ def test_singer_orders_explode_into_one_purchase_per_line_item(tmp_path: Path) -
     """An order record (as a Shopify or WooCommerce tap writes it) becomes one purchase per
     line item; a record with an element of the wrong type, or line items that are not an
     array, is quarantined whole; counts stay per record; loading again adds nothing."""
-    src = tmp_path / "singer"
-    src.mkdir()
     lines = [
         _order("o1", [_item("sku-1", 2, "10.50"), _item("sku-2", 1, 4), _item("sku-3", 1, None)]),
         _order("o2", [_item("sku-1", 1, 10.5)]),
@@ -202,7 +199,7 @@ def test_singer_orders_explode_into_one_purchase_per_line_item(tmp_path: Path) -
         _order("o5", []),
         _order("o1", [_item("sku-1", 2, "10.50")]),  # a replayed order: the same id
     ]
-    (src / "orders.jsonl").write_text("\n".join(lines) + "\n")
+    src = source_files(tmp_path, {"orders.jsonl": "\n".join(lines) + "\n"}, "singer")
     source = {"name": "shop", "kind": "singer_jsonl", "path": str(src), "streams": {"orders": ORDERS}}
 
     t = ingest(tmp_path, [source])["totals"]
@@ -228,12 +225,13 @@ def test_singer_orders_explode_into_one_purchase_per_line_item(tmp_path: Path) -
 
 
 def test_events_file_explodes_a_json_array_column(tmp_path: Path) -> None:
-    src = tmp_path / "files"
-    src.mkdir()
-    (src / "orders.csv").write_text(
-        "order,ts,buyer,items\n"
-        'A1,2026-10-01 10:00:00,m1,"[{""sku"": ""s1"", ""qty"": 3}, {""sku"": ""s2"", ""qty"": 1}]"\n'
-        "A2,2026-10-01 11:00:00,m2,not json\n"
+    src = source_files(
+        tmp_path,
+        {
+            "orders.csv": "order,ts,buyer,items\n"
+            'A1,2026-10-01 10:00:00,m1,"[{""sku"": ""s1"", ""qty"": 3}, {""sku"": ""s2"", ""qty"": 1}]"\n'
+            "A2,2026-10-01 11:00:00,m2,not json\n"
+        },
     )
     source = {
         "name": "orders",
@@ -254,9 +252,7 @@ def test_events_file_explodes_a_json_array_column(tmp_path: Path) -> None:
 
 
 def test_an_explode_column_missing_from_the_data_names_it(tmp_path: Path) -> None:
-    src = tmp_path / "files"
-    src.mkdir()
-    (src / "e.csv").write_text("order,ts,buyer\nA1,2026-10-01,m1\n")
+    src = source_files(tmp_path, {"e.csv": "order,ts,buyer\nA1,2026-10-01,m1\n"})
     source = {
         "name": "x",
         "kind": "events_file",
