@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from typing import Any
 
 import pyarrow as pa
@@ -28,13 +29,25 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _json_value(value: Any) -> Any:
+    """What JSON cannot hold, as Parquet's nested values bring it: times and dates in ISO
+    form, decimals as their exact text, bytes as text."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
 def _to_text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_value)
+    if isinstance(value, bytes):
+        return _json_value(value)
     text = str(value)
     return text if text != "" else None
 
@@ -123,6 +136,7 @@ def mapped_sql(
     """
     available = set(columns)
     exprs: dict[str, str] = {}
+    raws: dict[str, str] = {}  # each mapped column's text, before its cast
     problems: list[str] = []
     explode = _explode_column(mapping, available, source_name, drift, warnings)
     for canonical, kind in CANONICAL_EVENT_COLUMNS.items():
@@ -130,6 +144,11 @@ def mapped_sql(
             continue
         source_col = mapping.columns.get(canonical, canonical)
         if explode and source_col.startswith(explode + "."):
+            if canonical in _RECORD_COLUMNS:
+                raise ValueError(
+                    f"source '{source_name}': {canonical} is mapped into the exploded array ('{source_col}'); "
+                    f"ids, times and identities are the record's: map {canonical} to a column outside '{explode}'"
+                )
             label = f"{canonical} ({source_col})"
             exprs[canonical], problem = _element_expr("x_line.e", source_col[len(explode) + 1 :], kind, label)
             problems += [problem] if problem else []
@@ -137,7 +156,8 @@ def mapped_sql(
         if mapping.explode and source_col.startswith(mapping.explode + "."):
             exprs[canonical] = f"null::{kind}"  # the array column is missing (schema_drift: load)
             continue
-        if source_col not in available:
+        nested = None if source_col in available else _nested_column(source_col, available)
+        if source_col not in available and nested is None:
             if canonical in mapping.columns and drift == "load":
                 if warnings is not None:
                     warnings.append(
@@ -152,7 +172,8 @@ def mapped_sql(
                 )
             exprs[canonical] = f"null::{kind}"
             continue
-        raw = f"nullif(trim({quote_ident(source_col)}), '')"
+        raw = _nested_raw(*nested) if nested else f"nullif(trim({quote_ident(source_col)}), '')"
+        raws[canonical] = raw
         if kind == "TIMESTAMP":
             cast = f"try_cast({raw} as timestamptz)::timestamp"
         elif kind == "DOUBLE":
@@ -206,11 +227,7 @@ def mapped_sql(
             *problems,
         ]
     )
-    occurred_raw = (
-        f"nullif(trim({quote_ident(mapping.columns.get('occurred_at', 'occurred_at'))}), '')"
-        if mapping.columns.get("occurred_at", "occurred_at") in available
-        else "null"
-    )
+    occurred_raw = raws.get("occurred_at", "null")
     base_id = exprs["event_id"]
     if explode:
         # The first element's event keeps the record's id, the others get '#2', '#3', ... (as
@@ -274,13 +291,37 @@ def _explode_column(
     )
 
 
+# Canonical columns that belong to the record, never to one element of an exploded array.
+_RECORD_COLUMNS = ("event_id", "occurred_at", "user_id", "anonymous_id")
+
+
+def _json_path(keys: list[str]) -> str:
+    return _lit("$." + ".".join('"' + key.replace('"', '\\"') + '"' for key in keys))
+
+
+def _nested_column(source_col: str, available: set[str]) -> tuple[str, list[str]] | None:
+    """For a dotted name that is not a column: the longest column it starts with (a Parquet
+    struct, a JSON text column) and the keys to follow inside it."""
+    parts = source_col.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:k]) in available:
+            return ".".join(parts[:k]), parts[k:]
+    return None
+
+
+def _nested_raw(column: str, keys: list[str]) -> str:
+    """The text at ``keys`` inside a JSON text column (nothing where the column is not JSON)."""
+    col = quote_ident(column)
+    return f"nullif(trim(json_extract_string(case when json_valid({col}) then {col} end, {_json_path(keys)})), '')"
+
+
 def _element_expr(element: str, path: str, kind: str, label: str) -> tuple[str, str | None]:
     """A canonical column read from each array element (``path``: dotted keys inside the
     element), and the check that quarantines a record with an element of the wrong type."""
-    json_path = "$." + ".".join('"' + key.replace('"', '\\"') + '"' for key in path.split("."))
+    json_path = _json_path(path.split("."))
 
     def raw(e: str) -> str:
-        return f"nullif(trim(json_extract_string({e}, {_lit(json_path)})), '')"
+        return f"nullif(trim(json_extract_string({e}, {json_path})), '')"
 
     def cast(e: str) -> str:
         if kind == "TIMESTAMP":

@@ -266,3 +266,54 @@ def test_an_explode_column_missing_from_the_data_names_it(tmp_path: Path) -> Non
     assert (
         summary["totals"]["loaded"] == 1 and "column 'items' (explode) is missing" in summary["loads"][0]["warnings"][0]
     )
+
+
+def test_dots_reach_into_parquet_structs_and_json_text_columns(tmp_path: Path) -> None:
+    """Nested Parquet values (structs, lists of structs, with decimals and times inside) and
+    JSON text in a CSV column are read by dotted names; a list explodes into line items."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    src = tmp_path / "files"
+    src.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["A1", "A2"],
+                "ts": [datetime(2026, 10, 1, 10), datetime(2026, 10, 1, 11)],
+                "who": [{"id": "u1"}, {"id": "u2"}],
+                "items": [
+                    [{"sku": "s1", "qty": 2, "price": Decimal("9.50"), "at": datetime(2026, 10, 1, 9, 59)}],
+                    [{"sku": "s2", "qty": 1, "price": Decimal("3.00"), "at": datetime(2026, 10, 1, 10, 59)}] * 2,
+                ],
+            }
+        ),
+        src / "orders.parquet",
+    )
+    (src / "orders.csv").write_text(
+        "id,ts,who,items\n"
+        'A3,2026-10-02 10:00:00,"{""id"": ""u3""}","[{""sku"": ""s3"", ""qty"": 1, ""price"": 5}]"\n'
+        'A4,2026-10-02 11:00:00,not json,"[]"\n'
+    )
+    columns = {"event_id": "id", "occurred_at": "ts", "user_id": "who.id", "item_id": "items.sku",
+               "quantity": "items.qty", "price": "items.price"}  # fmt: skip
+    source = {"name": "o", "kind": "events_file", "path": str(src), "pattern": "orders.*", "explode": "items",
+              "event_type": "purchase", "columns": columns}  # fmt: skip
+    t = ingest(tmp_path, [source])["totals"]
+    assert (t["lines_read"], t["loaded"], t["quarantined"]) == (4, 3, 1)
+    assert query(tmp_path, "select event_id, user_id, item_id, quantity, price from raw.events order by 1") == [
+        ("A1", "u1", "s1", 2.0, 9.5),
+        ("A2", "u2", "s2", 1.0, 3.0),
+        ("A2#2", "u2", "s2", 1.0, 3.0),
+        ("A3", "u3", "s3", 1.0, 5.0),
+    ]
+    # Not JSON where JSON is mapped: no user id found, and the line says so.
+    assert query(tmp_path, "select reason from ingest.quarantine") == [("no user_id or anonymous_id",)]
+
+
+def test_record_columns_cannot_come_from_an_exploded_array(tmp_path: Path) -> None:
+    src = source_files(tmp_path, {"e.csv": "order,ts,items\nA1,2026-10-01,[]\n"})
+    source = {"name": "x", "kind": "events_file", "path": str(src), "explode": "items",
+              "columns": {"event_id": "order", "occurred_at": "items.at", "user_id": "items.buyer"}}  # fmt: skip
+    with pytest.raises(IngestError, match="occurred_at is mapped into the exploded array \\('items.at'\\)"):
+        ingest(tmp_path, [source])
