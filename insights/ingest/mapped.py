@@ -9,17 +9,14 @@ the column named, never a silent null.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
-from insights.ingest.textio import csv_rows, quote_ident, split_lines
+from insights.ingest.textio import csv_rows, json_text, parquet_text_table, quote_ident, split_lines
 from insights.warehouse import CANONICAL_EVENT_COLUMNS
 
 META = ("source_file", "source_line", "raw_text", "shape_error")
@@ -29,25 +26,15 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _json_value(value: Any) -> Any:
-    """What JSON cannot hold, as Parquet's nested values bring it: times and dates in ISO
-    form, decimals as their exact text, bytes as text."""
-    if isinstance(value, (datetime, date, time)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
 def _to_text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_value)
+        return json_text(value)
     if isinstance(value, bytes):
-        return _json_value(value)
+        return value.decode("utf-8", errors="replace")
     text = str(value)
     return text if text != "" else None
 
@@ -97,12 +84,7 @@ def read_table_file(data: bytes, source_file: str) -> pa.Table:
     """A CSV (header row) or Parquet file as text columns with row origins."""
     rows = TextRows()
     if data[:4] == b"PAR1":
-        table = pq.read_table(io.BytesIO(data))
-        rows.columns = {name: [] for name in table.column_names}
-        for i, record in enumerate(table.to_pylist(), start=1):
-            values = {k: _to_text(v) for k, v in record.items()}
-            rows.add(values, source_file, i, json.dumps(values), None)
-        return rows.to_arrow()
+        return parquet_text_table(data, source_file)
     header, records = csv_rows(data.decode("utf-8", errors="replace"))
     rows.columns = {name: [] for name in header}
     for start, raw, row in records:

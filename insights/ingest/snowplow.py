@@ -15,15 +15,11 @@ row per product (ids ``<event_id>#<n>`` after the first), so item-level revenue 
 
 from __future__ import annotations
 
-import io
-import json
-
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from insights.ingest.textio import csv_rows, quote_ident
+from insights.ingest.textio import csv_rows, parquet_text_table, quote_ident
 
 ENRICHED_FIELDS: tuple[str, ...] = (
     "app_id platform etl_tstamp collector_tstamp dvce_created_tstamp event event_id txn_id "
@@ -197,16 +193,8 @@ def read_atomic(data: bytes, source_file: str) -> pa.Table:
     shape error instead of being guessed at.
     """
     if data[:4] == b"PAR1":
-        table = pq.read_table(io.BytesIO(data))
-        table = table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
-        n = table.num_rows
-        raws = [json.dumps(row, ensure_ascii=False) for row in table.to_pylist()]
-        return (
-            table.append_column("source_file", pa.array([source_file] * n, pa.string()))
-            .append_column("source_line", pa.array(range(1, n + 1), pa.int64()))
-            .append_column("raw_text", pa.array(raws, pa.string()))
-            .append_column("shape_error", pa.nulls(n, pa.string()))
-        )
+        # Shredded contexts may be nested columns (lists of structs): they become JSON text.
+        return parquet_text_table(data, source_file)
     header, rows = csv_rows(data.decode("utf-8", errors="replace"))
     columns: dict[str, list[str | None]] = {name: [] for name in header}
     meta: dict[str, list] = {"source_line": [], "raw_text": [], "shape_error": []}
