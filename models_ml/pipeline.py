@@ -849,7 +849,7 @@ def _score_warnings(
     config: Config, as_of: datetime, users: pd.DataFrame, recs: pd.DataFrame
 ) -> tuple[datetime | None, list[tuple[str, str]]]:
     """The newest event of the scored users and what a reader of the run should know."""
-    seen = users["last_seen_at"].dropna() if "last_seen_at" in users else pd.Series(dtype="datetime64[ns]")
+    seen = users["last_seen_at"].dropna()
     newest = pd.Timestamp(seen.max()).to_pydatetime() if len(seen) else None
     warnings = [w for w in [data.data_lag_warning(config, as_of, newest)] if w]
     empty = len(users) - recs["user_id"].nunique()

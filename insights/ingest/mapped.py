@@ -33,8 +33,6 @@ def _to_text(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
         return json_text(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
     text = str(value)
     return text if text != "" else None
 
@@ -82,9 +80,9 @@ class TextRows:
 
 def read_table_file(data: bytes, source_file: str) -> pa.Table:
     """A CSV (header row) or Parquet file as text columns with row origins."""
-    rows = TextRows()
     if data[:4] == b"PAR1":
         return parquet_text_table(data, source_file)
+    rows = TextRows()
     header, records = csv_rows(data.decode("utf-8", errors="replace"))
     rows.columns = {name: [] for name in header}
     for start, raw, row in records:
@@ -100,6 +98,20 @@ def read_table_file(data: bytes, source_file: str) -> pa.Table:
 
 
 _CASTS = {"TIMESTAMP": "timestamp", "DOUBLE": "double"}
+
+
+def _cast_sql(raw: str, kind: str) -> str:
+    """A text expression as its canonical type (NULL where it does not parse)."""
+    if kind == "TIMESTAMP":
+        return f"try_cast({raw} as timestamptz)::timestamp"
+    if kind == "DOUBLE":
+        return f"try_cast({raw} as double)"
+    return raw
+
+
+def _bad_value(label: str, kind: str, value: str) -> str:
+    """The quarantine reason for a value that is not of its column's type, quoting it."""
+    return f"{_lit(label + ': not a ' + _CASTS[kind] + ' ')} || '''' || left({value}, 40) || ''''"
 
 
 def mapped_sql(
@@ -156,19 +168,10 @@ def mapped_sql(
             continue
         raw = _nested_raw(*nested) if nested else f"nullif(trim({quote_ident(source_col)}), '')"
         raws[canonical] = raw
-        if kind == "TIMESTAMP":
-            cast = f"try_cast({raw} as timestamptz)::timestamp"
-        elif kind == "DOUBLE":
-            cast = f"try_cast({raw} as double)"
-        else:
-            cast = raw
-        exprs[canonical] = cast
+        exprs[canonical] = cast = _cast_sql(raw, kind)
         if kind in _CASTS:
             label = f"{canonical} ({source_col})" if source_col != canonical else canonical
-            problems.append(
-                f"case when {raw} is not null and {cast} is null then "
-                f"{_lit(label + ': not a ' + _CASTS[kind] + ' ')} || '''' || left({raw}, 40) || '''' end"
-            )
+            problems.append(f"case when {raw} is not null and {cast} is null then {_bad_value(label, kind, raw)} end")
     name_col = mapping.columns.get("event_name", "event_name")
     type_col = mapping.columns.get("event_type", "event_type")
     if mapping.event_type:
@@ -305,22 +308,12 @@ def _element_expr(element: str, path: str, kind: str, label: str) -> tuple[str, 
     def raw(e: str) -> str:
         return f"nullif(trim(json_extract_string({e}, {json_path})), '')"
 
-    def cast(e: str) -> str:
-        if kind == "TIMESTAMP":
-            return f"try_cast({raw(e)} as timestamptz)::timestamp"
-        if kind == "DOUBLE":
-            return f"try_cast({raw(e)} as double)"
-        return raw(e)
-
     if kind not in _CASTS:
-        return cast(element), None
-    bad = f"list_filter(x_elements, lambda x_e: {raw('x_e')} is not null and {cast('x_e')} is null)"
-    quote = "''''"  # SQL for a string holding one quote
-    problem = (
-        f"case when len({bad}) > 0 then {_lit(label + ': not a ' + _CASTS[kind] + ' ')} || {quote} || "
-        f"left(list_transform({bad}, lambda x_e: {raw('x_e')})[1], 40) || {quote} end"
-    )
-    return cast(element), problem
+        return raw(element), None
+    bad = f"list_filter(x_elements, lambda x_e: {raw('x_e')} is not null and {_cast_sql(raw('x_e'), kind)} is null)"
+    first_bad = f"list_transform({bad}, lambda x_e: {raw('x_e')})[1]"
+    problem = f"case when len({bad}) > 0 then {_bad_value(label, kind, first_bad)} end"
+    return _cast_sql(raw(element), kind), problem
 
 
 def event_types_table(mapping: StreamMapping) -> pa.Table:
