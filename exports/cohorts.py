@@ -21,9 +21,10 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from exports.filters import FilterError, column_types, compile_filter, compile_sort
+from exports.filters import FilterError, Names, column_types, compile_filter, compile_sort
 from insights.config import CohortDefinition, Config
 from insights.warehouse import query_table
+from models_ml.segments import PREDICTIVE_COHORTS, SEGMENTS
 
 log = logging.getLogger(__name__)
 
@@ -187,16 +188,50 @@ class Pull:
     lines: list[str]
 
 
-def select(con: duckdb.DuckDBPyConnection, cohort: Cohort, described: list[tuple[Any, ...]]) -> Pull:
+def known_names(con: duckdb.DuckDBPyConnection) -> dict[str, Names]:
+    """What a filter's names can be: the catalog's categories (every level of their paths)
+    and brands for ``interest()``, ``top_category`` and ``top_brand``; the model's cohorts
+    for ``in_cohort()``; the segments and price bands. A name outside these matches nobody,
+    so a filter naming one is refused (a typo would otherwise pull an empty cohort)."""
+    categories: set[str] = set()
+    brands: set[str] = set()
+    for category, top, brand in con.execute(
+        "select distinct category, category_l1, brand from main.dim_items"
+    ).fetchall():
+        parts = (category or "").split(" > ")
+        categories.update(" > ".join(parts[: i + 1]) for i in range(len(parts)) if category)
+        categories.update([top] if top else [])
+        brands.update([brand] if brand else [])
+    interests = categories | brands
+    interests.update(
+        r[0] for r in con.execute("select distinct value from main.user_interests where value is not null").fetchall()
+    )
+    return {
+        "interest": Names("category or brand", frozenset(interests)),
+        "top_category": Names("category", frozenset(categories)),
+        "top_brand": Names("brand", frozenset(brands)),
+        "in_cohort": Names("model cohort", frozenset(PREDICTIVE_COHORTS)),
+        "segment": Names("segment", frozenset(SEGMENTS)),
+        "price_band": Names("price band", frozenset({"budget", "mid", "premium"})),
+    }
+
+
+def select(
+    con: duckdb.DuckDBPyConnection,
+    cohort: Cohort,
+    described: list[tuple[Any, ...]],
+    names: dict[str, Names] | None = None,
+) -> Pull:
     """The cohort's users (see :class:`Pull`).
 
     ``described`` is DuckDB's ``describe`` of the cohort view (taken once per run); the view
-    itself is the temporary table :func:`prepare_view` made."""
+    itself is the temporary table :func:`prepare_view` made; ``names`` from
+    :func:`known_names`."""
     definition = cohort.definition
     types = column_types(described)
     everything = {row[0]: row[1] for row in described}
     try:
-        compiled = compile_filter(definition.where, types, cohort.bindings)
+        compiled = compile_filter(definition.where, types, cohort.bindings, names)
         order = compile_sort(definition.sort, types)
     except FilterError as exc:
         raise CohortError(f"{cohort.origin}: cohort '{cohort.name}': {exc}") from None
@@ -407,11 +442,12 @@ def run_cohorts(
     baseline = con.execute("select avg(purchase_probability) from main.user_insights").fetchone()[0] or 0.0
     folder = Path(out_dir or config.resolve(config.cohorts.out_dir))
     described = prepare_view(con)
+    vocabulary = known_names(con)
     summaries, files, members = [], [], []
     used: set[str] = set()
     try:
         for cohort in cohorts:
-            pull = select(con, cohort, described)
+            pull = select(con, cohort, described, vocabulary)
             frame = pull.frame
             name = slug(cohort.name)
             while name in used:

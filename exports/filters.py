@@ -16,6 +16,10 @@ category path (``'Outdoor'`` matches ``'Outdoor > Tents'``), 0 when it is not am
 top interests; ``in_cohort(name)`` is true when the model placed the user in that
 predictive cohort. ``:name`` is a placeholder bound by the caller (``per_category``).
 
+A name the data cannot hold is refused rather than matching nobody: the caller passes the
+known values of the functions and of closed text columns (``names``), so
+``interest('Outdor')`` or ``segment = 'Champion'`` fails with the closest known names.
+
 The text never reaches SQL: column names come from the known list and every literal is a
 bound parameter, so ``x'; drop table users; --`` is a syntax error, not a statement.
 """
@@ -47,6 +51,15 @@ class FilterError(ValueError):
     """A filter that cannot be used, with where and why."""
 
 
+@dataclass(frozen=True)
+class Names:
+    """The values a function's argument or a text column can take (``label`` names them in
+    an error: "category or brand")."""
+
+    label: str
+    values: frozenset[str]
+
+
 @dataclass
 class Compiled:
     """SQL text built only from known column names and placeholders, plus its parameters."""
@@ -71,8 +84,9 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
 
 
 class _Parser:
-    def __init__(self, text: str, columns: dict[str, str], bindings: dict[str, Any]) -> None:
+    def __init__(self, text: str, columns: dict[str, str], bindings: dict[str, Any], names: dict[str, Names]) -> None:
         self.text = text
+        self.names = names
         self.tokens = _tokenize(text)
         self.pos = 0
         self.columns = columns
@@ -150,6 +164,8 @@ class _Parser:
             self.pos += 1
             right_sql = self._value(left_type, left_token)
             op = "<>" if nxt[1] == "!=" else nxt[1]
+            if op in ("=", "<>"):
+                self._check_name(left_token)
             return f"({left_sql} {op} {right_sql})"
         negate = False
         if self._is_word("not") and (self._is_word("in", 1) or self._is_word("between", 1)):
@@ -165,9 +181,11 @@ class _Parser:
             self.pos += 1
             self._expect("punct", "(")
             values = [self._value(left_type, left_token)]
+            self._check_name(left_token)
             while self._peek() is not None and self._peek()[1] == ",":
                 self.pos += 1
                 values.append(self._value(left_type, left_token))
+                self._check_name(left_token)
             self._expect("punct", ")")
             return f"({left_sql} {'NOT ' if negate else ''}IN ({', '.join(values)}))"
         if self._is_word("is"):
@@ -194,6 +212,7 @@ class _Parser:
                 raise self._fail(f"unknown function {name!r}; known: {', '.join(sorted(FUNCTIONS))}", token)
             self.pos += 1
             argument = self._value("text", token)
+            self._check_name(token)
             self._expect("punct", ")")
             if func == "interest":
                 self.used.add("top_interests")
@@ -212,6 +231,29 @@ class _Parser:
             raise self._fail(f"unknown column {name!r}{hint}; known columns: {', '.join(sorted(self.columns))}", token)
         self.used.add(column)
         return f'"{column}"', self.columns[column], token
+
+    def _check_name(self, about: tuple[str, str, int]) -> None:
+        """Refuse the value just read when ``about`` (a function or column) has known names
+        and it is not one of them."""
+        known = self.names.get(about[1].lower())
+        value = self.params[-1]
+        if known is None or not known.values or not isinstance(value, str) or value in known.values:
+            return
+        by_lower: dict[str, list[str]] = {}
+        for name in known.values:
+            by_lower.setdefault(name.lower(), []).append(name)
+        close = by_lower.get(value.lower()) or [
+            original
+            for lowered in difflib.get_close_matches(value.lower(), list(by_lower), n=3, cutoff=0.6)
+            for original in by_lower[lowered]
+        ]
+        hint = f" (did you mean {', '.join(repr(c) for c in close[:3])}?)" if close else ""
+        shown = sorted(known.values)
+        more = f" and {len(shown) - 12:,} more" if len(shown) > 12 else ""
+        raise self._fail(
+            f"{about[1]}: no {known.label} is called {value!r}{hint}; known: {', '.join(shown[:12])}{more}",
+            self.tokens[self.pos - 1],
+        )
 
     def _value(self, expected: str, about: tuple[str, str, int]) -> str:
         token = self._peek()
@@ -261,14 +303,20 @@ def column_types(described: list[tuple[Any, ...]]) -> dict[str, str]:
     return kinds
 
 
-def compile_filter(text: str, columns: dict[str, str], bindings: dict[str, Any] | None = None) -> Compiled:
-    """Parse and check ``text`` against ``columns`` (name -> number/text/boolean/timestamp).
+def compile_filter(
+    text: str,
+    columns: dict[str, str],
+    bindings: dict[str, Any] | None = None,
+    names: dict[str, Names] | None = None,
+) -> Compiled:
+    """Parse and check ``text`` against ``columns`` (name -> number/text/boolean/timestamp)
+    and ``names`` (function or column -> the values it can take; an empty set is not checked).
 
     Raises FilterError naming the position and what is wrong (an unknown column lists the
-    known ones)."""
+    known ones, an unknown name the closest)."""
     if len(text) > 4000:
         raise FilterError("filter longer than 4,000 characters")
-    parser = _Parser(text, columns, bindings or {})
+    parser = _Parser(text, columns, bindings or {}, names or {})
     sql = parser.parse()
     return Compiled(sql, parser.params, parser.used)
 

@@ -23,6 +23,9 @@ SEGMENTS = (
     "Lost prospect",
 )
 
+# The model's predictive cohorts (``user_insights.cohorts``; ``in_cohort(name)`` in filters).
+PREDICTIVE_COHORTS = ("Ready to buy", "Long shots", "At risk of churn", "Dormant", "Potential VIPs")
+
 
 def _quintile(values: pd.Series, ascending: bool) -> pd.Series:
     """1 (worst) to 5 (best) by rank among the given users; ties share a score."""
@@ -71,6 +74,6 @@ def predictive_cohorts(frame: pd.DataFrame, churn_days: int) -> pd.Series:
         "Dormant": frame["recency_days"] > churn_days,
         "Potential VIPs": (value_rank >= 0.9) & (frame["predicted_revenue"] > 0),
     }
-    names = list(flags)
+    names = list(PREDICTIVE_COHORTS)
     matrix = np.column_stack([flags[name].fillna(False).to_numpy(dtype=bool) for name in names])
     return pd.Series([[n for n, on in zip(names, row) if on] for row in matrix], index=frame.index, dtype=object)

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from exports.cohorts import CohortError, run_cohorts
+from exports.cohorts import VIEW_SQL, CohortError, known_names, run_cohorts
 from exports.filters import FilterError, column_types, compile_filter
 from insights.config import Config
 from insights.warehouse import connect
@@ -76,6 +76,60 @@ def test_bad_filters_are_named_not_run(small: Config, text: str, message: str) -
     con = duckdb.connect(str(Path(small.warehouse.path)), read_only=True)
     assert con.execute("select count(*) from main.user_insights").fetchone()[0] == 60
     con.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("interest('Outdor') > 0.2", "interest: no category or brand is called 'Outdor' (did you mean 'Outdoor'?)"),
+        ("interest('home > kitchen') > 0", "no category or brand is called 'home > kitchen' (did you mean 'Home > Kitchen'?)"),
+        ("in_cohort('Ready to by')", "in_cohort: no model cohort is called 'Ready to by' (did you mean 'Ready to buy'?)"),
+        ("segment in ('Lost', 'At Risk')", "segment: no segment is called 'At Risk' (did you mean 'At risk'?)"),
+        ("segment != 'Champion' and recency_days < 9", "no segment is called 'Champion' (did you mean 'Champions'?)"),
+        ("top_brand = 'Brand7'", "top_brand: no brand is called 'Brand7' (did you mean 'Brand2', 'Brand1', 'Brand0'?)"),
+        ("top_category = 'Outdoor > Tent'", "no category is called 'Outdoor > Tent' (did you mean 'Outdoor > Tents'"),
+        ("price_band = 'cheap'", "no price band is called 'cheap'; known: budget, mid, premium"),
+    ],
+)  # fmt: skip
+def test_a_name_that_matches_nobody_is_refused_with_the_closest(small: Config, where: str, message: str) -> None:
+    """A typo in a category, brand, segment or cohort name would pull an empty cohort (or,
+    after !=, everyone) without a word; the filter is refused instead, in ad-hoc pulls and
+    in defined cohorts alike."""
+    definition = {"name": "Typo", "where": where}
+    config = small.model_copy(
+        update={"cohorts": small.cohorts.model_copy(update={"definitions": [definition], "defaults": False})}
+    )
+    con = connect(config, read_only=True)
+    try:
+        with pytest.raises(CohortError) as caught:
+            run_cohorts(config, con, where=where)
+        assert message in str(caught.value) and "--where: cohort 'Ad hoc'" in str(caught.value)
+        with pytest.raises(CohortError) as caught:
+            run_cohorts(config, con)
+        assert message in str(caught.value) and "cohort 'Typo'" in str(caught.value)
+        # A placeholder's value is checked as a literal is.
+        types = column_types(con.execute(f"describe ({VIEW_SQL})").fetchall())
+        with pytest.raises(FilterError, match="no category or brand is called 'Garden'"):
+            compile_filter("interest(:c) > 0", types, {"c": "Garden"}, known_names(con))
+    finally:
+        con.close()
+
+
+def test_every_known_name_is_accepted(small: Config) -> None:
+    """Each level of a category path, brands, model cohorts, segments and price bands pass
+    the check and select what they say; an open column (the device) is not checked."""
+    con = connect(small, read_only=True)
+    try:
+        pulls = {
+            "interest('Outdoor') > 0 and interest('Brand2') > 0": 10,
+            "in_cohort('Ready to buy') and segment in ('Lost', 'Prospect', 'Lost prospect')": 6,
+            "top_category = 'Home > Kitchen' and top_brand != 'Brand1' and price_band = 'mid'": 10,
+            "favourite_device = 'Smart fridge'": 0,
+        }
+        for where, users in pulls.items():
+            assert run_cohorts(small, con, where=where)["cohorts"][0]["users"] == users, where
+    finally:
+        con.close()
 
 
 def test_cohort_csvs_and_summary(small: Config) -> None:
