@@ -275,7 +275,7 @@ def make_server(config: Config, host: str | None = None, port: int | None = None
 
 def recs(config: Config, user_id: str, limit: int | None = None) -> dict[str, Any]:
     """What the API answers for this user (``insights recs``)."""
-    limit = limit or config.serving.default_limit
+    limit = config.serving.default_limit if limit is None else limit
     if not 1 <= limit <= config.serving.max_limit:
         raise ValueError(f"--limit must be from 1 to {config.serving.max_limit}")
     return RecTable(config).user_recommendations(user_id, limit)

@@ -81,6 +81,9 @@ def test_contract_answers(api: tuple[str, Config]) -> None:
 def test_limit_is_bounded(api: tuple[str, Config], query: str) -> None:
     status, body = _get(api[0], f"/v1/users/u001/recommendations?{query}")
     assert status == 400 and "limit must be" in body["error"]
+    if query != "limit=abc":  # insights recs holds to the same bounds (0 used to mean the default)
+        with pytest.raises(ValueError, match="--limit must be from 1 to 100"):
+            recs(api[1], "u001", int(query.split("=")[1]))
 
 
 def test_request_size_is_bounded(api: tuple[str, Config]) -> None:
