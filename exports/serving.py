@@ -104,6 +104,7 @@ class RecTable:
         self.local = threading.local()
         self._items_lock = threading.Lock()
         self._items: tuple[int, dict[str, tuple[str, str, bool]]] | None = None
+        self.rule_warnings: list[str] = []
 
     def _db(self) -> tuple[sqlite3.Connection, int]:
         try:
@@ -124,7 +125,16 @@ class RecTable:
             if self._items is None or self._items[0] != inode:
                 rows = db.execute("select item_id, category, brand, in_stock from items").fetchall()
                 self._items = (inode, {r[0]: (r[1] or "", r[2] or "", bool(r[3])) for r in rows})
+                self.rule_warnings = unmatched_rules(self.rules, self._items[1])
+                for warning in self.rule_warnings:
+                    log.warning("serving.rules: %s", warning)
             return self._items[1]
+
+    def check_rules(self) -> list[str]:
+        """The rules that name nothing in the published table (loading its items)."""
+        db, inode = self._db()
+        self._items_for(db, inode)
+        return self.rule_warnings
 
     def meta(self) -> dict[str, str]:
         db, _ = self._db()
@@ -156,8 +166,14 @@ class RecTable:
                 factor *= rule.factor
         return factor
 
-    def _apply(self, candidates: list[dict[str, Any]], db: sqlite3.Connection, inode: int, limit: int) -> list[dict]:
+    def _apply(
+        self, candidates: list[dict[str, Any]], db: sqlite3.Connection, inode: int, limit: int, own: str | None = None
+    ) -> list[dict]:
+        """The rules applied to ``candidates``; ``own`` (the item a similar list is about)
+        is never in its own list, neither from the trending fill nor pinned."""
         items = self._items_for(db, inode)
+        if own is not None:
+            items = {k: v for k, v in items.items() if k != own} if own in items else items
         kept = [c for c in candidates if self._allowed(c["item_id"], items)]
         if self.rules.boost:
             for c in kept:
@@ -193,7 +209,31 @@ class RecTable:
         candidates = self._list(db, "similar", item_id)
         if candidates is None:
             return None
-        return {"item_id": item_id, "items": self._apply(candidates, db, inode, limit)}
+        return {"item_id": item_id, "items": self._apply(candidates, db, inode, limit, own=item_id)}
+
+
+def unmatched_rules(rules: MerchandisingRules, items: dict[str, tuple[str, str, bool]]) -> list[str]:
+    """The rules that name an item, category or brand the published table does not hold:
+    they do nothing (a typo, or an item gone from the catalog), so they are reported."""
+    categories = {c for category, _, _ in items.values() if category for c in _prefixes(category)}
+    brands = {brand for _, brand, _ in items.values() if brand}
+    problems = []
+    named = [("exclude_items", i, items) for i in rules.exclude_items]
+    named += [("exclude_categories", c, categories) for c in rules.exclude_categories]
+    for rule in rules.boost:
+        named += [("boost item_id", rule.item_id, items)] if rule.item_id is not None else []
+        named += [("boost category", rule.category, categories)] if rule.category is not None else []
+        named += [("boost brand", rule.brand, brands)] if rule.brand is not None else []
+    named += [("pin item_id", p.item_id, items) for p in rules.pin]
+    for where, name, known in named:
+        if name not in known:
+            problems.append(f"{where} {name!r} matches nothing in the published table's {len(items):,} items")
+    return problems
+
+
+def _prefixes(category: str) -> list[str]:
+    parts = category.split(" > ")
+    return [" > ".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _limit(query: dict[str, list[str]], config: Config) -> int:
@@ -240,7 +280,10 @@ def make_server(config: Config, host: str | None = None, port: int | None = None
             segments = [unquote(s) for s in parts.path.strip("/").split("/")]
             try:
                 if segments == ["healthz"]:
-                    return self._send(HTTPStatus.OK, {"status": "ok", **table.meta()})
+                    health = {"status": "ok", **table.meta()}
+                    if table.check_rules():
+                        health["rule_warnings"] = table.rule_warnings
+                    return self._send(HTTPStatus.OK, health)
                 if secret is not None:
                     given = self.headers.get("Authorization", "")
                     if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
@@ -270,7 +313,9 @@ def make_server(config: Config, host: str | None = None, port: int | None = None
         daemon_threads = True
         request_queue_size = 256
 
-    return Server((host or config.serving.host, config.serving.port if port is None else port), Handler)
+    server = Server((host or config.serving.host, config.serving.port if port is None else port), Handler)
+    server.table = table
+    return server
 
 
 def recs(config: Config, user_id: str, limit: int | None = None) -> dict[str, Any]:

@@ -249,6 +249,10 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> None:
     secured = "bearer token required" if os.environ.get(config.serving.token_env) else "no token configured"
     print(f"Serving recommendations from {config.resolve(config.serving.path)} on http://{host}:{port} ({secured})")
     try:
+        server.table.check_rules()  # logs each merchandising rule that names nothing published
+    except LookupError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+    try:
         server.serve_forever()
     finally:
         server.server_close()

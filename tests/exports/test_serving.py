@@ -129,6 +129,68 @@ def test_merchandising_rules(small: Config) -> None:
     assert any(i["reason"] == "trending" for i in rest)  # filled after the exclusions
 
 
+def test_an_item_is_never_similar_to_itself(small: Config) -> None:
+    """Neither the trending fill of a short similar list nor a pin puts the item asked about
+    into its own list (i001's five similar items lose i003, out of stock, and are filled
+    from global trending, which holds i001)."""
+    _publish(small)
+    rules = MerchandisingRules(pin=[{"item_id": "i001", "position": 1}])
+    config = small.model_copy(update={"serving": small.serving.model_copy(update={"rules": rules})})
+    server = make_server(config, "127.0.0.1", 0, token="")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        listed = [i["item_id"] for i in _get(base, "/v1/items/i001/similar?limit=10")[1]["items"]]
+        assert len(listed) == 10 and "i001" not in listed and len(set(listed)) == 10
+        assert listed[:4] == ["i002", "i004", "i005", "i006"]
+        other = _get(base, "/v1/items/i010/similar?limit=10")[1]["items"]
+        assert (other[0]["item_id"], other[0]["reason"]) == ("i001", "pinned")
+        assert _get(base, "/v1/users/u001/recommendations?limit=3")[1]["items"][0]["item_id"] == "i001"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rules_that_name_nothing_are_reported(small: Config, caplog: pytest.LogCaptureFixture) -> None:
+    """A misspelt category or brand, or an item gone from the catalog, makes a rule do
+    nothing; it is logged when the table is loaded and listed by /healthz."""
+    _publish(small)
+    rules = MerchandisingRules(
+        exclude_categories=["Outdoor", "Outdoor > Tent"],
+        exclude_items=["i002", "i999"],
+        boost=[{"brand": "Brand2", "factor": 2.0}, {"brand": "brand2", "category": "Home > Kitchen", "factor": 2.0}],
+        pin=[{"item_id": "gone", "position": 1}],
+    )
+    config = small.model_copy(update={"serving": small.serving.model_copy(update={"rules": rules})})
+    server = make_server(config, "127.0.0.1", 0, token="")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with caplog.at_level("WARNING", logger="exports.serving"):
+            health = _get(f"http://127.0.0.1:{server.server_address[1]}", "/healthz")[1]
+        expected = [
+            "exclude_items 'i999' matches nothing in the published table's 40 items",
+            "exclude_categories 'Outdoor > Tent' matches nothing in the published table's 40 items",
+            "boost brand 'brand2' matches nothing in the published table's 40 items",
+            "pin item_id 'gone' matches nothing in the published table's 40 items",
+        ]
+        assert health["status"] == "ok" and health["rule_warnings"] == expected
+        assert [r.getMessage() for r in caplog.records] == [f"serving.rules: {w}" for w in expected]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "rule_warnings" not in json.dumps(_healthz(small))
+
+
+def _healthz(config: Config) -> dict:
+    server = make_server(config, "127.0.0.1", 0, token="")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        return _get(f"http://127.0.0.1:{server.server_address[1]}", "/healthz")[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_no_errors_or_partial_lists_while_publishing(api: tuple[str, Config]) -> None:
     base, config = api
     errors: list[str] = []
