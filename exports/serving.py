@@ -52,6 +52,10 @@ def publish_table(config: Config, con: duckdb.DuckDBPyConnection, run_id: str) -
         "trending": """select scope as key, to_json(list({'item_id': item_id, 'score': round(score, 6),
                            'reason': 'trending'} order by rank))::varchar from main.trending group by scope""",
     }
+    if config.ml.exclude_purchased:
+        # What each user bought: the read side never fills a list with it (ml.exclude_purchased).
+        lists["bought"] = """select user_id as key, to_json(list(distinct item_id order by item_id))::varchar
+                             from main.fct_interactions where purchases > 0 group by user_id"""
     meta = con.execute("select max(as_of)::varchar, max(model_version) from main.user_insights").fetchone()
     db = sqlite3.connect(building)
     counts = {}
@@ -167,29 +171,31 @@ class RecTable:
         return factor
 
     def _apply(
-        self, candidates: list[dict[str, Any]], db: sqlite3.Connection, inode: int, limit: int, own: str | None = None
+        self, candidates: list[dict[str, Any]], db: sqlite3.Connection, inode: int, limit: int, skip: set[str]
     ) -> list[dict]:
-        """The rules applied to ``candidates``; ``own`` (the item a similar list is about)
-        is never in its own list, neither from the trending fill nor pinned."""
+        """The rules applied to ``candidates``; the items in ``skip`` (what the user bought,
+        the item a similar list is about) are left out, of the trending fill and pins too."""
         items = self._items_for(db, inode)
-        if own is not None:
-            items = {k: v for k, v in items.items() if k != own} if own in items else items
-        kept = [c for c in candidates if self._allowed(c["item_id"], items)]
+
+        def allowed(item_id: str) -> bool:
+            return item_id not in skip and self._allowed(item_id, items)
+
+        kept = [c for c in candidates if allowed(c["item_id"])]
         if self.rules.boost:
             for c in kept:
                 c["score"] = round(c["score"] * self._boost(c["item_id"], items), 6)
             kept.sort(key=lambda c: -c["score"])
-        reserved = len([p for p in self.rules.pin if self._allowed(p.item_id, items)])
+        reserved = len([p for p in self.rules.pin if allowed(p.item_id)])
         if len(kept) < limit + reserved:
             seen = {c["item_id"] for c in kept}
             for c in self._list(db, "trending", "global") or []:
-                if c["item_id"] not in seen and self._allowed(c["item_id"], items):
+                if c["item_id"] not in seen and allowed(c["item_id"]):
                     kept.append(c)
                     seen.add(c["item_id"])
                 if len(kept) >= limit + reserved:
                     break
         for pin in sorted(self.rules.pin, key=lambda p: p.position):
-            if not self._allowed(pin.item_id, items):
+            if not allowed(pin.item_id):
                 continue
             existing = next((c for c in kept if c["item_id"] == pin.item_id), None)
             kept = [c for c in kept if c["item_id"] != pin.item_id]
@@ -202,14 +208,18 @@ class RecTable:
         candidates = self._list(db, "recs", user_id)
         if candidates is None:
             candidates = self._list(db, "trending", "global") or []
-        return {"user_id": user_id, "items": self._apply(candidates, db, inode, limit)}
+        try:
+            bought = self._list(db, "bought", user_id) or []
+        except sqlite3.OperationalError:  # a table published before purchases were kept
+            bought = []
+        return {"user_id": user_id, "items": self._apply(candidates, db, inode, limit, set(bought))}
 
     def similar_items(self, item_id: str, limit: int) -> dict[str, Any] | None:
         db, inode = self._db()
         candidates = self._list(db, "similar", item_id)
         if candidates is None:
             return None
-        return {"item_id": item_id, "items": self._apply(candidates, db, inode, limit, own=item_id)}
+        return {"item_id": item_id, "items": self._apply(candidates, db, inode, limit, {item_id})}
 
 
 def unmatched_rules(rules: MerchandisingRules, items: dict[str, tuple[str, str, bool]]) -> list[str]:

@@ -15,7 +15,8 @@ CATEGORIES = ["Outdoor > Tents", "Outdoor > Backpacks", "Home > Kitchen", "Fashi
 
 def build_warehouse(path: Path, users: int = 60, items: int = 40) -> None:
     """Users u000.. (every third anonymous), items i000.. (i003 out of stock), ten
-    recommendations each, similar items, trending lists and one model version."""
+    recommendations each, similar items, trending lists, u001's purchases and one model
+    version."""
     con = duckdb.connect(str(path))
     con.execute(
         f"""
@@ -57,6 +58,10 @@ def build_warehouse(path: Path, users: int = 60, items: int = 40) -> None:
         create table main.trending as
         select 'global' as scope, r as rank, printf('i%03d', r - 1) as item_id, 100.0 - r as score
         from range(1, 21) t(r);
+        -- u001 bought i000 and i005 (trending's first and sixth), u002 viewed i000.
+        create table main.fct_interactions as
+        select * from (values ('u001', 'i000', 6.0, 2::bigint), ('u001', 'i005', 6.0, 1), ('u002', 'i000', 1.0, 0))
+            t(user_id, item_id, weight, purchases);
         create table main.user_interests as
         select user_id, 1::bigint as rank, 'category' as dimension, top_category as value, 0.5 as strength
         from main.user_insights;

@@ -151,6 +151,20 @@ def test_an_item_is_never_similar_to_itself(small: Config) -> None:
         server.server_close()
 
 
+def test_a_list_filled_from_trending_never_holds_what_the_user_bought(small: Config) -> None:
+    """Asked for more than the ten published picks, the API fills from global trending
+    (i000..i019); u001 bought i000 and i005, so neither comes back (ml.exclude_purchased),
+    while u002, who only viewed i000, gets it. Without exclude_purchased they do."""
+    _publish(small)
+    mine = [i["item_id"] for i in recs(small, "u001", 30)["items"]]
+    theirs = [i["item_id"] for i in recs(small, "u002", 30)["items"]]
+    assert len(mine) >= 20 and "i000" not in mine and "i005" not in mine and len(set(mine)) == len(mine)
+    assert "i000" in theirs
+    keep = small.model_copy(update={"ml": small.ml.model_copy(update={"exclude_purchased": False})})
+    _publish(keep)
+    assert {"i000", "i005"} <= {i["item_id"] for i in recs(keep, "u001", 30)["items"]}
+
+
 def test_rules_that_name_nothing_are_reported(small: Config, caplog: pytest.LogCaptureFixture) -> None:
     """A misspelt category or brand, or an item gone from the catalog, makes a rule do
     nothing; it is logged when the table is loaded and listed by /healthz."""
