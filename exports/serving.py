@@ -79,6 +79,17 @@ def publish_table(config: Config, con: duckdb.DuckDBPyConnection, run_id: str) -
                 "select item_id, title, category, brand, coalesce(in_stock, false) from main.dim_items"
             ).fetchall(),
         )
+        # A logged-out visitor asks by the cookie id their identified user was stitched from.
+        db.execute("create table aliases (key text primary key, user_id text not null) without rowid")
+        cursor = con.execute(
+            """select m.anonymous_id, m.user_id from main.dim_identity_map as m
+               where m.anonymous_id is not null and m.user_id is not null and m.anonymous_id <> m.user_id
+                 and m.user_id in (select user_id from main.recommendations)"""
+        )
+        counts["aliases"] = 0
+        while rows := cursor.fetchmany(50_000):
+            db.executemany("insert or ignore into aliases values (?, ?)", rows)
+            counts["aliases"] += len(rows)
         db.execute("create table meta (key text primary key, value text)")
         published_at = datetime.now(UTC).isoformat(timespec="seconds")
         db.executemany(
@@ -96,6 +107,7 @@ def publish_table(config: Config, con: duckdb.DuckDBPyConnection, run_id: str) -
         "users": counts["recs"],
         "items": counts["similar"],
         "trending_scopes": counts["trending"],
+        "aliases": counts["aliases"],
     }
 
 
@@ -147,6 +159,15 @@ class RecTable:
     def _list(self, db: sqlite3.Connection, table: str, key: str) -> list[dict[str, Any]] | None:
         row = db.execute(f"select items from {table} where key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    @staticmethod
+    def _optional(db: sqlite3.Connection, query: str, key: str) -> str | None:
+        """One value (or None) from a table that tables published by earlier versions lack."""
+        try:
+            row = db.execute(query, (key,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return row[0] if row else None
 
     def _allowed(self, item_id: str, items: dict[str, tuple[str, str, bool]]) -> bool:
         rules = self.rules
@@ -205,13 +226,14 @@ class RecTable:
 
     def user_recommendations(self, user_id: str, limit: int) -> dict[str, Any]:
         db, inode = self._db()
-        candidates = self._list(db, "recs", user_id)
+        key = user_id
+        candidates = self._list(db, "recs", key)
+        if candidates is None and (alias := self._optional(db, "select user_id from aliases where key = ?", key)):
+            key = alias
+            candidates = self._list(db, "recs", key)
         if candidates is None:
             candidates = self._list(db, "trending", "global") or []
-        try:
-            bought = self._list(db, "bought", user_id) or []
-        except sqlite3.OperationalError:  # a table published before purchases were kept
-            bought = []
+        bought = json.loads(self._optional(db, "select items from bought where key = ?", key) or "[]")
         return {"user_id": user_id, "items": self._apply(candidates, db, inode, limit, set(bought))}
 
     def similar_items(self, item_id: str, limit: int) -> dict[str, Any] | None:

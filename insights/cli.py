@@ -197,7 +197,8 @@ def _print_export(summary: dict[str, Any]) -> None:
         )
     serving = summary["serving"]
     console.print(
-        f"Recommendation table: {serving['users']:,} users, {serving['items']:,} items with similar items, "
+        f"Recommendation table: {serving['users']:,} users (and {serving.get('aliases', 0):,} cookie ids of "
+        f"identified ones), {serving['items']:,} items with similar items, "
         f"{serving['trending_scopes']:,} trending lists in {serving['path']}"
     )
     _print_seconds(summary)

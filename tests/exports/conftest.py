@@ -15,7 +15,7 @@ CATEGORIES = ["Outdoor > Tents", "Outdoor > Backpacks", "Home > Kitchen", "Fashi
 
 def build_warehouse(path: Path, users: int = 60, items: int = 40) -> None:
     """Users u000.. (every third anonymous), items i000.. (i003 out of stock), ten
-    recommendations each, similar items, trending lists, u001's purchases and one model
+    recommendations each, similar items, trending lists, u001's purchases and cookies, and one model
     version."""
     con = duckdb.connect(str(path))
     con.execute(
@@ -62,6 +62,10 @@ def build_warehouse(path: Path, users: int = 60, items: int = 40) -> None:
         create table main.fct_interactions as
         select * from (values ('u001', 'i000', 6.0, 2::bigint), ('u001', 'i005', 6.0, 1), ('u002', 'i000', 1.0, 0))
             t(user_id, item_id, weight, purchases);
+        -- u001 was stitched from two cookies; cookie-x stitched to a user with no list.
+        create table main.dim_identity_map as
+        select * from (values ('cookie-a', 'u001'), ('cookie-b', 'u001'), ('cookie-x', 'someone-else'))
+            t(anonymous_id, user_id);
         create table main.user_interests as
         select user_id, 1::bigint as rank, 'category' as dimension, top_category as value, 0.5 as strength
         from main.user_insights;

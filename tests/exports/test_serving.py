@@ -165,6 +165,22 @@ def test_a_list_filled_from_trending_never_holds_what_the_user_bought(small: Con
     assert {"i000", "i005"} <= {i["item_id"] for i in recs(keep, "u001", 30)["items"]}
 
 
+def test_a_logged_out_visitor_gets_their_own_list_by_cookie_id(api: tuple[str, Config]) -> None:
+    """An app that knows only the visitor's cookie id (logged out, on a page view) asks
+    with it: a cookie stitched to an identified user answers that user's list, less what
+    they bought; an unstitched cookie, or one whose user has no list, gets trending."""
+    base, config = api
+    own = _get(base, "/v1/users/u001/recommendations?limit=30")[1]["items"]
+    for cookie in ("cookie-a", "cookie-b"):
+        status, body = _get(base, f"/v1/users/{cookie}/recommendations?limit=30")
+        assert status == 200 and body == {"user_id": cookie, "items": own}
+    assert {"collaborative"} <= {i["reason"] for i in own} and "i005" not in [i["item_id"] for i in own]
+    for stranger in ("cookie-x", "cookie-zzz"):
+        items = _get(base, f"/v1/users/{stranger}/recommendations")[1]["items"]
+        assert {i["reason"] for i in items} == {"trending"}
+    assert recs(config, "cookie-a", 30)["items"] == own
+
+
 def test_rules_that_name_nothing_are_reported(small: Config, caplog: pytest.LogCaptureFixture) -> None:
     """A misspelt category or brand, or an item gone from the catalog, makes a rule do
     nothing; it is logged when the table is loaded and listed by /healthz."""
