@@ -12,7 +12,9 @@ Secrets never live here: AWS keys and the Segment write key come from the enviro
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -569,11 +571,36 @@ def _find_secrets(node: Any, where: str = "") -> str | None:
     return None
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation holds (through lists, unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(parent: list[Any]) -> list[str]:
+    """The keys a mapping at ``parent`` (a validation error's location) may hold. List
+    indexes and union tags in the location leave the models as they are."""
+    models: list[type[BaseModel]] = [Config]
+    for part in parent:
+        inner = [
+            m
+            for model in models
+            if str(part) in model.model_fields
+            for m in _models_in(model.model_fields[str(part)].annotation)
+        ]
+        if inner:
+            models = inner
+    return sorted({name for model in models for name in model.model_fields})
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"unknown key '{key}'"
+        known = _known_keys([p for p in error["loc"][:-1] if not str(p).startswith("function-after")])
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1, cutoff=0.7)
+        return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     if kind == "missing":
         return f"missing required key '{key}'"
     if kind == "union_tag_invalid":

@@ -33,6 +33,29 @@ def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(cfg, environ={})
     assert "bad.yml" in str(err.value) and "warehouse.pth" in str(err.value)
+    assert "(did you mean 'path'?)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("ml:\n  recomendations: 5\n", "unknown key 'ml.recomendations' (did you mean 'recommendations'?)"),
+        ("warehous:\n  path: x\n", "unknown key 'warehous' (did you mean 'warehouse'?)"),
+        ("serving:\n  rules:\n    pinn: []\n", "unknown key 'serving.rules.pinn' (did you mean 'pin'?)"),
+        ("sources:\n  - {name: w, kind: snowplow_enriched, paht: ./a}\n", "sources.0.snowplow_enriched.paht' (did you mean 'path'?)"),
+        (
+            "sources:\n  - {name: a, kind: singer_jsonl, path: ./a, streams: {events: {column: {}}}}\n",
+            "streams.events.column' (did you mean 'columns'?)",
+        ),
+        ("ml:\n  zzz: 5\n", "unknown key 'ml.zzz' (environment"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_suggests_the_closest_known_one(tmp_path: Path, yaml_text: str, message: str) -> None:
+    cfg = tmp_path / "insights.yml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, environ={"INSIGHTS__WAREHOUSE__THREADS": "2"})
+    assert message in str(err.value)
 
 
 def test_wrong_type_says_what_was_expected(tmp_path: Path) -> None:
