@@ -183,18 +183,21 @@ def _quality(con: duckdb.DuckDBPyConnection, config: Config) -> dict[str, Any]:
 
 def _freshness(con: duckdb.DuckDBPyConnection, config: Config, as_of: datetime) -> dict[str, Any]:
     """How old the newest scored event is, and who was left without recommendations."""
-    from models_ml.data import data_lag_warning
+    from models_ml.data import data_lag_warning, recommendation_warning
 
-    newest, without = con.execute(
-        "select max(last_seen_at), count(*) filter (where coalesce(len(recommended_items), 0) = 0) "
+    newest, users, without = con.execute(
+        "select max(last_seen_at), count(*), count(*) filter (where coalesce(len(recommended_items), 0) = 0) "
         "from main.user_insights"
     ).fetchone()
+    items, in_stock = con.execute("select count(*), count(*) filter (where in_stock) from main.dim_items").fetchone()
     lag = data_lag_warning(config, as_of, newest)
+    empty = recommendation_warning(config, users, without, items, in_stock)
     return {
         "newest_event_at": f"{newest:%Y-%m-%d %H:%M:%S}" if newest is not None else None,
         "data_lag_hours": round((as_of - newest).total_seconds() / 3600, 1) if newest is not None else None,
         "data_lag_warning": lag[1] if lag else None,
         "users_without_recommendations": int(without),
+        "recommendation_warning": empty[1] if empty else None,
     }
 
 
@@ -348,11 +351,8 @@ def _freshness_html(q: dict[str, Any]) -> str:
     )
     if q.get("data_lag_warning"):
         html += f"<p class='warn'>Warning: {escape(q['data_lag_warning'])}</p>"
-    if q.get("users_without_recommendations"):
-        html += (
-            f"<p class='warn'>{q['users_without_recommendations']:,} users have no recommendations: too short a "
-            "history for the model and nothing active to fill their lists with.</p>"
-        )
+    if q.get("recommendation_warning"):
+        html += f"<p class='warn'>Warning: {escape(q['recommendation_warning'])}</p>"
     return html
 
 

@@ -17,6 +17,8 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 
+TOKEN = re.compile(r"(?u)\b\w[\w_]+\b")  # the TF-IDF's tokens: two or more word characters
+
 
 def _slug(value: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", value.lower()).strip("_")
@@ -32,6 +34,7 @@ class CatalogEncoder:
         self.tfidf: TfidfVectorizer | None = None
         self.svd: TruncatedSVD | None = None
         self.price_bands: tuple[float, float] = (0.0, 0.0)
+        self.empty = False  # fitted on a catalog with no text at all
 
     def documents(self, items: pd.DataFrame) -> list[str]:
         """One document per item; metadata become tokens that cannot collide with prose."""
@@ -52,14 +55,24 @@ class CatalogEncoder:
 
     def fit(self, items: pd.DataFrame) -> CatalogEncoder:
         prices = pd.to_numeric(items["price"], errors="coerce")
-        self.price_bands = (float(prices.quantile(0.33)), float(prices.quantile(0.67)))
-        self.tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, token_pattern=r"(?u)\b\w[\w_]+\b")
-        matrix = self.tfidf.fit_transform(self.documents(items))
+        self.price_bands = (
+            (float(prices.quantile(0.33)), float(prices.quantile(0.67))) if prices.notna().any() else (0.0, 0.0)
+        )
+        self.tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, token_pattern=TOKEN.pattern)
+        documents = self.documents(items)
+        if not any(TOKEN.search(d) for d in documents):
+            # No catalog (or no text in it): every item gets the zero vector, so no item is
+            # scored from its text and the collaborative model stands alone.
+            self.tfidf, self.svd, self.empty = None, None, True
+            return self
+        matrix = self.tfidf.fit_transform(documents)
         d = min(self.dimensions, matrix.shape[0] - 1, matrix.shape[1] - 1)
         self.svd = TruncatedSVD(n_components=d, random_state=self.seed).fit(matrix) if d >= 2 else None
         return self
 
     def transform(self, items: pd.DataFrame) -> np.ndarray:
+        if getattr(self, "empty", False):  # (encoders pickled before this flag lack it)
+            return np.zeros((len(items), 1), dtype=np.float32)
         if self.tfidf is None:
             raise RuntimeError("CatalogEncoder.transform before fit")
         matrix = self.tfidf.transform(self.documents(items))

@@ -144,3 +144,29 @@ def data_lag_warning(config: Config, as_of: datetime, newest: datetime | None) -
         f"({as_of:%Y-%m-%d %H:%M}), more than validation.max_data_lag_hours ({config.validation.max_data_lag_hours:g}): "
         "has a source stopped delivering, or is the as-of later than the data?"
     )
+
+
+def recommendation_warning(
+    config: Config, users: int, without: int, items: int, in_stock: int
+) -> tuple[str, str] | None:
+    """A warning when users were left without recommendations: every one of them when the
+    catalog is empty or nothing in it is in stock (items are recommended only when the
+    catalog lists them in stock), else those with too short a history and nothing active
+    to fill their lists with. Returns a short headline and the message."""
+    if users and in_stock == 0:
+        if items == 0:
+            return "no catalog items to recommend", (
+                "no recommendations, similar items or trending lists: the catalog is empty (add a source of kind "
+                "catalog: items are recommended only when the catalog lists them); the users' scores and segments "
+                "are computed from their events"
+            )
+        return "no catalog item in stock", (
+            f"no recommendations, similar items or trending lists: none of the catalog's {items:,} items is in stock"
+        )
+    if without > 0:
+        return f"{without:,} users without recommendations", (
+            f"{without:,} of {users:,} users have no recommendations: too short a history for the model, and no "
+            f"in-stock item they have not bought had activity in the last {config.transform.trending_baseline_days} "
+            "days to fill their lists with"
+        )
+    return None

@@ -497,8 +497,8 @@ def _item_vectors(bundle: registry.ModelBundle, catalog: pd.DataFrame) -> tuple[
     """A vector per catalog item: ALS for warm items, text mapped into ALS space for the rest.
     Returns the vectors and a reason per item (``collaborative`` or ``content``)."""
     index = _indexed(bundle.item_ids)
-    positions = np.array([index.get(i, -1) for i in catalog["item_id"]])
-    warm = np.array([p >= 0 and bool(bundle.warm_items[p]) for p in positions])
+    positions = np.array([index.get(i, -1) for i in catalog["item_id"]], dtype=np.int64)
+    warm = np.array([p >= 0 and bool(bundle.warm_items[p]) for p in positions], dtype=bool)
     vectors = np.zeros((len(catalog), bundle.item_factors.shape[1]), dtype=np.float32)
     vectors[warm] = bundle.item_factors[positions[warm]]
     if (~warm).any() and bundle.mapping is not None:
@@ -630,6 +630,7 @@ def _model_recommendations(
                 mine["weight"].to_numpy(),
             ),
         )
+    if len(todo) and len(allowed):  # (no in-stock catalog item: nothing to pick from)
         allowed_index = _indexed(list(allowed_ids))
         bought = mine[mine["purchases"] > 0] if ml.exclude_purchased else mine.iloc[0:0]
         exclude = als.interaction_matrix(
@@ -807,7 +808,7 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
         with timed(seconds, "propensities"):
             users = _propensities(config, bundle, feats)
         with timed(seconds, "interests"):
-            warm_item = np.array([r == "collaborative" for r in reasons])
+            warm_item = np.array([r == "collaborative" for r in reasons], dtype=bool)
             embedded = interests.embedding_strengths(
                 warm_users,
                 user_vectors,
@@ -831,7 +832,7 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
             picks_reused=0 if pick_cache is None else pick_cache.reused,
             picks_computed=len(warm_users) - (0 if pick_cache is None else pick_cache.reused),
         )
-        result.newest_event_at, result.warnings = _score_warnings(config, as_of, users, recs)
+        result.newest_event_at, result.warnings = _score_warnings(config, as_of, users, recs, catalog)
         for _, warning in result.warnings:
             log.warning("%s", warning)
         if write:
@@ -846,22 +847,21 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
 
 
 def _score_warnings(
-    config: Config, as_of: datetime, users: pd.DataFrame, recs: pd.DataFrame
+    config: Config, as_of: datetime, users: pd.DataFrame, recs: pd.DataFrame, catalog: pd.DataFrame
 ) -> tuple[datetime | None, list[tuple[str, str]]]:
     """The newest event of the scored users and what a reader of the run should know."""
     seen = users["last_seen_at"].dropna()
     newest = pd.Timestamp(seen.max()).to_pydatetime() if len(seen) else None
-    warnings = [w for w in [data.data_lag_warning(config, as_of, newest)] if w]
-    empty = len(users) - recs["user_id"].nunique()
-    if empty > 0:
-        warnings.append(
-            (
-                f"{empty:,} users without recommendations",
-                f"{empty:,} of {len(users):,} users have no recommendations: too short a history for the model, and "
-                f"no in-stock item they have not bought had activity in the last {config.transform.trending_baseline_days} "
-                "days to fill their lists with",
-            )
-        )
+    without = len(users) - recs["user_id"].nunique()
+    in_stock = int(catalog["in_stock"].fillna(False).sum())
+    warnings = [
+        w
+        for w in [
+            data.data_lag_warning(config, as_of, newest),
+            data.recommendation_warning(config, len(users), without, len(catalog), in_stock),
+        ]
+        if w
+    ]
     return newest, warnings
 
 

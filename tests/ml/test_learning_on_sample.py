@@ -365,4 +365,36 @@ def test_a_quiet_spell_still_fills_every_list_and_stale_data_is_called_out(learn
     )
     html = Path(steps.report(config, later)["path"]).read_text(encoding="utf-8")
     assert "40.0 days before the as-of instant" in html and escape(stale["warnings"][0]) in html
-    assert f"{empty:,} users have no recommendations" in html
+    assert f"{empty:,} of {len(stale_users):,} users have no recommendations" in html
+    assert escape(stale["warnings"][1]) in html
+
+
+def test_a_site_without_a_catalog_still_gets_scores_and_says_why_nothing_is_recommended(
+    learned: dict, tmp_path: Path
+) -> None:
+    """Snowplow or Singer events with item ids but no catalog source (a first try, or a
+    catalog not wired yet): training, scoring, exports and the report all run; users get
+    their scores and segments, nobody gets a recommendation (items are recommended only
+    when the catalog lists them in stock), and every output says why."""
+    config = _private_copy(learned, tmp_path)
+    config = config.model_copy(update={"ml": config.ml.model_copy(update={"model_dir": str(tmp_path / "models")})})
+    as_of = learned["as_of"]
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("delete from raw.catalog_items")
+    con.close()
+    steps.transform(config, as_of)
+    assert _query(tmp_path, "select count(*) as n from main.dim_items")["n"][0] == 0
+    assert steps.train(config, as_of)["model_version"]
+    scored = steps.score(config, as_of)
+    assert scored["users"] == learned["score"]["users"] and scored["recommendations"] == 0
+    assert scored["warning_headlines"] == ["no catalog items to recommend"]
+    assert "add a source of kind catalog" in scored["warnings"][0]
+    users = _query(tmp_path, "select * from main.user_insights")
+    assert users["purchase_probability"].between(0, 1).all() and users["segment"].notna().all()
+    exported = steps.export(config, as_of)
+    assert exported["serving"]["users"] == 0
+    from exports.serving import recs
+
+    assert recs(config, users["user_id"][0], 5)["items"] == []
+    html = Path(steps.report(config, as_of)["path"]).read_text(encoding="utf-8")
+    assert escape(scored["warnings"][0]) in html
