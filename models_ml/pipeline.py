@@ -371,9 +371,9 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
     try:
         best, als_report, catalog, now, user_ids, item_ids, final_fit = _train_als(con, config, schemas, plan, timings)
         users_per_item = now.groupby("item_id")["user_id"].nunique()
-        warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids])
+        warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids], dtype=bool)
         in_catalog = catalog.set_index("item_id")
-        catalog_rows = np.array([i in in_catalog.index for i in item_ids])
+        catalog_rows = np.array([i in in_catalog.index for i in item_ids], dtype=bool)
         with timed(timings, "catalog_encoder"):
             encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
             text = encoder.transform(in_catalog.loc[[i for i, c in zip(item_ids, catalog_rows) if c]].reset_index())

@@ -143,3 +143,27 @@ def test_users_match_snowplow(snowplow_warehouse: Path, fixtures_dir: Path) -> N
             int(e["engaged_time_in_s"]),
         )
         assert ours[e["domain_userid"]] == want, e["domain_userid"]
+
+
+def test_a_site_with_no_items_at_all_runs_to_the_end(snowplow_warehouse: Path, tmp_path: Path) -> None:
+    """Snowplow's own events are page views and pings only: no catalog and no event naming
+    an item. Training, scoring, exports and the report still run (they failed on the empty
+    item set); the users get scores and segments, and scoring says why nothing is recommended."""
+    from insights import steps
+    from insights.config import load_config
+
+    shutil.copy(snowplow_warehouse / "wh.duckdb", tmp_path / "wh.duckdb")
+    text = (snowplow_warehouse / "insights.yml").read_text()
+    (tmp_path / "insights.yml").write_text(
+        text.replace(str(snowplow_warehouse / "wh.duckdb"), str(tmp_path / "wh.duckdb"))
+    )
+    config = load_config(tmp_path / "insights.yml", environ={})
+    as_of = steps.parse_as_of("2021-04-01")
+    assert query(tmp_path, "select count(*) from main.fct_interactions") == [(0,)]
+    assert steps.train(config, as_of)["model_version"]
+    scored = steps.score(config, as_of)
+    assert scored["users"] == query(tmp_path, "select count(*) from main.dim_users")[0][0] > 0
+    assert scored["recommendations"] == 0 and "no catalog items to recommend" in scored["warning_headlines"]
+    assert query(tmp_path, "select count(*) from main.user_insights where segment is null") == [(0,)]
+    assert steps.export(config, as_of)["serving"]["users"] == 0
+    assert Path(steps.report(config, as_of)["path"]).exists()
