@@ -1026,6 +1026,17 @@ def default_backtest_as_of(config: Config) -> datetime:
     return _day_after(last) - timedelta(days=max(config.windows.purchase_days, config.ml.validation_days))
 
 
+def _window_past_the_data(days: int, last_event: datetime | None) -> str:
+    """Why an outcome was not measured, and the latest as-of at which it could be."""
+    if last_event is None:
+        return "there are no events"
+    latest = _day_after(last_event) - timedelta(days=days)
+    return (
+        f"the {days}-day outcome window runs past the end of the data (the latest as-of it can be measured at is "
+        f"{latest:%Y-%m-%d}: insights evaluate --as-of {latest:%Y-%m-%d})"
+    )
+
+
 def _baseline_lists(
     interactions: pd.DataFrame,
     catalog: pd.DataFrame,
@@ -1117,7 +1128,7 @@ def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
     complete = report["complete"]
     for name in ("purchase", "churn"):
         if not complete.get(name):
-            report[name] = {"skipped": f"the {windows[name]}-day outcome window runs past the end of the data"}
+            report[name] = {"skipped": _window_past_the_data(windows[name], last_event)}
             continue
         outcome = users[["user_id", "recency_days"]].merge(outcomes[name], on="user_id", how="left")
         if name == "purchase":
@@ -1135,7 +1146,7 @@ def evaluate(config: Config, as_of: datetime | None = None) -> dict[str, Any]:
             "rfm_baseline": classification_metrics(y[population], baseline[population]),
         }
     if not complete.get("value"):
-        report["value"] = {"skipped": f"the {windows['value']}-day outcome window runs past the end of the data"}
+        report["value"] = {"skipped": _window_past_the_data(windows["value"], last_event)}
         report = registry.jsonable(report)
         _save_report(config, report)
         return report

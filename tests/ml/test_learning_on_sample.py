@@ -115,6 +115,12 @@ def test_backtest_beats_baselines_and_sees_no_future(learned: dict, tmp_path: Pa
     assert recs["model"]["hr_at_10"] > recs["past_items_baseline"]["hr_at_10"]
     assert report["purchase"]["model"]["roc_auc"] > 0.7
     assert (Path(config.ml.report_dir) / f"evaluation_{as_of:%Y-%m-%d}.md").exists()
+    # Churn's 30-day window runs past the data: the report says from when it can be measured.
+    last = _query(learned["root"], "select max(occurred_at) as t from main.fct_events")["t"][0]
+    latest = f"{pd.Timestamp(last).normalize() + pd.Timedelta(days=1 - 30):%Y-%m-%d}"
+    assert report["churn"]["skipped"].endswith(
+        f"(the latest as-of it can be measured at is {latest}: insights evaluate --as-of {latest})"
+    )
 
     bundle = registry.ModelBundle.load(Path(report["training"]["path"]))
     with_future = pipeline.score(config, as_of, bundle=bundle, write=False)
