@@ -8,6 +8,7 @@ md5(cohort name, user id) as a fraction: stable across runs, machines and DuckDB
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
 import os
 import re
@@ -410,6 +411,17 @@ def summarize(frame: pd.DataFrame, name: str, baseline: float, description: str 
     }
 
 
+def _named(cohorts: list[Cohort], name: str) -> Cohort:
+    """The cohort called ``name`` (case aside), or an error with the closest names."""
+    by_lower = {c.name.lower(): c for c in cohorts}
+    found = next((c for c in cohorts if c.name == name), None) or by_lower.get(name.lower())
+    if found is None:
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(by_lower[c].name) for c in close)}?)" if close else ""
+        raise CohortError(f"unknown cohort {name!r}{hint}; known: {', '.join(c.name for c in cohorts)}")
+    return found
+
+
 def run_cohorts(
     config: Config,
     con: duckdb.DuckDBPyConnection,
@@ -433,11 +445,7 @@ def run_cohorts(
     else:
         cohorts = load_cohorts(config, categories)
         if names:
-            known = {c.name: c for c in cohorts}
-            missing = [n for n in names if n not in known]
-            if missing:
-                raise CohortError(f"unknown cohort(s) {', '.join(missing)}; known: {', '.join(known)}")
-            cohorts = [known[n] for n in names]
+            cohorts = [_named(cohorts, n) for n in names]
     as_of_value = as_of or con.execute("select max(as_of) from main.user_insights").fetchone()[0]
     baseline = con.execute("select avg(purchase_probability) from main.user_insights").fetchone()[0] or 0.0
     folder = Path(out_dir or config.resolve(config.cohorts.out_dir))
@@ -474,16 +482,19 @@ def run_cohorts(
         con.execute(f"drop table if exists {VIEW_TABLE}")
     summary = pd.DataFrame(summaries).drop(columns=["file"], errors="ignore")
     summary.insert(0, "as_of", pd.Timestamp(as_of_value))
+    summary_file = None
     if summaries and where is None and not names:
         # Only a run of every cohort rewrites summary.csv; ad-hoc and partial pulls leave it.
         tmp = folder / ".summary.csv.tmp"
         summary.to_csv(tmp, index=False, float_format="%.4g")
-        os.replace(tmp, folder / "summary.csv")
+        summary_file = str(folder / "summary.csv")
+        os.replace(tmp, summary_file)
     membership = pd.concat(members, ignore_index=True) if members else pd.DataFrame()
     return {
         "as_of": str(as_of_value),
         "cohorts": summaries,
         "files": files,
+        "summary_file": summary_file,
         "summary": summary,
         "membership": membership,
     }

@@ -149,7 +149,7 @@ def cmd_score(args: argparse.Namespace, config: Config) -> None:
     _print_score(steps.score(config, steps.parse_as_of(args.as_of)))
 
 
-def _print_cohorts(cohorts: list[dict[str, Any]], title: str) -> None:
+def _print_cohorts(cohorts: list[dict[str, Any]], title: str, summary_written: bool = True) -> None:
     from rich.table import Table
 
     table = Table(title=title)
@@ -170,7 +170,11 @@ def _print_cohorts(cohorts: list[dict[str, Any]], title: str) -> None:
     console = _console()
     console.print(table)
     if cohorts and cohorts[0].get("file"):
-        console.print(f"CSV files and summary.csv in {os.path.dirname(cohorts[0]['file'])}")
+        folder = os.path.dirname(cohorts[0]["file"])
+        if summary_written:
+            console.print(f"CSV files and summary.csv in {folder}")
+        else:
+            console.print(f"CSV files in {folder} (summary.csv left as it was: only a run of every cohort rewrites it)")
 
 
 def _print_export(summary: dict[str, Any]) -> None:
@@ -231,7 +235,7 @@ def cmd_cohort(args: argparse.Namespace, config: Config) -> None:
         result = run_cohorts(config, con, names=args.name or None, where=args.where, out_dir=args.out)
     finally:
         con.close()
-    _print_cohorts(result["cohorts"], f"Cohorts as of {result['as_of']}")
+    _print_cohorts(result["cohorts"], f"Cohorts as of {result['as_of']}", result["summary_file"] is not None)
 
 
 def cmd_recs(args: argparse.Namespace, config: Config) -> None:

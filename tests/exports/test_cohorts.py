@@ -167,6 +167,20 @@ def test_cohort_csvs_and_summary(small: Config) -> None:
         assert fh.readline().startswith("as_of,cohort,description,users,target,holdout")
 
 
+def test_a_cohort_is_named_case_aside_and_a_typo_gets_the_closest(small: Config) -> None:
+    con = connect(small, read_only=True)
+    try:
+        pulled = run_cohorts(small, con, names=["ready TO buy", "Interested in Home"])
+        assert [c["cohort"] for c in pulled["cohorts"]] == ["Ready to buy", "Interested in Home"]
+        assert pulled["summary_file"] is None
+        with pytest.raises(
+            CohortError, match=r"unknown cohort 'Redy to buy' \(did you mean 'Ready to buy'\?\); known: "
+        ):
+            run_cohorts(small, con, names=["Redy to buy"])
+    finally:
+        con.close()
+
+
 def test_holdout_share_is_close_to_asked(small: Config) -> None:
     definition = {"name": "Everyone", "where": "recency_days >= 0", "holdout": 0.3}
     config = small.model_copy(
@@ -195,6 +209,7 @@ def test_adhoc_pull_and_folder_definitions(small: Config, tmp_path: Path) -> Non
         assert [c["cohort"] for c in result["cohorts"]] == ["Big spenders"]
         assert result["cohorts"][0]["users"] == 15
         adhoc = run_cohorts(config, con, where="segment = 'Lost' and purchase_percentile >= 50")
+        assert result["summary_file"] == str(tmp_path / "cohorts_out" / "summary.csv") and adhoc["summary_file"] is None
         summary = (tmp_path / "cohorts_out" / "summary.csv").read_text()
         assert "Big spenders" in summary and "Ad hoc" not in summary  # an ad-hoc pull leaves the summary
         assert adhoc["cohorts"][0]["users"] == len(_users(config, "segment = 'Lost' and purchase_percentile >= 50"))
