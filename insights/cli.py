@@ -470,9 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's contract is a one-line reason
         from insights.ingest import IngestError
 
+        # (insights run's step failures arrive as "step 'x' failed: ...": "run failed: step ...")
         kind = "ingest failed" if isinstance(exc, IngestError) else f"{args.command} failed"
-        if isinstance(exc, RuntimeError) and exc.__cause__ is not None:
-            kind = "run failed"
         if args.verbose:
             logging.exception("failure")
         print(f"insights: {kind}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,39 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+@contextmanager
+def s3_errors(uri: str, config: Config) -> Iterator[None]:
+    """S3 failures as the errors a local path gives, each naming the URI and the likely cause:
+    a missing bucket or key is FileNotFoundError, refused credentials PermissionError, an
+    unreachable endpoint ConnectionError."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":
+            raise FileNotFoundError(
+                f"input path not found: bucket '{split_s3(uri)[0]}' does not exist ({uri})"
+            ) from None
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(f"input path not found: {uri} (gone since it was listed?)") from None
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
+            raise PermissionError(
+                f"{uri}: access refused ({code}): check the AWS credentials (the AWS_* environment variables, "
+                "or the connection named by airflow.aws_conn_id) and the bucket policy"
+            ) from None
+        raise
+    except NoCredentialsError:
+        raise PermissionError(
+            f"{uri}: no AWS credentials found (set the AWS_* environment variables, or airflow.aws_conn_id)"
+        ) from None
+    except EndpointConnectionError:
+        raise ConnectionError(
+            f"{uri}: cannot reach the S3 endpoint {config.s3.endpoint_url or 'of AWS'} (s3.endpoint_url)"
+        ) from None
+
+
 def _matches(relative: str, pattern: str) -> bool:
     name = relative.rsplit("/", 1)[-1]
     if pattern.startswith("**/"):
@@ -51,7 +86,11 @@ def list_files(uri: str, pattern: str, config: Config) -> list[FileRef]:
         bucket, prefix = split_s3(uri)
         client = s3_client(config)
         found = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        stored = 0
+        with s3_errors(uri, config):
+            pages = list(client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
+        for page in pages:
+            stored += len(page.get("Contents", []))
             for obj in page.get("Contents", []):
                 key = obj["Key"]
                 relative = key[len(prefix) :].lstrip("/")
@@ -66,6 +105,9 @@ def list_files(uri: str, pattern: str, config: Config) -> list[FileRef]:
                             obj.get("ETag", "").strip('"'),
                         )
                     )
+        if not stored:
+            # S3 has no folders: a prefix with nothing under it is what a missing local path is.
+            raise FileNotFoundError(f"input path not found: nothing is stored under {uri}")
         return sorted(found, key=lambda f: f.path)
     root = Path(config.resolve(uri))
     if not root.exists():
@@ -91,7 +133,8 @@ def read_bytes(ref: FileRef, config: Config) -> bytes:
     """The file's stored bytes (still compressed if it is)."""
     if ref.path.startswith("s3://"):
         bucket, key = split_s3(ref.path)
-        return s3_client(config).get_object(Bucket=bucket, Key=key)["Body"].read()
+        with s3_errors(ref.path, config):
+            return s3_client(config).get_object(Bucket=bucket, Key=key)["Body"].read()
     return Path(ref.path).read_bytes()
 
 

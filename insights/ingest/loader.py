@@ -780,6 +780,6 @@ def run_ingest(con: duckdb.DuckDBPyConnection, config: Config, sources: list[str
     for source in selected:
         try:
             results.extend(ingest_source(con, source, config))
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, PermissionError, ConnectionError) as exc:
             raise IngestError(f"source '{source.name}': {exc}") from None
     return results

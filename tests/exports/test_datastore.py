@@ -155,3 +155,17 @@ def test_export_step_delivers_everything(small: Config) -> None:
     assert Path(small.cohorts.out_dir, "ready_to_buy.csv").exists()
     with pytest.raises(RuntimeError, match="scored as of 2026-11-01"):
         steps.export(small, datetime(2026, 11, 2))
+
+
+def test_a_failed_export_says_export_failed(small: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    """`insights export` names itself when the datastore cannot be written (it said
+    "run failed", as if `insights run` had been called)."""
+    from insights.cli import main
+
+    blocked = Path(small.source_file).parent / "blocked"
+    blocked.write_text("a file where the datastore folder should be")
+    config_file = Path(small.source_file)
+    config_file.write_text(config_file.read_text().replace(str(Path(small.datastore.uri)), str(blocked)))
+    code = main(["--config", str(config_file), "export", "--as-of", "2026-11-01"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith(f"insights: export failed: publishing to {blocked}")

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -192,6 +193,45 @@ def test_s3_prefix_is_ingested_incrementally(
     paths = [r[0] for r in query(tmp_path, "select path from ingest.load_manifest order by 1")]
     assert all(p.startswith("s3://clickstream/enriched/") for p in paths)
     assert ingest(tmp_path, [source], s3={"endpoint_url": s3_endpoint})["loads"] == []
+
+
+def test_a_wrong_s3_path_is_named_with_its_cause(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing bucket, a prefix with nothing under it (S3's missing folder), an unreachable
+    endpoint, refused credentials: each stops the load naming the source, the URI and the
+    cause (a missing bucket surfaced as a bare botocore error, and an empty
+    prefix, a typo most often, loaded nothing without a word)."""
+    from botocore.exceptions import ClientError
+
+    from insights.config import load_config
+    from insights.storage import s3_errors
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="empty-prefix")
+    cases = {
+        "s3://no-such-bucket-here/enriched": "source 'web': input path not found: bucket 'no-such-bucket-here' does not exist",
+        "s3://empty-prefix/enriched": "source 'web': input path not found: nothing is stored under s3://empty-prefix/enriched",
+    }  # fmt: skip
+    for path, message in cases.items():
+        with pytest.raises(IngestError, match=re.escape(message)):
+            ingest(
+                tmp_path, [{"name": "web", "kind": "snowplow_enriched", "path": path}], s3={"endpoint_url": s3_endpoint}
+            )
+    with pytest.raises(
+        IngestError, match=r"source 'web': s3://empty-prefix/x: cannot reach the S3 endpoint http://127\.0\.0\.1:9 "
+    ):
+        ingest(
+            tmp_path,
+            [{"name": "web", "kind": "snowplow_enriched", "path": "s3://empty-prefix/x"}],
+            s3={"endpoint_url": "http://127.0.0.1:9"},
+        )
+    config = load_config(tmp_path / "insights.yml", environ={})
+    refused = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListObjectsV2")
+    with pytest.raises(PermissionError, match=r"s3://b/p: access refused \(AccessDenied\): check the AWS credentials"):
+        with s3_errors("s3://b/p", config):
+            raise refused
 
 
 def test_batches_prepared_ahead_change_nothing_and_are_freed(tmp_path: Path, site: Path) -> None:
