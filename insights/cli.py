@@ -372,8 +372,8 @@ def cmd_sample(args: argparse.Namespace, config: Config) -> None:
     started = time.perf_counter()
     summary = generate(
         out,
-        users=args.users or config.sample.users,
-        days=args.days or config.sample.days,
+        users=config.sample.users if args.users is None else args.users,
+        days=config.sample.days if args.days is None else args.days,
         seed=config.sample.seed if args.seed is None else args.seed,
     )
     elapsed = time.perf_counter() - started
@@ -383,6 +383,17 @@ def cmd_sample(args: argparse.Namespace, config: Config) -> None:
         f"{summary['orders']:,} orders; dirt: {summary['duplicates']:,} duplicates, {summary['late']:,} late, "
         f"{summary['malformed']:,} malformed. Planted truth in {out}/truth/."
     )
+
+
+def _at_least_one(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sample", help="generate a synthetic sample site")
-    p.add_argument("--users", type=int)
-    p.add_argument("--days", type=int)
+    p.add_argument("--users", type=_at_least_one)
+    p.add_argument("--days", type=_at_least_one)
     p.add_argument("--seed", type=int)
     p.add_argument("--out")
     p.set_defaults(func=cmd_sample)

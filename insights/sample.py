@@ -964,6 +964,10 @@ def generate(
     """Write a whole sample site below ``out`` and return what was generated (counts).
     ``activity`` scales every person's visit rate (1: about 2.5 events per person-day; a
     large site of mostly occasional visitors has far less)."""
+    if users < 1 or days < 1 or activity <= 0:
+        raise ValueError(
+            f"a sample site needs users >= 1, days >= 1 and activity > 0 (got {users}, {days}, {activity})"
+        )
     out = Path(out)
     end = end or datetime(2026, 11, 1, tzinfo=UTC)
     for sub in ("snowplow_enriched", "singer", "catalog", "truth"):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from insights.ingest.snowplow import ENRICHED_FIELDS
 from insights.sample import generate
 from tests.conftest import ROOT
@@ -78,3 +80,18 @@ def test_item_nouns_are_singular() -> None:
     # The committed sample is what the generator writes today.
     titles = (ROOT / "data_samples" / "catalog" / "items.csv").read_text()
     assert "Smartwatch " in titles and "Smartwatche " not in titles and "Dresse " not in titles
+
+
+def test_a_site_of_no_one_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`insights sample --users 0` made the default 2,000 users (0 read as not given) and
+    `--users -5` a site of bots only; both are refused, by the CLI and by generate()."""
+    from insights.cli import main
+    from insights.sample import generate
+
+    for flag, value in (("--users", "0"), ("--users", "-5"), ("--days", "0"), ("--days", "x")):
+        with pytest.raises(SystemExit) as exited:
+            main(["--config", str(tmp_path / "none.yml"), "sample", flag, value, "--out", str(tmp_path / "site")])
+        assert exited.value.code == 2 and f"argument {flag}: " in capsys.readouterr().err
+    with pytest.raises(ValueError, match="users >= 1"):
+        generate(tmp_path / "site", users=-5)
+    assert not (tmp_path / "site").exists()
