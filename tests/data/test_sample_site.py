@@ -86,7 +86,6 @@ def test_a_site_of_no_one_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     """`insights sample --users 0` made the default 2,000 users (0 read as not given) and
     `--users -5` a site of bots only; both are refused, by the CLI and by generate()."""
     from insights.cli import main
-    from insights.sample import generate
 
     for flag, value in (("--users", "0"), ("--users", "-5"), ("--days", "0"), ("--days", "x")):
         with pytest.raises(SystemExit) as exited:
