@@ -128,10 +128,11 @@ def cmd_train(args: argparse.Namespace, config: Config) -> None:
 
 def _print_score(summary: dict[str, Any]) -> None:
     console = _console()
+    reasons = ", ".join(f"{k} {v:,}" for k, v in summary["reasons"].items())
     console.print(
         f"Scored {summary['users']:,} users as of {summary['as_of']} with model {summary['model_version']} "
-        f"(propensities: {summary['propensity_method']}): {summary['recommendations']:,} recommendations "
-        f"({', '.join(f'{k} {v:,}' for k, v in summary['reasons'].items())}), {summary['item_similar']:,} similar "
+        f"(propensities: {summary['propensity_method']}): {summary['recommendations']:,} recommendations"
+        f"{f' ({reasons})' if reasons else ''}, {summary['item_similar']:,} similar "
         f"items, {summary['trending']:,} trending rows; mean purchase probability "
         f"{summary['mean_purchase_probability']:.3f}."
     )
