@@ -250,7 +250,14 @@ def cmd_recs(args: argparse.Namespace, config: Config) -> None:
 def cmd_serve(args: argparse.Namespace, config: Config) -> None:
     from exports.serving import make_server
 
-    server = make_server(config, args.host, args.port)
+    host = args.host or config.serving.host
+    port = config.serving.port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be from 0 to 65535, got {port}")
+    try:
+        server = make_server(config, host, port)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     host, port = server.server_address[:2]
     secured = "bearer token required" if os.environ.get(config.serving.token_env) else "no token configured"
     print(f"Serving recommendations from {config.resolve(config.serving.path)} on http://{host}:{port} ({secured})")

@@ -243,3 +243,21 @@ def test_no_errors_or_partial_lists_while_publishing(api: tuple[str, Config]) ->
     for w in workers:
         w.join()
     assert errors == [] and answered[0] > 20
+
+
+def test_serve_names_the_address_it_cannot_listen_on(small: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from insights.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--config", small.source_file, "serve", "--port", str(port)]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"insights: serve failed: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert main(["--config", small.source_file, "serve", "--port", "70000"]) == 1
+    assert "--port must be from 0 to 65535, got 70000" in capsys.readouterr().err
