@@ -6,8 +6,9 @@ A warehouse with N users (ten recommendations each), 50k items, similar items an
 lists is made in DuckDB (not timed), the recommendation table is published (timed), and
 `insights serve` runs in its own process. A load generator in this process sends requests
 at a fixed rate (open loop: latency is measured from each request's scheduled time, so a
-stall shows up instead of slowing the generator) over keep-alive connections: 90% known
-users, 10% unknown (trending). Halfway through, a new table is published from another
+stall shows up instead of slowing the generator) over keep-alive connections: 80% known
+users (a third of whom bought their first pick, which the API leaves out), 10% by the
+cookie id of a known user, 10% unknown (trending). Halfway through, a new table is published from another
 process. Any non-200 answer or short list is an error. Targets: p99 <= 5 ms at 500
 requests/s, no errors during the swap.
 """
@@ -55,6 +56,14 @@ def build(work: Path, users: int, items: int) -> None:
         create or replace table main.trending as
         select 'global' as scope, r as rank, printf('i%06d', r * 13) as item_id, 100.0 - r as score
         from range(1, 51) t(r);
+        -- A third of the users bought their first pick (the API leaves it out and fills from trending).
+        create or replace table main.fct_interactions as
+        select printf('u%08d', u) as user_id, printf('i%06d', (u * 31 + 977) % {items}) as item_id,
+            1::bigint as purchases
+        from range(0, {users}, 3) t(u);
+        -- Half the users have a cookie id an app can ask by.
+        create or replace table main.dim_identity_map as
+        select printf('c%08d', u) as anonymous_id, printf('u%08d', u) as user_id from range(0, {users}, 2) t(u);
         """
     )
     con.close()
@@ -141,12 +150,16 @@ def _wait(port: int) -> None:
 
 def _load(args: argparse.Namespace, port: int, publish_script: str) -> dict:
     rng = random.Random(1)
-    paths = [
-        f"/v1/users/u{rng.randrange(args.users):08d}/recommendations?limit=10"
-        if rng.random() < 0.9
-        else f"/v1/users/unknown-{i}/recommendations?limit=10"
-        for i in range(args.requests)
-    ]
+
+    def path(i: int) -> str:
+        draw = rng.random()
+        if draw < 0.8:
+            return f"/v1/users/u{rng.randrange(args.users):08d}/recommendations?limit=10"
+        if draw < 0.9:  # a logged-out visitor asked for by cookie id
+            return f"/v1/users/c{2 * rng.randrange(args.users // 2):08d}/recommendations?limit=10"
+        return f"/v1/users/unknown-{i}/recommendations?limit=10"
+
+    paths = [path(i) for i in range(args.requests)]
     jobs: queue.Queue = queue.Queue()
     latencies: list[float] = []
     timeline: list[tuple[float, float]] = []
