@@ -128,6 +128,9 @@ class EventsFileSource(_SourceBase, StreamMapping):
 class CatalogSource(_SourceBase):
     kind: Literal["catalog"]
     columns: dict[str, str] = Field(default_factory=dict)
+    stream: str | None = Field(
+        None, description="In Singer files: the stream whose RECORDs are the items (default: every stream)."
+    )
 
 
 Source = Annotated[

@@ -36,7 +36,7 @@ from insights.config import (
     SnowplowEnrichedSource,
 )
 from insights.ingest import mapped, snowplow
-from insights.ingest.textio import quote_ident, split_lines
+from insights.ingest.textio import quote_ident, quote_literal, split_lines
 from insights.ingest.validate import VALIDATION_QUERY, validate_events, warm_up
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
 from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, query_frame, transaction
@@ -248,7 +248,7 @@ def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor
             return mapped.parse_singer(text, f.ref.path, name)
 
         return list(pool.map(parse, files))
-    return _read_catalog(files)
+    return _read_catalog(files, source.stream)
 
 
 SCRATCH = "ingest_scratch"
@@ -601,8 +601,34 @@ class _ValidationFailed(Exception):
         self.report = report
 
 
-def _read_catalog(files: list[PendingFile]) -> mapped.TextRows:
+SINGER_CONTROL = ("SCHEMA", "STATE", "ACTIVATE_VERSION", "BATCH")
+
+
+@dataclass
+class _CatalogRead:
+    """A catalog batch's rows, and how many Singer messages carried no item (SCHEMA, STATE,
+    records of another stream than the source's ``stream``)."""
+
+    rows: mapped.TextRows
+    control: int = 0
+
+
+def _singer_item(line: dict[str, Any], stream: str | None) -> tuple[bool, dict[str, Any] | None]:
+    """Whether a JSON line is a Singer message, and the item a RECORD of ``stream`` (any
+    stream when None) carries (None: a message without an item)."""
+    kind = line.get("type")
+    if kind == "RECORD" and isinstance(line.get("record"), dict) and isinstance(line.get("stream"), str):
+        return True, line["record"] if stream is None or line["stream"] == stream else None
+    if kind in SINGER_CONTROL and ("schema" in line or "value" in line or kind in ("ACTIVATE_VERSION", "BATCH")):
+        return True, None
+    return False, None
+
+
+def _read_catalog(files: list[PendingFile], stream: str | None = None) -> _CatalogRead:
+    """Catalog rows from CSV, Parquet or JSON lines; JSON lines may be Singer messages (a
+    tap's products stream as target-jsonl writes it), whose RECORDs are the items."""
     rows = mapped.TextRows()
+    read = _CatalogRead(rows)
     for f in files:
         data = decompress(f.data, f.ref.path)
         if data[:4] == b"PAR1" or not f.ref.path.split(".gz")[0].endswith((".jsonl", ".json", ".ndjson")):
@@ -620,31 +646,39 @@ def _read_catalog(files: list[PendingFile]) -> mapped.TextRows:
                 error = None if isinstance(record, dict) else "expected a JSON object"
             except json.JSONDecodeError as exc:
                 record, error = {}, f"invalid JSON: {exc.msg} at column {exc.colno}"
+            if not error:
+                singer, item = _singer_item(record, stream)
+                if singer and item is None:
+                    read.control += 1
+                    continue
+                record = item if singer else record
             rows.add(mapped.flatten(record) if not error else {}, f.ref.path, number, line, error)
-    return rows
+    return read
 
 
 def _load_catalog(
     con: duckdb.DuckDBPyConnection,
     source: CatalogSource,
     files: list[PendingFile],
-    rows: mapped.TextRows,
+    read: _CatalogRead,
     result: LoadResult,
     now: datetime,
 ) -> dict[str, int]:
+    rows = read.rows
     con.register("batch_catalog", rows.to_arrow())
     available = set(rows.columns)
 
     def col(name: str) -> str:
         src = source.columns.get(name, name)
-        if src not in available:
+        nested = None if src in available else mapped.nested_column(src, available)
+        if src not in available and nested is None:
             if name in source.columns or name == "item_id":
                 raise IngestError(
                     f"source '{source.name}': catalog column '{src}' (for {name}) not found; "
                     f"columns present: {', '.join(sorted(available)) or 'none'}"
                 )
             return "null::varchar"
-        return f"nullif(trim({quote_ident(src)}), '')"
+        return mapped.nested_raw(*nested) if nested else f"nullif(trim({quote_ident(src)}), '')"
 
     bool_sql = (
         "case when lower({c}) in ('true', 't', '1', 'yes', 'y') then true "
@@ -661,12 +695,23 @@ def _load_catalog(
         "in_stock": bool_sql.format(c=col("in_stock")),
         "created_at": f"try_cast({col('created_at')} as timestamptz)::timestamp",
     }
+
+    def label(name: str) -> str:
+        src = source.columns.get(name, name)
+        return name if src == name else f"{name} ({src})"
+
+    def bad(name: str, expected: str) -> str:
+        return (
+            f"case when {col(name)} is not null and {typed[name]} is null "
+            f"then {mapped.bad_value_sql(label(name), expected, col(name))} end"
+        )
+
     checks = [
-        f"case when {typed['item_id']} is null then 'item_id is empty' end",
-        f"case when {col('price')} is not null and {typed['price']} is null then 'price: not a number' end",
-        f"case when {col('price')} is not null and {typed['price']} < 0 then 'price: negative' end",
-        f"case when {col('in_stock')} is not null and {typed['in_stock']} is null then 'in_stock: not a boolean' end",
-        f"case when {col('created_at')} is not null and {typed['created_at']} is null then 'created_at: not a timestamp' end",
+        f"case when {typed['item_id']} is null then {quote_literal(label('item_id') + ' is empty')} end",
+        bad("price", "a number"),
+        f"case when {typed['price']} < 0 then {quote_literal(label('price') + ': negative')} end",
+        bad("in_stock", "a boolean"),
+        bad("created_at", "a timestamp"),
     ]
     select = ", ".join(f"{expr} as {name}" for name, expr in typed.items())
     con.execute(
@@ -701,7 +746,8 @@ def _load_catalog(
         "select count(*) filter (where reason is null), count(*) filter (where reason is not null), "
         "(select count(*) from latest_catalog) from stage_catalog"
     ).fetchone()
-    result.lines_read += good + bad
+    result.lines_read += good + bad + read.control
+    result.control_messages += read.control
     result.quarantined += bad
     result.loaded += loaded
     result.duplicates += good - loaded

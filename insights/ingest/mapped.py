@@ -17,13 +17,10 @@ import pyarrow as pa
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
 from insights.ingest.textio import csv_rows, json_text, parquet_text_table, quote_ident, split_lines
+from insights.ingest.textio import quote_literal as _lit
 from insights.warehouse import CANONICAL_EVENT_COLUMNS
 
 META = ("source_file", "source_line", "raw_text", "shape_error")
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _to_text(value: Any) -> str | None:
@@ -111,7 +108,12 @@ def _cast_sql(raw: str, kind: str) -> str:
 
 def _bad_value(label: str, kind: str, value: str) -> str:
     """The quarantine reason for a value that is not of its column's type, quoting it."""
-    return f"{_lit(label + ': not a ' + _CASTS[kind] + ' ')} || '''' || left({value}, 40) || ''''"
+    return bad_value_sql(label, "a " + _CASTS[kind], value)
+
+
+def bad_value_sql(label: str, expected: str, value: str) -> str:
+    """SQL for the reason ``<label>: not <expected> '<value>'`` (the value cut at 40)."""
+    return f"{_lit(label + ': not ' + expected + ' ')} || '''' || left({value}, 40) || ''''"
 
 
 def mapped_sql(
@@ -150,7 +152,7 @@ def mapped_sql(
         if mapping.explode and source_col.startswith(mapping.explode + "."):
             exprs[canonical] = f"null::{kind}"  # the array column is missing (schema_drift: load)
             continue
-        nested = None if source_col in available else _nested_column(source_col, available)
+        nested = None if source_col in available else nested_column(source_col, available)
         if source_col not in available and nested is None:
             if canonical in mapping.columns and drift == "load":
                 if warnings is not None:
@@ -166,7 +168,7 @@ def mapped_sql(
                 )
             exprs[canonical] = f"null::{kind}"
             continue
-        raw = _nested_raw(*nested) if nested else f"nullif(trim({quote_ident(source_col)}), '')"
+        raw = nested_raw(*nested) if nested else f"nullif(trim({quote_ident(source_col)}), '')"
         raws[canonical] = raw
         exprs[canonical] = cast = _cast_sql(raw, kind)
         if kind in _CASTS:
@@ -280,11 +282,20 @@ def _explode_column(
 _RECORD_COLUMNS = ("event_id", "occurred_at", "user_id", "anonymous_id")
 
 
-def _json_path(keys: list[str]) -> str:
-    return _lit("$." + ".".join('"' + key.replace('"', '\\"') + '"' for key in keys))
+def _json_text(document: str, keys: list[str]) -> str:
+    """The text at ``keys`` inside the JSON ``document`` (SQL). A key of digits is a list
+    index (``variants.0.price``) or, failing that, an object key."""
+
+    def path(index: bool) -> str:
+        steps = [f"[{k}]" if index and k.isdigit() else '."' + k.replace('"', '\\"') + '"' for k in keys]
+        return _lit("$" + "".join(steps))
+
+    paths = [path(True), path(False)] if any(k.isdigit() for k in keys) else [path(False)]
+    found = ", ".join(f"json_extract_string({document}, {p})" for p in paths)
+    return f"nullif(trim({found if len(paths) == 1 else f'coalesce({found})'}), '')"
 
 
-def _nested_column(source_col: str, available: set[str]) -> tuple[str, list[str]] | None:
+def nested_column(source_col: str, available: set[str]) -> tuple[str, list[str]] | None:
     """For a dotted name that is not a column: the longest column it starts with (a Parquet
     struct, a JSON text column) and the keys to follow inside it."""
     parts = source_col.split(".")
@@ -294,19 +305,18 @@ def _nested_column(source_col: str, available: set[str]) -> tuple[str, list[str]
     return None
 
 
-def _nested_raw(column: str, keys: list[str]) -> str:
+def nested_raw(column: str, keys: list[str]) -> str:
     """The text at ``keys`` inside a JSON text column (nothing where the column is not JSON)."""
     col = quote_ident(column)
-    return f"nullif(trim(json_extract_string(case when json_valid({col}) then {col} end, {_json_path(keys)})), '')"
+    return _json_text(f"case when json_valid({col}) then {col} end", keys)
 
 
 def _element_expr(element: str, path: str, kind: str, label: str) -> tuple[str, str | None]:
     """A canonical column read from each array element (``path``: dotted keys inside the
     element), and the check that quarantines a record with an element of the wrong type."""
-    json_path = _json_path(path.split("."))
 
     def raw(e: str) -> str:
-        return f"nullif(trim(json_extract_string({e}, {json_path})), '')"
+        return _json_text(e, path.split("."))
 
     if kind not in _CASTS:
         return raw(element), None

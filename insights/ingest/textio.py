@@ -44,6 +44,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(value: str) -> str:
+    """A SQL string literal, quoted so any text from a file or config is data, not SQL."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _json_value(value: Any) -> Any:
     """What JSON cannot hold, as Parquet's nested values bring it: times and dates in ISO
     form, decimals as their exact text, bytes as text."""
