@@ -9,6 +9,7 @@ vector from its text and can be scored for every user like any other item.
 
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -18,6 +19,16 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 
 TOKEN = re.compile(r"(?u)\b\w[\w_]+\b")  # the TF-IDF's tokens: two or more word characters
+
+
+MARKUP = re.compile(r"<[^>]*>")
+
+
+def _plain(value: object) -> str:
+    """Text without HTML markup (a Shopify product's body_html): tags are not words."""
+    if not isinstance(value, str) or not value:
+        return ""
+    return html.unescape(MARKUP.sub(" ", value)) if "<" in value or "&" in value else value
 
 
 def _slug(value: str) -> str:
@@ -42,7 +53,7 @@ class CatalogEncoder:
         low, high = self.price_bands
         docs = []
         for row, price in zip(items.itertuples(index=False), prices):
-            parts = [str(row.title or ""), str(row.description or "")]
+            parts = [_plain(row.title), _plain(row.description)]
             path = [level.strip() for level in str(row.category or "").split(">") if level.strip()]
             for depth in range(1, len(path) + 1):
                 parts.append("cat_" + _slug(" ".join(path[:depth])))
