@@ -680,9 +680,11 @@ def _load_catalog(
             return "null::varchar"
         return mapped.nested_raw(*nested) if nested else f"nullif(trim({quote_ident(src)}), '')"
 
+    # A stock flag, or a stock count (in stock when above zero: a variant's inventory_quantity).
     bool_sql = (
-        "case when lower({c}) in ('true', 't', '1', 'yes', 'y') then true "
-        "when lower({c}) in ('false', 'f', '0', 'no', 'n') then false end"
+        "case when lower({c}) in ('true', 't', 'yes', 'y') then true "
+        "when lower({c}) in ('false', 'f', 'no', 'n') then false "
+        "when try_cast({c} as double) is not null then try_cast({c} as double) > 0 end"
     )
     typed = {
         "item_id": col("item_id"),

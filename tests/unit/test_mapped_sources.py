@@ -170,28 +170,31 @@ def _message(kind: str, stream: str = "products", **body: object) -> str:
 def test_catalog_from_a_singer_products_stream(tmp_path: Path) -> None:
     """A tap's products stream as target-jsonl writes it: RECORDs of `stream` are the items
     (other streams, SCHEMA and STATE are counted as control messages, not quarantined),
-    `variants.0.price` reads the first variant's price from the JSON list, and a bad value
-    is quarantined naming the mapped column and the value."""
+    `variants.0.price` reads the first variant's price from the JSON list, a stock count
+    maps to in_stock (above zero), and a bad value is quarantined naming the mapped column
+    and the value."""
     product = {"id": 101, "title": "Trail Tent", "body_html": "<p>Two-person tent</p>", "product_type": "Outdoor > Tents",
                "vendor": "Northpeak", "created_at": "2026-09-01T10:00:00-04:00",
-               "variants": [{"price": "199.00"}, {"price": "229.00"}]}  # fmt: skip
+               "variants": [{"price": "199.00", "inventory_quantity": 3}, {"price": "229.00"}]}  # fmt: skip
     lines = [
         _message("SCHEMA", schema={"properties": {"id": {"type": "integer"}}}, key_properties=["id"]),
         _message("RECORD", record=product),
-        _message("RECORD", record={"id": 102, "title": "Camp Stove", "variants": [{"price": 49.5}]}),
+        _message(
+            "RECORD", record={"id": 102, "title": "Stove", "variants": [{"price": 49.5, "inventory_quantity": 0}]}
+        ),
         _message("RECORD", "collections", record={"id": 9, "title": "Summer"}),
         _message("RECORD", record={"id": 103, "title": "Odd", "variants": [{"price": "free"}]}),
         json.dumps({"type": "STATE", "value": {"bookmarks": {"products": "2026-11-01"}}}),
     ]
     src = source_files(tmp_path, {"products-20261101.jsonl": "\n".join(lines) + "\n"}, "shop")
     columns = {"item_id": "id", "description": "body_html", "category": "product_type", "brand": "vendor",
-               "price": "variants.0.price"}  # fmt: skip
+               "price": "variants.0.price", "in_stock": "variants.0.inventory_quantity"}  # fmt: skip
     source = {"name": "shop", "kind": "catalog", "path": str(src), "stream": "products", "columns": columns}
     t = ingest(tmp_path, [source])["totals"]
     assert (t["lines_read"], t["loaded"], t["quarantined"], t["control_messages"]) == (6, 2, 1, 3)
     assert query(
         tmp_path,
-        "select item_id, title, description, category, brand, price, created_at from raw.catalog_items order by 1",
+        "select item_id, title, description, category, brand, price, in_stock, created_at from raw.catalog_items order by 1",
     ) == [
         (
             "101",
@@ -200,9 +203,10 @@ def test_catalog_from_a_singer_products_stream(tmp_path: Path) -> None:
             "Outdoor > Tents",
             "Northpeak",
             199.0,
+            True,
             datetime(2026, 9, 1, 14),
         ),
-        ("102", "Camp Stove", None, None, None, 49.5, None),
+        ("102", "Stove", None, None, None, 49.5, False, None),  # a stock count of 0: out of stock
     ]
     assert query(tmp_path, "select line_number, reason from ingest.quarantine") == [
         (5, "price (variants.0.price): not a number 'free'")
