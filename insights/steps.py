@@ -251,6 +251,9 @@ def headline(step: str, summary: dict[str, Any]) -> str:
     """One line of what a step produced, for ``insights run``, the DAG logs and the run report."""
     if step == "ingest":
         t = summary["totals"]
+        if not t["files"]:
+            held = summary.get("warehouse_events")
+            return "nothing new to load" + (f"; the warehouse holds {held:,} events" if held is not None else "")
         items = t.get("catalog_items", 0)
         loaded = f"{t['loaded'] - items:,} events" + (f" and {items:,} catalog items" if items else "")
         return (
