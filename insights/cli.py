@@ -109,6 +109,8 @@ def _print_train(summary: dict[str, Any]) -> None:
             continue
         numbers = ", ".join(f"{k} {v:.3f}" for k, v in target.items() if isinstance(v, float))
         console.print(f"  {name}: {target['method']} - {target['reason']}" + (f"; {numbers}" if numbers else ""))
+    for warning in summary.get("warnings", []):
+        console.print(f"  [yellow]warning:[/yellow] {warning}")
     console.print(f"  artifacts: {summary['path']}")
     _print_seconds(summary)
 

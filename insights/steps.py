@@ -267,7 +267,8 @@ def headline(step: str, summary: dict[str, Any]) -> str:
             f"dbt tests {tests['passed']}/{tests['total']}"
         )
     if step == "train":
-        return f"model {summary['model_version']} {summary['status']}"
+        warned = "".join(f"; warning: {w}" for w in summary.get("warning_headlines", []))
+        return f"model {summary['model_version']} {summary['status']}{warned}"
     if step == "score":
         trained = summary.get("trained_first")
         first = f"trained {trained['model_version']} first; " if trained else ""

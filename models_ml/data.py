@@ -8,6 +8,7 @@ resolved as they were known at the window's start, so a label never leaks into a
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime
 
@@ -60,6 +61,48 @@ def affinities(con: duckdb.DuckDBPyConnection, schema: str) -> pd.DataFrame:
 def feature_as_of(con: duckdb.DuckDBPyConnection, schema: str) -> datetime | None:
     row = con.execute(f"select max(as_of) from {_schema(schema)}.dim_users").fetchone()
     return row[0] if row else None
+
+
+def fingerprint(con: duckdb.DuckDBPyConnection, as_of: datetime) -> str:
+    """What the data before ``as_of`` is, in a few numbers: the events (count and a sum of
+    row hashes) and the catalog. The same data gives the same fingerprint whatever the order
+    or time it was loaded in; a late event or a changed item gives another."""
+    events = con.execute(
+        "select count(*), coalesce(sum(hash(event_id, occurred_at, event_type, event_name, user_id, anonymous_id, "
+        "item_id, quantity, price, revenue)), 0) "
+        "from main.fct_events where occurred_at < ?",
+        [as_of],
+    ).fetchone()
+    items = con.execute(
+        "select count(*), coalesce(sum(hash(item_id, title, description, category, brand, price, in_stock, "
+        "created_at)), 0) from staging.stg_insights__catalog_items"
+    ).fetchone()
+    return f"events {events[0]} {events[1]}; items {items[0]} {items[1]}"
+
+
+def conversion_warning(con: duckdb.DuckDBPyConnection, config: Config, as_of: datetime) -> tuple[str, str] | None:
+    """A warning when no event before ``as_of`` is the key conversion: the purchase and
+    value models then have nothing to learn (a misspelt ``transform.conversion_event``, or
+    a source that does not send it). Returns a short headline and the message."""
+    if con.execute(
+        "select count(*) filter (where is_conversion) from main.fct_events where occurred_at < ?", [as_of]
+    ).fetchone()[0]:
+        return None
+    wanted = config.transform.conversion_event
+    names = [
+        r[0]
+        for r in con.execute(
+            "select distinct n from (select event_type as n from main.fct_events union all "
+            "select event_name from main.fct_events) where n is not null order by 1"
+        ).fetchall()
+    ]
+    close = difflib.get_close_matches(wanted, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"no '{wanted}' conversion in the data", (
+        f"no event before the as-of instant is the conversion event '{wanted}' (transform.conversion_event){hint}: "
+        f"the purchase and value models have nothing to learn from; event types and names present: "
+        f"{', '.join(names[:15])}{' ...' if len(names) > 15 else ''}"
+    )
 
 
 def data_span(con: duckdb.DuckDBPyConnection, as_of: datetime) -> tuple[datetime | None, datetime | None]:

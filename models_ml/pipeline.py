@@ -359,10 +359,14 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
     con = connect(config, read_only=True)
     try:
         first_event, last_event = data.data_span(con, as_of)
+        data_print = data.fingerprint(con, as_of) if last_event is not None else ""
+        warnings = [w for w in [data.conversion_warning(con, config, as_of)] if w and last_event is not None]
     finally:
         con.close()
     if last_event is None:
         raise MLError(f"no events before {as_of:%Y-%m-%d %H:%M:%S}: run `insights ingest` and `insights transform`")
+    for _, message in warnings:
+        log.warning("%s", message)
     plan = make_plan(config, as_of, first_event, last_event)
     timings: dict[str, float] = {}
     with timed(timings, "feature_snapshots"):
@@ -386,7 +390,12 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         metrics: dict[str, Any] = {"als": als_report}
         for name, target in targets.items():
             metrics[name] = {"method": target.method, "reason": target.reason, **target.metrics}
+        # Everything that shapes the model names its version: the same data and settings give
+        # the same version (a re-run changes nothing); other data or transform settings (a new
+        # conversion event, say) give a new one, which must pass the publish gate.
         params = {
+            "data": data_print,
+            "transform": config.transform.model_dump(),
             "windows": config.windows.model_dump(),
             "ml": config.ml.model_dump(exclude={"model_dir", "report_dir"}),
             "cutoffs": {k: [c.isoformat() for c in v] for k, v in plan.cutoffs.items()},
@@ -424,7 +433,12 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
                     "select reason from ml.model_versions where model_version = ?", [version]
                 ).fetchone()[0]
             else:
-                ok, reason = registry.compare(metrics, (current or {}).get("metrics"), config.ml.publish_tolerance)
+                ok, reason = registry.compare(
+                    metrics,
+                    (current or {}).get("metrics"),
+                    config.ml.publish_tolerance,
+                    registry.changed_settings(params, (current or {}).get("params")),
+                )
             status = "published" if ok else "rejected"
         with transaction(con):
             registry.record(con, bundle, first_event, last_event, status, reason, folder)
@@ -444,6 +458,8 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         },
         "users": len(user_ids),
         "items": len(item_ids),
+        "warnings": [message for _, message in warnings],
+        "warning_headlines": [headline for headline, _ in warnings],
         "seconds": timings,
     }
 

@@ -154,12 +154,29 @@ def published(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
     if not known:
         return None
     row = con.execute(
-        "select model_version, path, metrics from ml.model_versions where status = 'published' "
+        "select model_version, path, metrics, params from ml.model_versions where status = 'published' "
         "order by trained_at desc, model_version desc limit 1"
     ).fetchone()
     if row is None:
         return None
-    return {"model_version": row[0], "path": row[1], "metrics": json.loads(row[2])}
+    return {"model_version": row[0], "path": row[1], "metrics": json.loads(row[2]), "params": json.loads(row[3])}
+
+
+# The settings that define what the models predict and from what: when they differ from
+# the published version's, the two versions' metrics measure different things.
+COMPARABLE_SETTINGS = ("transform", "windows")
+
+
+def changed_settings(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+    """The settings (``section.key``) in which two versions' params differ; versions
+    recorded before a section was kept are not held against it."""
+    changed = []
+    for section in COMPARABLE_SETTINGS:
+        before, after = (old or {}).get(section), new.get(section) or {}
+        if before is None:
+            continue
+        changed += [f"{section}.{k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    return changed
 
 
 def _metric(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -175,15 +192,28 @@ def _metric(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return None if np.isnan(value) else value
 
 
-def compare(new: dict[str, Any], old: dict[str, Any] | None, tolerance: float) -> tuple[bool, str]:
-    """Whether the new metrics may replace the old, and a sentence saying why."""
+def compare(
+    new: dict[str, Any], old: dict[str, Any] | None, tolerance: float, changed: list[str] | None = None
+) -> tuple[bool, str]:
+    """Whether the new metrics may replace the old, and a sentence saying why. A key metric
+    the old version has and the new one lacks (a rule in place of a trained model) counts as
+    worse; when the settings ``changed``, the metrics measure different things and are not
+    compared."""
     if old is None:
         return True, "first model version"
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        return (
+            True,
+            f"published: its settings differ from the published version's ({shown}), so the metrics are not compared",
+        )
     worse = []
     for path, label in KEY_METRICS:
         a, b = _metric(new, path), _metric(old, path)
         if a is not None and b is not None and a < b - tolerance:
             worse.append(f"{label} {a:.4f} < {b:.4f} - {tolerance}")
+        elif a is None and b is not None:
+            worse.append(f"{label} not measured (a rule, not a trained model; the published version's: {b:.4f})")
     if worse:
         return False, "not published, worse than the published version: " + "; ".join(worse)
     return True, "published: no key metric worse than the published version by more than the tolerance"

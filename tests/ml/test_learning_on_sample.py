@@ -271,6 +271,43 @@ def _private_copy(learned: dict, tmp_path: Path) -> Config:
     return load_config(tmp_path / "insights.yml", environ={})
 
 
+def test_other_settings_or_data_make_another_version(learned: dict, tmp_path: Path) -> None:
+    """Retraining on the same data with the same settings gives the published version back,
+    unchanged. A new conversion event (here a misspelt one) made the same version id too, so
+    its rule-based purchase model overwrote the published LightGBM one in place; now it is
+    another version, published as the settings say (its metrics are not compared with the
+    old ones, which measure something else), and training warns that nothing converts. A
+    late event changes the version as well."""
+    config = _private_copy(learned, tmp_path)
+    config = config.model_copy(update={"ml": config.ml.model_copy(update={"model_dir": str(tmp_path / "models")})})
+    as_of = learned["as_of"]
+    same = pipeline.train(config, as_of)
+    assert same["model_version"] == learned["train"]["model_version"] and same["status"] == "published"
+    assert same["warnings"] == []
+
+    typo = config.model_copy(update={"transform": config.transform.model_copy(update={"conversion_event": "purchse"})})
+    steps.transform(typo, as_of)
+    other = steps.train(typo, as_of)
+    assert other["model_version"] != same["model_version"]
+    assert other["propensities"]["purchase"]["method"] == "heuristic"
+    assert other["status"] == "published" and "transform.conversion_event" in other["reason"]
+    assert other["warning_headlines"] == ["no 'purchse' conversion in the data"]
+    assert "(transform.conversion_event) (did you mean 'purchase'?)" in other["warnings"][0]
+    assert steps.headline("train", other).endswith("; warning: no 'purchse' conversion in the data")
+    assert registry.ModelBundle.load(Path(same["path"])).targets["purchase"].method == "lightgbm"
+
+    steps.transform(config, as_of)
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute(
+        "insert into raw.events by name select * replace ('late-one' as event_id) from raw.events "
+        "where event_type = 'product_view' and occurred_at < ? limit 1",
+        [as_of],
+    )
+    con.close()
+    steps.transform(config, as_of)
+    assert pipeline.train(config, as_of)["model_version"] not in (same["model_version"], other["model_version"])
+
+
 def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: dict, tmp_path: Path) -> None:
     """The refresh path: the stored picks of unchanged users are reused (same lists as a full
     recompute at the same instant), a user with a new interaction is folded in again."""

@@ -92,6 +92,19 @@ def test_publication_gate() -> None:
     ok, reason = registry.compare({"purchase": {"held_out": {"roc_auc": 0.70}}}, old, 0.02)
     assert not ok and "purchase ROC AUC" in reason
     assert registry.compare({}, None, 0.02) == (True, "first model version")
+    # A rule where a trained model was (no held-out metric) is worse, not "no metric worse".
+    ok, reason = registry.compare({"purchase": {"method": "heuristic"}}, old, 0.02)
+    assert not ok and "purchase ROC AUC on held-out users not measured" in reason and "0.8000" in reason
+    # Other settings: the metrics measure other things and are not compared.
+    changed = registry.changed_settings(
+        {"transform": {"conversion_event": "signup", "half_life_days": 14}, "windows": {"purchase_days": 14}},
+        {"transform": {"conversion_event": "purchase", "half_life_days": 14}, "windows": {"purchase_days": 14}},
+    )
+    assert changed == ["transform.conversion_event"]
+    ok, reason = registry.compare({"purchase": {"method": "heuristic"}}, old, 0.02, changed)
+    assert ok and "settings differ from the published version's (transform.conversion_event)" in reason
+    # A version recorded before its settings were kept is not held against a new one.
+    assert registry.changed_settings({"transform": {"a": 1}}, {"windows": {}}) == []
 
 
 def test_calibration_repairs_skewed_scores_without_claiming_certainty() -> None:
