@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from exports.filters import FilterError, Names, column_types, compile_filter, compile_sort
 from insights.config import CohortDefinition, Config
-from insights.warehouse import query_table
+from insights.warehouse import query_table, scored_as_of
 from models_ml.segments import PREDICTIVE_COHORTS, SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -434,6 +434,7 @@ def run_cohorts(
 
     Returns the summary rows, the files written, and the summary and membership frames
     (for the datastore)."""
+    scored_as_of(con, None, "cohort")
     categories = [
         r[0]
         for r in con.execute(

@@ -54,7 +54,7 @@ def parse_as_of(value: str | datetime | None) -> datetime:
 @holds_warehouse
 def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
     """Load new and changed input files into the warehouse; returns per-load counts."""
-    con = connect(config)
+    con = connect(config, create=True)
     try:
         results: list[LoadResult] = run_ingest(con, config, sources)
         events = con.execute("select count(*) from raw.events").fetchone()[0]
@@ -82,6 +82,7 @@ def transform(config: Config, as_of: datetime, full_refresh: bool = False) -> di
     """dbt build of the warehouse models as of ``as_of``; returns per-model rows and timings."""
     from insights.transform import run_dbt
 
+    connect(config, read_only=True).close()  # a missing warehouse: ingest first (dbt would make an empty one)
     result = run_dbt(config, as_of, "build", full_refresh=full_refresh)
     con = connect(config, read_only=True)
     try:

@@ -149,10 +149,11 @@ create table if not exists ingest.validation_results (
 """
 
 
-def connect(config: Config, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse file; the writer also makes sure the schemas exist."""
+def connect(config: Config, read_only: bool = False, create: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file; the writer also makes sure the schemas exist. Only ``create``
+    (ingestion) makes a new file: any other step on a missing one says to ingest first."""
     path = Path(config.resolve(config.warehouse.path))
-    if read_only and not path.exists():
+    if not create and not path.exists():
         raise FileNotFoundError(f"warehouse not found: {path} (run `insights ingest` first)")
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(
@@ -189,14 +190,20 @@ def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) ->
     return table.to_pandas()
 
 
+def require_table(con: duckdb.DuckDBPyConnection, table: str, remedy: str) -> None:
+    """Stop with what to run when ``table`` (``schema.name``) is not in the warehouse yet."""
+    schema, name = table.split(".")
+    found = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, name]
+    ).fetchone()[0]
+    if not found:
+        raise RuntimeError(f"{table} does not exist yet: {remedy}")
+
+
 def scored_as_of(con: duckdb.DuckDBPyConnection, as_of: datetime | None, step: str) -> tuple[datetime, list[str]]:
     """The as-of instant ``main.user_insights`` was scored at, and its model versions; what
     delivers or reports the scores refuses another instant than the scored one."""
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'user_insights'"
-    ).fetchone()[0]
-    if not exists:
-        raise RuntimeError(f"main.user_insights does not exist yet: run insights score before {step}")
+    require_table(con, "main.user_insights", f"run insights score before {step}")
     scored, versions = con.execute(
         "select max(as_of), list(distinct model_version order by model_version) from main.user_insights"
     ).fetchone()

@@ -32,7 +32,7 @@ from insights.transform import (
     build_snapshots,
     snapshot_schema_name,
 )
-from insights.warehouse import connect, query_frame, transaction
+from insights.warehouse import connect, query_frame, require_table, transaction
 from models_ml import als, data, interests, picks, propensity, registry, segments
 from models_ml.content import CatalogEncoder, cold_vectors, fit_mapping
 from models_ml.metrics import classification_metrics, ranking_metrics, regression_metrics
@@ -358,6 +358,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
     publish them unless they are worse than the published version (backtests never publish)."""
     con = connect(config, read_only=True)
     try:
+        require_table(con, "main.fct_events", "run insights transform first")
         first_event, last_event = data.data_span(con, as_of)
         data_print = data.fingerprint(con, as_of) if last_event is not None else ""
         warnings = [w for w in [data.conversion_warning(con, config, as_of)] if w and last_event is not None]
@@ -1034,6 +1035,7 @@ def default_backtest_as_of(config: Config) -> datetime:
     warehouse; churn and value are measured there too when their longer windows fit."""
     con = connect(config, read_only=True)
     try:
+        require_table(con, "main.fct_events", "run insights transform first")
         last = con.execute("select max(occurred_at) from main.fct_events").fetchone()[0]
     finally:
         con.close()

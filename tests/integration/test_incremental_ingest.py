@@ -256,7 +256,7 @@ def test_batches_prepared_ahead_change_nothing_and_are_freed(tmp_path: Path, sit
         config = load_config(
             write_config(folder, [source], ingest={"batch_bytes": 64 * 1024, "batches_ahead": ahead}), environ={}
         )
-        con = connect(config)
+        con = connect(config, create=True)
         try:
             loads = run_ingest(con, config)
             assert len(loads) > 5
@@ -286,7 +286,7 @@ def test_batches_prepared_ahead_change_nothing_and_are_freed(tmp_path: Path, sit
         ),
         environ={},
     )
-    con = connect(config)
+    con = connect(config, create=True)
     try:
         with pytest.raises(IngestError, match=r"04\.tsv\.gz.*corrupt gzip data"):
             run_ingest(con, config)

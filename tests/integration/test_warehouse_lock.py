@@ -20,7 +20,7 @@ from insights.config import load_config
 from insights.warehouse import connect, exclusive
 config = load_config(sys.argv[1], environ={})
 with exclusive(config, "transform"):
-    con = connect(config)
+    con = connect(config, create=True)
     con.execute("create table if not exists main.owner as select 'child' as who")
     print("holding", flush=True)
     time.sleep(float(sys.argv[2]))
