@@ -450,6 +450,11 @@ def run_cohorts(
     as_of_value = as_of or con.execute("select max(as_of) from main.user_insights").fetchone()[0]
     baseline = con.execute("select avg(purchase_probability) from main.user_insights").fetchone()[0] or 0.0
     folder = Path(out_dir or config.resolve(config.cohorts.out_dir))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "a file, not a folder" if folder.is_file() else exc.strerror or str(exc)
+        raise CohortError(f"cannot write the cohort CSVs to {folder}: {what}") from None
     described = prepare_view(con)
     vocabulary = known_names(con)
     summaries, files, members = [], [], []

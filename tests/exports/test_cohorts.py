@@ -181,6 +181,18 @@ def test_a_cohort_is_named_case_aside_and_a_typo_gets_the_closest(small: Config)
         con.close()
 
 
+def test_an_out_folder_that_is_a_file_is_named(small: Config, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    con = connect(small, read_only=True)
+    try:
+        with pytest.raises(
+            CohortError, match=f"cannot write the cohort CSVs to {tmp_path / 'taken'}: a file, not a folder"
+        ):
+            run_cohorts(small, con, out_dir=str(tmp_path / "taken"))
+    finally:
+        con.close()
+
+
 def test_holdout_share_is_close_to_asked(small: Config) -> None:
     definition = {"name": "Everyone", "where": "recency_days >= 0", "holdout": 0.3}
     config = small.model_copy(
