@@ -695,7 +695,7 @@ def _load_catalog(
         "price": f"try_cast({col('price')} as double)",
         "currency": col("currency"),
         "in_stock": bool_sql.format(c=col("in_stock")),
-        "created_at": f"try_cast({col('created_at')} as timestamptz)::timestamp",
+        "created_at": mapped.timestamp_sql(col("created_at")),
     }
 
     def label(name: str) -> str:

@@ -97,10 +97,38 @@ def read_table_file(data: bytes, source_file: str) -> pa.Table:
 _CASTS = {"TIMESTAMP": "timestamp", "DOUBLE": "double"}
 
 
+def timestamp_sql(raw: str) -> str:
+    """A text expression as a UTC timestamp; NULL where it is none. ISO 8601 text (with or
+    without an offset), a compact date (``20261001``), or a Unix epoch number (as exports
+    from GA4, Mixpanel or a warehouse have them) in seconds, milliseconds or microseconds,
+    told apart by size: 9-10 digits before the point are seconds (1973-2286), 12-13
+    milliseconds, 15-16 microseconds; other sizes are no time."""
+    number = f"try_cast({raw} as double)"
+    seconds = (
+        f"case when abs({number}) >= 1e8 and abs({number}) < 1e11 then {number} "
+        f"when abs({number}) >= 1e11 and abs({number}) < 1e14 then {number} / 1e3 "
+        f"when abs({number}) >= 1e14 and abs({number}) < 1e17 then {number} / 1e6 end"
+    )
+    # Whole numbers through integer microseconds: a double would round the last digits.
+    whole = f"try_cast({raw} as bigint)"
+    micros = (
+        f"case when abs({whole}) >= 100000000 and abs({whole}) < 100000000000 then {whole} * 1000000 "
+        f"when abs({whole}) >= 100000000000 and abs({whole}) < 100000000000000 then {whole} * 1000 "
+        f"when abs({whole}) >= 100000000000000 and abs({whole}) < 100000000000000000 then {whole} end"
+    )
+    return (
+        f"coalesce(try_cast({raw} as timestamptz)::timestamp, "
+        f"case when regexp_full_match({raw}, '[12][0-9]{{3}}[01][0-9][0-3][0-9]') "
+        f"then try_strptime({raw}, '%Y%m%d') end, "
+        f"case when regexp_full_match({raw}, '-?[0-9]+') then try(make_timestamp({micros})) "
+        f"else try(to_timestamp({seconds})::timestamp) end)"
+    )
+
+
 def _cast_sql(raw: str, kind: str) -> str:
     """A text expression as its canonical type (NULL where it does not parse)."""
     if kind == "TIMESTAMP":
-        return f"try_cast({raw} as timestamptz)::timestamp"
+        return timestamp_sql(raw)
     if kind == "DOUBLE":
         return f"try_cast({raw} as double)"
     return raw

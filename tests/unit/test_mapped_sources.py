@@ -110,6 +110,38 @@ def test_events_file_csv_with_column_and_event_type_maps(tmp_path: Path) -> None
     assert all(len(i) == 32 for i in ids)
 
 
+def test_times_as_epoch_numbers_and_compact_dates(tmp_path: Path) -> None:
+    """Exports from GA4 (microseconds), Mixpanel (seconds), Segment or a warehouse
+    (milliseconds) hold times as Unix epoch numbers; they were quarantined as 'not a
+    timestamp'. Their size tells the unit; a number of no such size is still refused."""
+    src = source_files(
+        tmp_path,
+        {
+            "export.csv": "ts,visitor\n"
+            "1759312800,v-seconds\n"
+            "1759312800250,v-millis\n"
+            "1759312800250123,v-micros\n"
+            "1759312800.5,v-fraction\n"
+            "20261001,v-date\n"
+            "2026-10-01T12:00:00+02:00,v-iso\n"
+            "12345,v-short\n"
+        },
+    )
+    source = {"name": "x", "kind": "events_file", "path": str(src), "event_type": "page_view",
+              "columns": {"occurred_at": "ts", "anonymous_id": "visitor"}}  # fmt: skip
+    t = ingest(tmp_path, [source])["totals"]
+    assert (t["loaded"], t["quarantined"]) == (6, 1)
+    assert query(tmp_path, "select anonymous_id, occurred_at from raw.events order by anonymous_id") == [
+        ("v-date", datetime(2026, 10, 1)),
+        ("v-fraction", datetime(2025, 10, 1, 10, 0, 0, 500000)),
+        ("v-iso", datetime(2026, 10, 1, 10)),
+        ("v-micros", datetime(2025, 10, 1, 10, 0, 0, 250123)),
+        ("v-millis", datetime(2025, 10, 1, 10, 0, 0, 250000)),
+        ("v-seconds", datetime(2025, 10, 1, 10)),
+    ]
+    assert query(tmp_path, "select reason from ingest.quarantine") == [("occurred_at (ts): not a timestamp '12345'",)]
+
+
 def test_events_file_parquet_canonical_names(tmp_path: Path) -> None:
     src = tmp_path / "files"
     src.mkdir()
