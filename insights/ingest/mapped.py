@@ -10,6 +10,7 @@ the column named, never a silent null.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,23 +311,59 @@ def _explode_column(
 _RECORD_COLUMNS = ("event_id", "occurred_at", "user_id", "anonymous_id")
 
 
+_SELECTOR = re.compile(r"\[([^=\]]+)=([^\]]*)\]")
+
+
+def split_path(name: str) -> list[str]:
+    """A dotted name's keys; ``[field=value]`` after a key is a key of its own, picking the
+    element of that list whose ``field`` is ``value`` (dots inside the brackets stay):
+    ``event_params[key=page_location].value.string_value`` (GA4's key-value lists)."""
+    keys: list[str] = []
+    for part in re.split(r"\.(?![^\[]*\])", name):
+        selector = part.find("[")
+        if selector > 0 and _SELECTOR.fullmatch(part[selector:]):
+            keys += [part[:selector], part[selector:]]
+        else:
+            keys.append(part)
+    return keys
+
+
+def _json_path(keys: list[str], index: bool) -> str:
+    steps = [f"[{k}]" if index and k.isdigit() else '."' + k.replace('"', '\\"') + '"' for k in keys]
+    return _lit("$" + "".join(steps))
+
+
 def _json_text(document: str, keys: list[str]) -> str:
     """The text at ``keys`` inside the JSON ``document`` (SQL). A key of digits is a list
-    index (``variants.0.price``) or, failing that, an object key."""
-
-    def path(index: bool) -> str:
-        steps = [f"[{k}]" if index and k.isdigit() else '."' + k.replace('"', '\\"') + '"' for k in keys]
-        return _lit("$" + "".join(steps))
-
-    paths = [path(True), path(False)] if any(k.isdigit() for k in keys) else [path(False)]
+    index (``variants.0.price``) or, failing that, an object key; a ``[field=value]`` key
+    picks the first element of the list so far whose ``field`` is ``value``."""
+    plain: list[str] = []
+    for depth, key in enumerate(keys):
+        picked = _SELECTOR.fullmatch(key)
+        if not picked:
+            plain.append(key)
+            continue
+        items = f"json_extract(json_extract({document}, {_json_path(plain, True)}), '$[*]')"
+        field, value = picked.groups()
+        element = f"x_pick{depth}"
+        document = (
+            f"list_filter({items}, lambda {element}: json_extract_string({element}, {_json_path([field], False)}) "
+            f"= {_lit(value)})[1]"
+        )
+        plain = []
+    paths = (
+        [_json_path(plain, True), _json_path(plain, False)]
+        if any(k.isdigit() for k in plain)
+        else [_json_path(plain, False)]
+    )
     found = ", ".join(f"json_extract_string({document}, {p})" for p in paths)
     return f"nullif(trim({found if len(paths) == 1 else f'coalesce({found})'}), '')"
 
 
 def nested_column(source_col: str, available: set[str]) -> tuple[str, list[str]] | None:
     """For a dotted name that is not a column: the longest column it starts with (a Parquet
-    struct, a JSON text column) and the keys to follow inside it."""
-    parts = source_col.split(".")
+    struct, a JSON text column) and the keys to follow inside it (see :func:`split_path`)."""
+    parts = split_path(source_col)
     for k in range(len(parts) - 1, 0, -1):
         if ".".join(parts[:k]) in available:
             return ".".join(parts[:k]), parts[k:]
@@ -344,7 +381,7 @@ def _element_expr(element: str, path: str, kind: str, label: str) -> tuple[str, 
     element), and the check that quarantines a record with an element of the wrong type."""
 
     def raw(e: str) -> str:
-        return _json_text(e, path.split("."))
+        return _json_text(e, split_path(path))
 
     if kind not in _CASTS:
         return raw(element), None

@@ -405,3 +405,59 @@ def test_record_columns_cannot_come_from_an_exploded_array(tmp_path: Path) -> No
               "columns": {"event_id": "order", "occurred_at": "items.at", "user_id": "items.buyer"}}  # fmt: skip
     with pytest.raises(IngestError, match="occurred_at is mapped into the exploded array \\('items.at'\\)"):
         ingest(tmp_path, [source])
+
+
+def test_a_ga4_export_with_key_value_params_and_items(tmp_path: Path) -> None:
+    """GA4's BigQuery export (here as Parquet): times in epoch microseconds, the page and
+    session in `event_params`, a list of {key, value} structs read with `[key=...]`, and a
+    purchase's `items` exploded into one event per item. It has no event id: each event
+    gets a deterministic one, so loading the same export again adds nothing."""
+    params = pa.list_(
+        pa.struct(
+            [("key", pa.string()), ("value", pa.struct([("string_value", pa.string()), ("int_value", pa.int64())]))]
+        )
+    )
+    items = pa.list_(pa.struct([("item_id", pa.string()), ("price", pa.float64()), ("quantity", pa.int64())]))
+
+    def event(micros: int, name: str, page: str, bought: list[dict] | None = None) -> dict:
+        return {
+            "event_timestamp": micros, "event_name": name, "user_pseudo_id": "ga-1", "user_id": None,
+            "event_params": [{"key": "ga_session_id", "value": {"string_value": None, "int_value": 1759312800}},
+                             {"key": "page_location", "value": {"string_value": page, "int_value": None}}],
+            "items": bought or [], "ecommerce": {"transaction_id": "T1" if name == "purchase" else None},
+        }  # fmt: skip
+
+    rows = [
+        event(1759312800000000, "page_view", "https://shop/"),
+        event(1759312805000000, "view_item", "https://shop/p/s1", [{"item_id": "s1", "price": 10.0, "quantity": 1}]),
+        event(1759312900000000, "purchase", "https://shop/thanks",
+              [{"item_id": "s1", "price": 10.0, "quantity": 2}, {"item_id": "s2", "price": 5.5, "quantity": 1}]),
+    ]  # fmt: skip
+    schema = pa.schema([("event_timestamp", pa.int64()), ("event_name", pa.string()), ("user_pseudo_id", pa.string()),
+                        ("user_id", pa.string()), ("event_params", params), ("items", items),
+                        ("ecommerce", pa.struct([("transaction_id", pa.string())]))])  # fmt: skip
+    src = tmp_path / "ga4"
+    src.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema), src / "events_20251001.parquet")
+    source = {
+        "name": "ga4", "kind": "events_file", "path": str(src), "explode": "items",
+        "columns": {"occurred_at": "event_timestamp", "anonymous_id": "user_pseudo_id", "user_id": "user_id",
+                    "event_name": "event_name", "session_id": "event_params[key=ga_session_id].value.int_value",
+                    "page_url": "event_params[key=page_location].value.string_value", "item_id": "items.item_id",
+                    "price": "items.price", "quantity": "items.quantity", "order_id": "ecommerce.transaction_id"},
+        "event_types": {"page_view": "page_view", "view_item": "product_view", "purchase": "purchase"},
+    }  # fmt: skip
+    t = ingest(tmp_path, [source])["totals"]
+    assert (t["lines_read"], t["loaded"], t["quarantined"]) == (3, 3, 0)  # records; the purchase is two events
+    assert query(
+        tmp_path,
+        "select event_type, occurred_at, session_id, page_url, item_id, price, quantity, order_id "
+        "from raw.events order by occurred_at, item_id",
+    ) == [
+        ("page_view", datetime(2025, 10, 1, 10), "1759312800", "https://shop/", None, None, None, None),
+        ("product_view", datetime(2025, 10, 1, 10, 0, 5), "1759312800", "https://shop/p/s1", "s1", 10.0, 1.0, None),
+        ("purchase", datetime(2025, 10, 1, 10, 1, 40), "1759312800", "https://shop/thanks", "s1", 10.0, 2.0, "T1"),
+        ("purchase", datetime(2025, 10, 1, 10, 1, 40), "1759312800", "https://shop/thanks", "s2", 5.5, 1.0, "T1"),
+    ]
+    (src / "events_20251001_copy.parquet").write_bytes((src / "events_20251001.parquet").read_bytes())
+    assert ingest(tmp_path, [source])["totals"]["duplicates"] == 3
