@@ -140,3 +140,14 @@ left join items on items.item_id = as_of_events.item_id
 
 )
 {%- endmacro %}
+
+{#- The tracker's session id. Snowplow's is a UUID; a mapped source's (Amplitude's, GA4's
+    ga_session_id) is often the session's start time, unique per visitor only, so it is
+    scoped by the visitor: two people starting a session in the same second stay two. -#}
+{% macro tracker_session_id() -%}
+    case
+        when nullif(trim(session_id), '') is null then null
+        when source_kind like 'snowplow%' then trim(session_id)
+        else coalesce(nullif(trim(anonymous_id), ''), nullif(trim(user_id), '')) || '/' || trim(session_id)
+    end
+{%- endmacro %}

@@ -16,11 +16,11 @@ renamed as (
         nullif(trim(user_id), '') as user_id,
         nullif(trim(anonymous_id), '') as anonymous_id,
         coalesce(nullif(trim(anonymous_id), ''), nullif(trim(user_id), '')) as visitor_id,
-        nullif(trim(session_id), '') as tracker_session_id,
+        {{ tracker_session_id() }} as tracker_session_id,
         -- The unit an incremental run recomputes whole: a tracker session, or the visitor's
         -- whole history when the source has no session id (sessions are derived then).
         case
-            when nullif(trim(session_id), '') is not null then 's:' || trim(session_id)
+            when nullif(trim(session_id), '') is not null then 's:' || {{ tracker_session_id() }}
             else 'v:' || coalesce(nullif(trim(anonymous_id), ''), nullif(trim(user_id), ''))
         end as scope_key,
         item_id,
