@@ -63,8 +63,8 @@ def _print_ingest(summary: dict[str, Any]) -> None:
         if load["warnings"]:
             console.print(f"[yellow]validation warnings[/yellow] {load['load_id']}: {'; '.join(load['warnings'])}")
     console.print(
-        f"Warehouse now holds {summary['warehouse_events']:,} events; "
-        f"{summary['warehouse_quarantined']:,} lines in ingest.quarantine."
+        f"raw.events now holds {summary['warehouse_events']:,} rows (a line with several products, such as a "
+        f"Snowplow transaction, is one row each); {summary['warehouse_quarantined']:,} lines in ingest.quarantine."
     )
 
 

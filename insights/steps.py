@@ -59,9 +59,14 @@ def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
         results: list[LoadResult] = run_ingest(con, config, sources)
         events = con.execute("select count(*) from raw.events").fetchone()[0]
         quarantined = con.execute("select count(*) from ingest.quarantine").fetchone()[0]
+        files = con.execute("select count(*) from ingest.load_manifest").fetchone()[0]
     finally:
         con.close()
-    return ingest_summary(results) | {"warehouse_events": events, "warehouse_quarantined": quarantined}
+    return ingest_summary(results) | {
+        "warehouse_events": events,
+        "warehouse_quarantined": quarantined,
+        "warehouse_files": files,
+    }
 
 
 def ingest_summary(results: list[LoadResult]) -> dict[str, Any]:
@@ -253,8 +258,9 @@ def headline(step: str, summary: dict[str, Any]) -> str:
     if step == "ingest":
         t = summary["totals"]
         if not t["files"]:
-            held = summary.get("warehouse_events")
-            return "nothing new to load" + (f"; the warehouse holds {held:,} events" if held is not None else "")
+            # (Not the warehouse's event rows: a multi-product purchase line is several.)
+            known = summary.get("warehouse_files")
+            return "nothing new to load" + (f" ({known:,} files loaded before)" if known is not None else "")
         items = t.get("catalog_items", 0)
         loaded = f"{t['loaded'] - items:,} events" + (f" and {items:,} catalog items" if items else "")
         return (
