@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from exports.filters import FilterError, Names, column_types, compile_filter, compile_sort
+from exports.filters import FilterError, Names, category_levels, column_types, compile_filter, compile_sort
 from insights.config import CohortDefinition, Config
 from insights.warehouse import query_table, scored_as_of
 from models_ml.segments import PREDICTIVE_COHORTS, SEGMENTS
@@ -196,12 +196,8 @@ def known_names(con: duckdb.DuckDBPyConnection) -> dict[str, Names]:
     so a filter naming one is refused (a typo would otherwise pull an empty cohort)."""
     categories: set[str] = set()
     brands: set[str] = set()
-    for category, top, brand in con.execute(
-        "select distinct category, category_l1, brand from main.dim_items"
-    ).fetchall():
-        parts = (category or "").split(" > ")
-        categories.update(" > ".join(parts[: i + 1]) for i in range(len(parts)) if category)
-        categories.update([top] if top else [])
+    for category, brand in con.execute("select distinct category, brand from main.dim_items").fetchall():
+        categories.update(category_levels(category) if category else [])
         brands.update([brand] if brand else [])
     interests = categories | brands
     interests.update(
@@ -434,7 +430,7 @@ def run_cohorts(
 
     Returns the summary rows, the files written, and the summary and membership frames
     (for the datastore)."""
-    scored_as_of(con, None, "cohort")
+    scored, _ = scored_as_of(con, None, "cohort")
     categories = [
         r[0]
         for r in con.execute(
@@ -447,7 +443,7 @@ def run_cohorts(
         cohorts = load_cohorts(config, categories)
         if names:
             cohorts = [_named(cohorts, n) for n in names]
-    as_of_value = as_of or con.execute("select max(as_of) from main.user_insights").fetchone()[0]
+    as_of_value = as_of or scored
     baseline = con.execute("select avg(purchase_probability) from main.user_insights").fetchone()[0] or 0.0
     folder = Path(out_dir or config.resolve(config.cohorts.out_dir))
     try:

@@ -284,6 +284,13 @@ class _Parser:
         return f"${len(self.params)}"
 
 
+def category_levels(path: str) -> list[str]:
+    """A category path and every level above it (``'A > B'`` -> ``['A', 'A > B']``): what
+    ``interest()`` and the read API's category rules match."""
+    parts = path.split(" > ")
+    return [" > ".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def column_types(described: list[tuple[Any, ...]]) -> dict[str, str]:
     """The filter's type of each column from DuckDB ``describe`` rows (name, type, ...);
     lists are left out (they are reached through functions)."""

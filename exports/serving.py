@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import duckdb
 
+from exports.filters import category_levels
 from insights.config import Config, MerchandisingRules
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class RecTable:
 def unmatched_rules(rules: MerchandisingRules, items: dict[str, tuple[str, str, bool]]) -> list[str]:
     """The rules that name an item, category or brand the published table does not hold:
     they do nothing (a typo, or an item gone from the catalog), so they are reported."""
-    categories = {c for category, _, _ in items.values() if category for c in _prefixes(category)}
+    categories = {c for category, _, _ in items.values() if category for c in category_levels(category)}
     brands = {brand for _, brand, _ in items.values() if brand}
     problems = []
     named = [("exclude_items", i, items) for i in rules.exclude_items]
@@ -261,11 +262,6 @@ def unmatched_rules(rules: MerchandisingRules, items: dict[str, tuple[str, str, 
         if name not in known:
             problems.append(f"{where} {name!r} matches nothing in the published table's {len(items):,} items")
     return problems
-
-
-def _prefixes(category: str) -> list[str]:
-    parts = category.split(" > ")
-    return [" > ".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _limit(query: dict[str, list[str]], config: Config) -> int:

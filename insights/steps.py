@@ -13,7 +13,7 @@ from insights import faults
 from insights.config import Config
 from insights.ingest import LoadResult, run_ingest
 from insights.timing import timed
-from insights.warehouse import connect, exclusive, scored_as_of
+from insights.warehouse import connect, exclusive, scored_as_of, warehouse_file
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def transform(config: Config, as_of: datetime, full_refresh: bool = False) -> di
     """dbt build of the warehouse models as of ``as_of``; returns per-model rows and timings."""
     from insights.transform import run_dbt
 
-    connect(config, read_only=True).close()  # a missing warehouse: ingest first (dbt would make an empty one)
+    warehouse_file(config)  # a missing warehouse: ingest first (dbt would make an empty one)
     result = run_dbt(config, as_of, "build", full_refresh=full_refresh)
     con = connect(config, read_only=True)
     try:

@@ -149,12 +149,19 @@ create table if not exists ingest.validation_results (
 """
 
 
+def warehouse_file(config: Config) -> Path:
+    """The warehouse file, which must exist: only ingestion makes one, any other step on a
+    missing one says to ingest first."""
+    path = Path(config.resolve(config.warehouse.path))
+    if not path.exists():
+        raise FileNotFoundError(f"warehouse not found: {path} (run `insights ingest` first)")
+    return path
+
+
 def connect(config: Config, read_only: bool = False, create: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse file; the writer also makes sure the schemas exist. Only ``create``
-    (ingestion) makes a new file: any other step on a missing one says to ingest first."""
-    path = Path(config.resolve(config.warehouse.path))
-    if not create and not path.exists():
-        raise FileNotFoundError(f"warehouse not found: {path} (run `insights ingest` first)")
+    (ingestion) makes a new file (see :func:`warehouse_file`)."""
+    path = Path(config.resolve(config.warehouse.path)) if create else warehouse_file(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(
         str(path),

@@ -19,8 +19,6 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 
 TOKEN = re.compile(r"(?u)\b\w[\w_]+\b")  # the TF-IDF's tokens: two or more word characters
-
-
 MARKUP = re.compile(r"<[^>]*>")
 
 
@@ -69,13 +67,13 @@ class CatalogEncoder:
         self.price_bands = (
             (float(prices.quantile(0.33)), float(prices.quantile(0.67))) if prices.notna().any() else (0.0, 0.0)
         )
-        self.tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, token_pattern=TOKEN.pattern)
         documents = self.documents(items)
         if not any(TOKEN.search(d) for d in documents):
             # No catalog (or no text in it): every item gets the zero vector, so no item is
             # scored from its text and the collaborative model stands alone.
-            self.tfidf, self.svd, self.empty = None, None, True
+            self.empty = True
             return self
+        self.tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, token_pattern=TOKEN.pattern)
         matrix = self.tfidf.fit_transform(documents)
         d = min(self.dimensions, matrix.shape[0] - 1, matrix.shape[1] - 1)
         self.svd = TruncatedSVD(n_components=d, random_state=self.seed).fit(matrix) if d >= 2 else None

@@ -360,12 +360,12 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
     try:
         require_table(con, "main.fct_events", "run insights transform first")
         first_event, last_event = data.data_span(con, as_of)
-        data_print = data.fingerprint(con, as_of) if last_event is not None else ""
-        warnings = [w for w in [data.conversion_warning(con, config, as_of)] if w and last_event is not None]
+        if last_event is None:
+            raise MLError(f"no events before {as_of:%Y-%m-%d %H:%M:%S}: run `insights ingest` and `insights transform`")
+        data_print = data.fingerprint(con, as_of)
+        warnings = [w for w in [data.conversion_warning(con, config, as_of)] if w]
     finally:
         con.close()
-    if last_event is None:
-        raise MLError(f"no events before {as_of:%Y-%m-%d %H:%M:%S}: run `insights ingest` and `insights transform`")
     for _, message in warnings:
         log.warning("%s", message)
     plan = make_plan(config, as_of, first_event, last_event)

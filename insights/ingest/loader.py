@@ -699,8 +699,7 @@ def _load_catalog(
     }
 
     def label(name: str) -> str:
-        src = source.columns.get(name, name)
-        return name if src == name else f"{name} ({src})"
+        return mapped.column_label(name, source.columns.get(name, name))
 
     def bad(name: str, expected: str) -> str:
         return (

@@ -140,6 +140,11 @@ def _bad_value(label: str, kind: str, value: str) -> str:
     return bad_value_sql(label, "a " + _CASTS[kind], value)
 
 
+def column_label(canonical: str, source_col: str) -> str:
+    """How a quarantine reason names a column: ``price (variants.0.price)`` when mapped."""
+    return canonical if source_col == canonical else f"{canonical} ({source_col})"
+
+
 def bad_value_sql(label: str, expected: str, value: str) -> str:
     """SQL for the reason ``<label>: not <expected> '<value>'`` (the value cut at 40)."""
     return f"{_lit(label + ': not ' + expected + ' ')} || '''' || left({value}, 40) || ''''"
@@ -174,7 +179,7 @@ def mapped_sql(
                     f"source '{source_name}': {canonical} is mapped into the exploded array ('{source_col}'); "
                     f"ids, times and identities are the record's: map {canonical} to a column outside '{explode}'"
                 )
-            label = f"{canonical} ({source_col})"
+            label = column_label(canonical, source_col)
             exprs[canonical], problem = _element_expr("x_line.e", source_col[len(explode) + 1 :], kind, label)
             problems += [problem] if problem else []
             continue
@@ -201,7 +206,7 @@ def mapped_sql(
         raws[canonical] = raw
         exprs[canonical] = cast = _cast_sql(raw, kind)
         if kind in _CASTS:
-            label = f"{canonical} ({source_col})" if source_col != canonical else canonical
+            label = column_label(canonical, source_col)
             problems.append(f"case when {raw} is not null and {cast} is null then {_bad_value(label, kind, raw)} end")
     name_col = mapping.columns.get("event_name", "event_name")
     type_col = mapping.columns.get("event_type", "event_type")
