@@ -500,3 +500,29 @@ def run_cohorts(
         "summary": summary,
         "membership": membership,
     }
+
+
+def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, int]:
+    """Remove the rows of ``ids`` from the cohort CSVs in ``cohorts.out_dir`` (by their User ID
+    column); returns files changed and rows removed. ``summary.csv`` holds counts only."""
+    wanted = set(ids)
+    header = _headers(config)["user_id"]
+    changed = removed = 0
+    folder = Path(config.resolve(config.cohorts.out_dir))
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        if not rows or header not in rows[0]:
+            continue
+        column = rows[0].index(header)
+        kept = [rows[0]] + [r for r in rows[1:] if len(r) <= column or r[column] not in wanted]
+        if len(kept) == len(rows):
+            continue
+        changed += 1
+        removed += len(rows) - len(kept)
+        if not dry_run:
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows(kept)
+            os.replace(tmp, path)
+    return {"files": changed, "rows": removed}

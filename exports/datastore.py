@@ -315,3 +315,69 @@ def read_latest(config: Config, table: str, store: Store | None = None) -> pd.Da
             raise DatastoreError(f"{store.location(entry['key'])}: missing or not the file the manifest lists")
         frames.append(pd.read_parquet(io.BytesIO(data)))
     return pd.concat(frames, ignore_index=True)
+
+
+def forget(config: Config, ids: list[str], dry_run: bool = False, store: Store | None = None) -> dict[str, int]:
+    """Rewrite every retained partition that holds rows of the people ``ids`` names (see
+    :mod:`insights.privacy`) without them; returns the rows removed per table. As a re-run
+    of a date: the new file, then the partition's manifest in one put, then the old file
+    deleted, so a reader that follows the manifest never sees a mix."""
+    import pyarrow as pa
+
+    from insights.privacy import IDS, row_condition
+
+    store = store or open_store(config)
+    found: dict[str, set[str]] = {}
+    for key in store.list(""):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[1].startswith("dt=") and parts[2] == MANIFEST:
+            found.setdefault(parts[0], set()).add(parts[1][3:])
+    removed: dict[str, int] = {}
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.urandom(4).hex()}"
+    staging = Path(tempfile.mkdtemp(prefix="insights-forget-"))
+    con = duckdb.connect()
+    con.register(IDS, pa.table({"id": pa.array(ids, pa.string())}))
+    try:
+        for table, dates in sorted(found.items()):
+            for dt in sorted(dates):
+                manifest = read_manifest(store, table, dt) or {}
+                condition = row_condition({c["name"] for c in manifest.get("schema", [])})
+                if not condition:
+                    continue
+                kept, dropped = [], 0
+                for entry in manifest["files"]:
+                    data = store.get_bytes(entry["key"])
+                    if data is None:
+                        raise DatastoreError(f"{store.location(entry['key'])}: listed in its manifest but missing")
+                    local = staging / "part.parquet"
+                    local.write_bytes(data)
+                    source = f"read_parquet('{local.as_posix()}')"
+                    count = con.execute(f"select count(*) from {source} where {condition}").fetchone()[0]
+                    if not count or dry_run:
+                        kept.append(entry)
+                        dropped += count
+                        continue
+                    dropped += count
+                    out = staging / "kept.parquet"
+                    con.execute(
+                        f"copy (select * from {source} where not coalesce({condition}, false)) to "
+                        f"'{out.as_posix()}' (format parquet, compression zstd, row_group_size 100000)"
+                    )
+                    name = Path(entry["key"]).name.removesuffix(".parquet").split("-forget-")[0]
+                    key = f"{table}/dt={dt}/{name}-forget-{stamp}.parquet"
+                    store.put_file(out, key)
+                    kept.append({"key": key, "bytes": out.stat().st_size, "sha256": _sha256(out)})
+                if not dropped:
+                    continue
+                removed[table] = removed.get(table, 0) + dropped
+                if dry_run:
+                    continue
+                old = [e["key"] for e in manifest["files"] if e not in kept]
+                manifest.update(files=kept, rows=manifest["rows"] - dropped)
+                manifest["forgotten_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+                store.put_bytes(f"{table}/dt={dt}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+                store.delete(old)
+    finally:
+        con.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return removed

@@ -369,3 +369,19 @@ def sync(
 
 def _log(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
     insert_rows(con, "segment.sync_log", rows)
+
+
+def forget_dry_run(config: Config, ids: list[str], dry_run: bool = False) -> int:
+    """Remove the messages of ``ids`` from the dry-run file; returns how many. (Segment keeps
+    its own profile of a user it was sent: deleting it there is Segment's own request.)"""
+    path = Path(config.resolve(config.segment.dry_run_path))
+    if not path.is_file():
+        return 0
+    wanted = set(ids)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or json.loads(line).get("userId") not in wanted]
+    if len(kept) < len(lines) and not dry_run:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(kept)

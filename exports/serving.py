@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -352,3 +353,44 @@ def recs(config: Config, user_id: str, limit: int | None = None) -> dict[str, An
     if not 1 <= limit <= config.serving.max_limit:
         raise ValueError(f"--limit must be from 1 to {config.serving.max_limit}")
     return RecTable(config).user_recommendations(user_id, limit)
+
+
+def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, int]:
+    """Remove the lists, purchases and cookies of ``ids`` from the published table; swapped in
+    as a new publication is (the API picks it up), the copy vacuumed so nothing of theirs stays
+    in its free pages. Returns the rows removed per table."""
+    path = Path(config.resolve(config.serving.path))
+    if not path.is_file():
+        return {}
+    building = path.with_name(f".{path.name}.forget.{os.getpid()}.building")
+    shutil.copyfile(path, building)
+    db = sqlite3.connect(building)
+    try:
+        db.execute("create temp table forget_ids (id text primary key)")
+        db.executemany("insert or ignore into forget_ids values (?)", [(i,) for i in ids])
+        tables = {r[0] for r in db.execute("select name from sqlite_master where type = 'table'")}
+        checks = {
+            "recs": "key in (select id from forget_ids)",
+            "bought": "key in (select id from forget_ids)",
+            "aliases": "key in (select id from forget_ids) or user_id in (select id from forget_ids)",
+        }
+        verb = "select count(*) from" if dry_run else "delete from"
+        removed = {}
+        for table, condition in checks.items():
+            if table in tables:
+                cursor = db.execute(f"{verb} {table} where {condition}")
+                count = cursor.fetchone()[0] if dry_run else cursor.rowcount
+                if count:
+                    removed[table] = count
+        db.commit()
+        if removed and not dry_run:
+            db.execute("vacuum")
+    finally:
+        db.close()
+    if removed and not dry_run:
+        with open(building, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(building, path)
+    else:
+        building.unlink(missing_ok=True)
+    return removed

@@ -39,6 +39,7 @@ def _print_ingest(summary: dict[str, Any]) -> None:
         "quarantined",
         "control",
         "replaced",
+        *(["forgotten"] if summary["totals"].get("forgotten") else []),
         "status",
     ):
         table.add_column(column, justify="right" if column not in ("source", "status") else "left")
@@ -52,6 +53,7 @@ def _print_ingest(summary: dict[str, Any]) -> None:
             f"{load['quarantined']:,}",
             f"{load['control_messages']:,}",
             f"{load['replaced']:,}",
+            *([f"{load['forgotten']:,}"] if summary["totals"].get("forgotten") else []),
             load["status"],
         )
     console = _console()
@@ -395,6 +397,48 @@ def cmd_sample(args: argparse.Namespace, config: Config) -> None:
     )
 
 
+def cmd_forget(args: argparse.Namespace, config: Config) -> None:
+    from insights import steps
+    from insights.privacy import read_ids
+
+    summary = steps.forget(config, read_ids(args.ids, args.file), dry_run=args.dry_run)
+    console = _console()
+    verb = "would remove" if summary["dry_run"] else "removed"
+    console.print(
+        f"{'Dry run: ' if summary['dry_run'] else ''}{summary['given']:,} ids given: {summary['users']:,} users "
+        f"and {summary['cookies']:,} cookie ids (with the cookies the users were seen with)"
+        + (f"; not found anywhere: {len(summary['unknown']):,}" if summary["unknown"] else "")
+    )
+    rows = summary["warehouse"]
+    console.print(
+        f"  warehouse: {verb} {sum(rows.values()):,} rows"
+        + (f" ({', '.join(f'{t} {n:,}' for t, n in rows.items())})" if rows else "")
+    )
+    out = summary["outputs"]
+    datastore_rows = out["datastore"]
+    console.print(
+        f"  datastore: {verb} {sum(datastore_rows.values()):,} rows"
+        + (f" ({', '.join(f'{t} {n:,}' for t, n in datastore_rows.items())})" if datastore_rows else "")
+    )
+    console.print(
+        f"  cohort CSVs: {verb} {out['cohort_csvs']['rows']:,} rows from {out['cohort_csvs']['files']:,} files; "
+        f"Segment dry-run file: {out['segment_dry_run_file']:,} messages; "
+        f"recommendation table: {sum(out['recommendation_table'].values()):,} rows; "
+        f"model versions: {sum(out['model_versions'].values()):,} user vectors"
+    )
+    if summary["segment_profiles"]:
+        console.print(
+            f"  [yellow]Segment was sent traits of {summary['segment_profiles']:,} of them[/yellow]: Segment keeps "
+            "its own profiles, delete them there too (a deletion request in Segment's privacy settings)."
+        )
+    if summary["dry_run"]:
+        console.print("Nothing was changed.")
+    else:
+        console.print(
+            f"Request {summary['request_id']} recorded in privacy.forgotten: ingestion will not load these ids again."
+        )
+
+
 def _at_least_one(text: str) -> int:
     """A whole number of at least 1 (argparse type)."""
     try:
@@ -457,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("forget", help="remove people from the warehouse and every output (right to erasure)")
+    p.add_argument("ids", nargs="*", help="user ids or cookie ids")
+    p.add_argument("--file", help="a file of ids, one per line")
+    p.add_argument("--dry-run", action="store_true", help="count what would be removed, change nothing")
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("run", help="the whole pipeline once")
     p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")

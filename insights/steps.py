@@ -76,7 +76,16 @@ def ingest_summary(results: list[LoadResult]) -> dict[str, Any]:
         "loads": [asdict(r) for r in results],
         "totals": {
             key: sum(getattr(r, key) for r in results)
-            for key in ("files", "lines_read", "loaded", "duplicates", "quarantined", "control_messages", "replaced")
+            for key in (
+                "files",
+                "lines_read",
+                "loaded",
+                "duplicates",
+                "quarantined",
+                "control_messages",
+                "replaced",
+                "forgotten",
+            )
         }
         | {"catalog_items": sum(r.loaded for r in results if r.source_kind == "catalog")},
     }
@@ -197,6 +206,19 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
 
 
 @holds_warehouse
+def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, Any]:
+    """Remove people (user or cookie ids) from the warehouse and every output, and keep
+    ingestion from loading them again (see :mod:`insights.privacy`)."""
+    from insights.privacy import forget as forget_people
+
+    con = connect(config, read_only=dry_run)
+    try:
+        return forget_people(config, con, ids, dry_run=dry_run)
+    finally:
+        con.close()
+
+
+@holds_warehouse
 def published_model(config: Config) -> str | None:
     """The version of the published model scoring uses, or None before the first training."""
     from pathlib import Path
@@ -263,9 +285,10 @@ def headline(step: str, summary: dict[str, Any]) -> str:
             return "nothing new to load" + (f" ({known:,} files loaded before)" if known is not None else "")
         items = t.get("catalog_items", 0)
         loaded = f"{t['loaded'] - items:,} events" + (f" and {items:,} catalog items" if items else "")
+        forgotten = f", {t['forgotten']:,} of forgotten people" if t.get("forgotten") else ""
         return (
             f"{loaded} loaded from {t['files']:,} files, {t['duplicates']:,} duplicates, "
-            f"{t['quarantined']:,} quarantined"
+            f"{t['quarantined']:,} quarantined{forgotten}"
         )
     if step == "transform":
         rows, tests = summary["rows"], summary["tests"]

@@ -2,7 +2,8 @@
 
 Schemas: ``raw`` holds what ingestion loaded (the canonical ``raw.events`` that dbt reads,
 the typed Snowplow atomic rows, Singer records and the catalog); ``ingest`` holds the
-bookkeeping (file manifest, per-load counts, quarantine, validation results).
+bookkeeping (file manifest, per-load counts, quarantine, validation results); ``privacy``
+the people forgotten (see :mod:`insights.privacy`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,17 @@ create table if not exists ingest.loads (
 create table if not exists ingest.quarantine (
     load_id varchar, source_name varchar, source_file varchar, line_number bigint,
     raw_text varchar, reason varchar, quarantined_at timestamp
+);
+-- Warehouses made before forgotten counts existed get the column.
+alter table ingest.loads add column if not exists forgotten bigint default 0;
+-- People forgotten (insights.privacy): ingestion never loads their ids again.
+create schema if not exists privacy;
+create table if not exists privacy.forgotten (
+    id varchar primary key, kind varchar, person varchar, request_id varchar, recorded_at timestamp
+);
+create table if not exists privacy.requests (
+    request_id varchar primary key, requested_at timestamp, ids_given integer, users integer,
+    cookies integer, warehouse_rows bigint, finished_at timestamp
 );
 create table if not exists ingest.validation_results (
     load_id varchar, source_name varchar, expectation varchar, column_name varchar,

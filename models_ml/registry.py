@@ -10,6 +10,7 @@ published only if its key metrics are not worse than the published one's by more
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import duckdb
 import numpy as np
 
 if TYPE_CHECKING:  # imported where a bundle is loaded: the report and the API only read records
+    from insights.config import Config
     from models_ml.als import ALSParams
     from models_ml.propensity import TrainedTarget
 
@@ -244,3 +246,27 @@ def record(
             str(path),
         ],
     )
+
+
+def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, int]:
+    """Remove the user vectors of ``ids`` from every saved model (versions and backtests);
+    returns vectors removed per model folder. The item vectors keep what these users
+    contributed until the next training."""
+    wanted = np.array(sorted(set(ids)), dtype=str)
+    removed: dict[str, int] = {}
+    root = Path(config.resolve(config.ml.model_dir))
+    for path in sorted(root.rglob("als.npz")) if root.is_dir() else []:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        gone = np.isin(arrays["user_ids"], wanted)
+        if not gone.any():
+            continue
+        removed[path.parent.relative_to(root).as_posix()] = int(gone.sum())
+        if dry_run:
+            continue
+        arrays["user_ids"] = arrays["user_ids"][~gone]
+        arrays["user_factors"] = arrays["user_factors"][~gone]
+        tmp = path.with_name("als.forget.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return removed

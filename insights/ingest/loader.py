@@ -8,7 +8,9 @@ defines it), validate with Great Expectations, insert, and record the files in t
 manifest. A crash or a failed validation leaves the warehouse as it was before the batch.
 
 Counts reconcile per load: ``lines_read = loaded + duplicates + quarantined +
-control_messages`` (the last only for Singer's SCHEMA and STATE messages).
+control_messages + forgotten`` (control messages are Singer's SCHEMA and STATE messages;
+forgotten lines belong to people removed by ``insights forget``, see
+:mod:`insights.privacy`, and are never loaded).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from insights import faults
+from insights import faults, privacy
 from insights.config import (
     CatalogSource,
     Config,
@@ -60,13 +62,16 @@ class LoadResult:
     quarantined: int = 0
     control_messages: int = 0
     replaced: int = 0
+    forgotten: int = 0
     status: str = "ok"
     message: str = ""
     warnings: list[str] = field(default_factory=list)
 
     @property
     def reconciles(self) -> bool:
-        return self.lines_read == self.loaded + self.duplicates + self.quarantined + self.control_messages
+        return self.lines_read == (
+            self.loaded + self.duplicates + self.quarantined + self.control_messages + self.forgotten
+        )
 
 
 @dataclass
@@ -394,6 +399,18 @@ def _forget_files(con: duckdb.DuckDBPyConnection, source_name: str, files: list[
     return removed
 
 
+def _drop_forgotten_quarantine(con: duckdb.DuckDBPyConnection, result: LoadResult) -> None:
+    """Bad lines of this load that name a forgotten person count as forgotten, not kept."""
+    if privacy.has_forgotten(con):
+        dropped = con.execute(
+            "delete from ingest.quarantine where load_id = ? and "
+            + privacy.mention_condition("raw_text", privacy.FORGOTTEN),
+            [result.load_id],
+        ).fetchall()[0][0]
+        result.quarantined -= dropped
+        result.forgotten += dropped
+
+
 def _record_files(
     con: duckdb.DuckDBPyConnection,
     source_name: str,
@@ -422,7 +439,7 @@ def _record_files(
 
 def _record_load(con: duckdb.DuckDBPyConnection, result: LoadResult, started: datetime) -> None:
     con.execute(
-        "insert or replace into ingest.loads values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "insert or replace into ingest.loads values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             result.load_id,
             result.source_name,
@@ -438,6 +455,7 @@ def _record_load(con: duckdb.DuckDBPyConnection, result: LoadResult, started: da
             result.message,
             started,
             _now(),
+            result.forgotten,
         ],
     )
 
@@ -502,6 +520,15 @@ def _load_events(
         where reason is null and event_id = base_event_id
         """
     )
+    if privacy.has_forgotten(con):
+        # People removed by insights forget: their lines are counted, never loaded.
+        present = {row[0] for row in con.execute("describe stage").fetchall()}
+        condition = privacy.row_condition(present & {"user_id", "anonymous_id"}, privacy.FORGOTTEN)
+        if condition:
+            result.forgotten += con.execute(
+                f"delete from stage_lines where base_event_id in "
+                f"(select base_event_id from stage where reason is null and ({condition}))"
+            ).fetchall()[0][0]
     con.execute(
         """
         create or replace temp table winners as
@@ -567,6 +594,7 @@ def _load_events(
         """
     ).fetchone()
     result.quarantined += quarantined + len(extra_bad)
+    _drop_forgotten_quarantine(con, result)
     result.loaded += loaded_lines
     result.duplicates += good_lines - loaded_lines
     with ThreadPoolExecutor(1) as validator:
@@ -775,11 +803,24 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                     result.replaced += _forget_files(con, source.name, files, "raw.events")
                     result.quarantined += len(singer.bad)
                     _insert_quarantine(con, singer.bad, source.name, result.load_id, started)
+                    _drop_forgotten_quarantine(con, result)
                     per_file = {}
                 else:
                     staged = _stage_rows(con, singer.sql)
                     per_file = _load_events(con, staged, source, files, result, config, started, singer.bad)
                 singer.finish(con, result.load_id, started)
+                if privacy.has_forgotten(con):
+                    # Raw records naming a forgotten person go; those of other streams
+                    # (customers, orders) were counted as loaded, events were counted above.
+                    dropped = con.execute(
+                        "delete from raw.singer_records where load_id = ? and "
+                        + privacy.mention_condition("record::varchar", privacy.FORGOTTEN)
+                        + " returning stream",
+                        [result.load_id],
+                    ).fetchall()
+                    others = sum(stream not in source.streams for (stream,) in dropped)
+                    result.loaded -= others
+                    result.forgotten += others
             else:
                 if batch.staged is not None:
                     staged, lines = batch.staged, batch.lines
@@ -792,7 +833,7 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                 raise IngestError(
                     f"source '{source.name}': counts do not reconcile for {paths}: read {result.lines_read}, "
                     f"loaded {result.loaded} + duplicates {result.duplicates} + quarantined "
-                    f"{result.quarantined} + control {result.control_messages}"
+                    f"{result.quarantined} + control {result.control_messages} + forgotten {result.forgotten}"
                 )
             result.message = "; ".join(result.warnings)
             _record_files(con, source.name, files, result.load_id, started, per_file)

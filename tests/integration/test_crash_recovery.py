@@ -4,7 +4,8 @@ A run killed by SIGKILL in the middle of ingest, of the dbt build, of the export
 datastore publish, then run again, ends with exactly the outputs of a run that was never
 interrupted (same datastore tables, row for row, same warehouse events, same cohort files,
 Segment messages and recommendation table). And the outputs of a run carry no IP address,
-user agent or e-mail address from the clickstream, and no secret from the environment."""
+user agent or e-mail address from the clickstream, and no secret from the environment; a
+person forgotten leaves the warehouse and every output, and is not loaded again."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 import yaml
 
@@ -196,3 +199,127 @@ def test_no_personal_data_or_secret_leaves_the_warehouse(uninterrupted: dict) ->
             assert secret not in text, f"{where} holds ${name}"
     for name, secret in SECRETS.items():
         assert secret not in uninterrupted["output"], f"the run printed ${name}"
+
+
+def _people_in_warehouse(path: Path, ids: set[str]) -> list[str]:
+    """Every warehouse table (outside ``privacy``) with a value holding one of ``ids``."""
+    con = duckdb.connect(str(path), read_only=True)
+    found = []
+    for schema, table in con.execute(
+        "select table_schema, table_name from information_schema.tables "
+        "where table_type = 'BASE TABLE' and table_schema <> 'privacy'"
+    ).fetchall():
+        columns = [c[0] for c in con.execute(f'describe "{schema}"."{table}"').fetchall()]
+        text = " || '|' || ".join(f"coalesce(\"{c}\"::varchar, '')" for c in columns)
+        for id_ in ids:
+            if con.execute(f'select count(*) from "{schema}"."{table}" where contains({text}, ?)', [id_]).fetchone()[0]:
+                found.append(f"{schema}.{table}: {id_}")
+    con.close()
+    return found
+
+
+def _model_users(root: Path) -> set[str]:
+    users: set[str] = set()
+    for path in (root / "warehouse" / "models").rglob("als.npz"):
+        with np.load(path) as arrays:
+            users |= set(arrays["user_ids"].tolist())
+    return users
+
+
+def test_a_forgotten_person_leaves_every_output_and_never_comes_back(
+    site: Path, uninterrupted: dict, tmp_path: Path
+) -> None:
+    root = tmp_path / "forget"
+    shutil.copytree(uninterrupted["root"], root)
+    warehouse = root / "warehouse" / "insights.duckdb"
+    wh = duckdb.connect(str(warehouse), read_only=True)
+    # An identified user with cookies nobody else used, and a visitor who never logged in.
+    user, cookies = wh.execute(
+        """
+        select user_id, list(distinct anonymous_id order by anonymous_id) from raw.events e
+        where user_id in (select user_id from main.recommendations) and anonymous_id is not null
+          and not exists (select 1 from raw.events o where o.anonymous_id = e.anonymous_id and o.user_id <> e.user_id)
+        group by user_id having count(distinct anonymous_id) >= 2 order by user_id limit 1
+        """
+    ).fetchone()
+    (visitor,) = wh.execute(
+        "select user_id from main.user_insights where not is_identified "
+        "and user_id in (select user_id from main.recommendations) order by user_id limit 1"
+    ).fetchone()
+    events_before, theirs = wh.execute(
+        "select count(*), count(*) filter (where user_id = ? or anonymous_id in (select unnest(?)) "
+        "or anonymous_id = ?) from raw.events",
+        [user, cookies, visitor],
+    ).fetchone()
+    wh.close()
+    ids = {user, visitor, *cookies}
+    before = _exported_text(root)
+    # Not vacuous: they are in the warehouse, the datastore, the CSVs, Segment's file, the
+    # recommendation table (the cookies as aliases) and the model.
+    assert theirs > 20 and _people_in_warehouse(warehouse, ids)
+    for id_ in ids:
+        assert any(id_ in text for text in before.values()), id_
+    assert any("segment_dry_run" in k and user in t for k, t in before.items())
+    assert {user, visitor} <= _model_users(root)
+    users_before = read_latest_rows(root, "user_insights")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIGHTS")} | SECRETS
+    command = [INSIGHTS, "--config", str(root / "insights.yml"), "forget", user, visitor]
+    dry = subprocess.run([*command, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert "Nothing was changed" in dry.stdout and _exported_text(root) == before
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "recorded in privacy.forgotten" in done.stdout
+    assert _people_in_warehouse(warehouse, ids) == []
+    for where, text in _exported_text(root).items():
+        assert not [i for i in ids if i in text], f"{where} still names a forgotten id"
+    assert not ({user, visitor} & _model_users(root))
+    wh = duckdb.connect(str(warehouse), read_only=True)
+    assert wh.execute("select count(*) from raw.events").fetchone()[0] == events_before - theirs
+    wh.close()
+    # Everyone else's rows are untouched.
+    users_after = read_latest_rows(root, "user_insights")
+    assert users_after == [r for r in users_before if r[0] not in ids]
+
+    # The same files delivered again (a site moved to a new folder, so every file is new):
+    # the forgotten people's lines are counted, not loaded, and the run's outputs stay clean.
+    moved = tmp_path / "moved_site"
+    shutil.copytree(site, moved)
+    config = yaml.safe_load((root / "insights.yml").read_text())
+    config["sources"] = default_sources(str(moved))
+    (root / "insights.yml").write_text(yaml.safe_dump(config))
+    rerun = subprocess.run(
+        [INSIGHTS, "--config", str(root / "insights.yml"), "run", "--as-of", AS_OF],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    wh = duckdb.connect(str(warehouse), read_only=True)
+    loads = wh.execute(
+        "select sum(forgotten), bool_and(lines_read = loaded + duplicates + quarantined + control_messages + "
+        "forgotten) from ingest.loads where forgotten is not null and started_at > (select max(recorded_at) "
+        "from privacy.forgotten)"
+    ).fetchone()
+    assert wh.execute("select count(*) from raw.events").fetchone()[0] == events_before - theirs
+    wh.close()
+    assert loads[0] >= theirs // 2 and loads[1]
+    assert _people_in_warehouse(warehouse, ids) == []
+    for where, text in _exported_text(root).items():
+        assert not [i for i in ids if i in text], f"{where} names a forgotten id after the next run"
+
+
+def read_latest_rows(root: Path, table: str) -> list[tuple]:
+    """The rows of a datastore table's latest partition, sorted."""
+    store = root / "datastore" / table
+    manifest = json.loads((store / json.loads((store / "_latest").read_text())["manifest"]).read_text())
+    con = duckdb.connect()
+    rows = con.execute(
+        f"select * from read_parquet({[str(root / 'datastore' / f['key']) for f in manifest['files']]!r})"
+    )
+    found = sorted(rows.fetchall(), key=repr)
+    con.close()
+    return found

@@ -1,0 +1,272 @@
+"""Forgetting people (the right to erasure): their events, every warehouse row derived from
+them, and every output that names them.
+
+A person is asked for by user id or by cookie id. A user id brings every cookie it was seen
+with (its logged-out history would otherwise be stitched back to it); a cookie id is that
+visitor alone. The ids are recorded in ``privacy.forgotten`` first, so that a crash half way
+loses nothing (run the same request again) and ingestion never loads them again: a line of
+a forgotten user, or of a forgotten cookie without a user id, is counted as ``forgotten``
+in its load, not loaded.
+
+A row belongs to the people forgotten when one of its user columns (``user_id``,
+``stitched_user_id``, ``logged_in_user_id``) is one of their ids, or when one of its cookie
+columns (``anonymous_id``, ``visitor_id``) is and the row has no other user: on a shared
+device another person's logged-in rows stay, their anonymous rows go (they cannot be told
+apart). Raw text (quarantined lines, Singer records) goes when it holds one of the ids as a
+field: a JSON string or number, a tab- or comma-separated field.
+
+What is aggregated over many people (item popularity, funnel counts, the item vectors of a
+trained model) keeps their contribution until it is rebuilt: ``insights transform
+--full-refresh`` and the next training.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from insights import faults
+from insights.config import Config
+from insights.warehouse import transaction
+
+log = logging.getLogger(__name__)
+
+USER_COLUMNS = ("user_id", "stitched_user_id", "logged_in_user_id")
+COOKIE_COLUMNS = ("anonymous_id", "visitor_id")
+# Raw text that may hold an id anywhere: the column (as SQL text) to look in.
+TEXT_COLUMNS = {("ingest", "quarantine"): "raw_text", ("raw", "singer_records"): "record::varchar"}
+IDS = "forget_ids"
+# Every id ever forgotten, as a relation (what ingestion checks new lines against).
+FORGOTTEN = "(select id from privacy.forgotten)"
+
+
+class ForgetError(ValueError):
+    """A request that cannot be carried out as given; nothing was changed."""
+
+
+def read_ids(ids: list[str], file: str | None = None) -> list[str]:
+    """The ids of a request, from arguments and a file of one id per line (blank lines and
+    lines starting with '#' skipped), in order, each once."""
+    given: list[tuple[str, str]] = [(value, f"argument {n}") for n, value in enumerate(ids, start=1)]
+    if file:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ForgetError(f"cannot read the ids file {file}: {exc.strerror or exc}") from None
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                given.append((line.strip(), f"{file} line {n}"))
+    seen: dict[str, None] = {}
+    for value, where in given:
+        if not value.strip():
+            raise ForgetError(f"{where}: an empty id")
+        if value != value.strip():
+            raise ForgetError(f"{where}: {value!r} has spaces around it (ids are matched exactly)")
+        seen.setdefault(value, None)
+    if not seen:
+        raise ForgetError("no ids given: name user or cookie ids, or --file with one id per line")
+    return list(seen)
+
+
+@dataclass
+class Resolved:
+    """Who a request names: the ids given, and every id of theirs to remove."""
+
+    given: list[str]
+    users: list[str] = field(default_factory=list)
+    cookies: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    # id -> (kind, the given id it belongs to)
+    ids: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, name]
+        ).fetchone()[0]
+    )
+
+
+def resolve(con: duckdb.DuckDBPyConnection, given: list[str]) -> Resolved:
+    """Each given id as a user (with every cookie it was seen with) or a cookie; ids recorded
+    by an earlier request for the same person count again (its events are gone by then)."""
+    out = Resolved(given)
+    con.register("given_ids", pa.table({"id": pa.array(given, pa.string())}))
+    try:
+        sources = ["select user_id as id, 'user' as kind from raw.events where user_id in (select id from given_ids)"]
+        sources.append("select anonymous_id, 'cookie' from raw.events where anonymous_id in (select id from given_ids)")
+        links = [
+            "select user_id, anonymous_id from raw.events where user_id in (select id from given_ids) "
+            "and anonymous_id is not null"
+        ]
+        if _has_table(con, "main", "dim_identity_map"):
+            sources.append(
+                "select user_id, 'user' from main.dim_identity_map where user_id in (select id from given_ids)"
+            )
+            links.append(
+                "select user_id, anonymous_id from main.dim_identity_map where user_id in (select id from given_ids) "
+                "and anonymous_id is not null"
+            )
+        if _has_table(con, "main", "user_insights"):
+            # A visitor who never logged in is scored under their cookie id.
+            sources.append(
+                "select user_id, case when is_identified then 'user' else 'cookie' end from main.user_insights "
+                "where user_id in (select id from given_ids)"
+            )
+        kinds: dict[str, set[str]] = {}
+        for id_, kind in con.execute(" union ".join(sources)).fetchall():
+            kinds.setdefault(id_, set()).add(kind)
+        recorded = (
+            con.execute(
+                "select id, kind, person from privacy.forgotten where person in (select id from given_ids)"
+            ).fetchall()
+            if _has_table(con, "privacy", "forgotten")
+            else []
+        )
+        for id_, kind, person in recorded:
+            if id_ == person:
+                kinds.setdefault(id_, set()).add(kind)
+            else:
+                out.ids.setdefault(id_, (kind, person))
+        for user, cookie in con.execute(" union ".join(links)).fetchall():
+            if cookie != user:
+                out.ids.setdefault(cookie, ("cookie", user))
+    finally:
+        con.unregister("given_ids")
+    for id_ in given:
+        found = kinds.get(id_, set())
+        kind = "user" if "user" in found else "cookie" if "cookie" in found else "unknown"
+        {"user": out.users, "cookie": out.cookies, "unknown": out.unknown}[kind].append(id_)
+        out.ids[id_] = (kind, id_)
+    out.cookies += [i for i, (kind, person) in out.ids.items() if kind == "cookie" and i != person]
+    return out
+
+
+def register_ids(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
+    con.register(IDS, pa.table({"id": pa.array(ids, pa.string())}))
+
+
+def row_condition(columns: set[str], ids: str = IDS) -> str | None:
+    """SQL true for a row of a table with ``columns`` that belongs to the forgotten (see the
+    module's docstring), or None when the table holds nobody's ids."""
+    member = "{} in (select id from " + ids + ")"  # a table name, or a parenthesised query
+    parts = [member.format(c) for c in USER_COLUMNS if c in columns]
+    cookies = [member.format(c) for c in COOKIE_COLUMNS if c in columns]
+    if cookies:
+        alone = "user_id is null" if "user_id" in columns else "true"
+        parts.append(f"(({' or '.join(cookies)}) and {alone})")
+    return " or ".join(parts) or None
+
+
+def mention_condition(text: str, ids: str = IDS) -> str:
+    """SQL true when the text ``text`` holds one of the ids as a field: a JSON string, a
+    JSON number (for an id of digits), a tab- or comma-separated field."""
+    return f"""exists (select 1 from {ids} f where contains({text}, f.id) and (
+        contains({text}, '"' || f.id || '"')
+        or list_contains(string_split({text}, chr(9)), f.id)
+        or list_contains(string_split({text}, ','), f.id)
+        or (regexp_full_match(f.id, '[0-9]+')
+            and regexp_matches({text}, '[:\\[,]\\s*' || f.id || '\\s*[,\\]}}]'))))"""
+
+
+def has_forgotten(con: duckdb.DuckDBPyConnection) -> bool:
+    # (fetchall: a result left open would block the connection's next register().)
+    return bool(con.execute("select exists (select 1 from privacy.forgotten)").fetchall()[0][0])
+
+
+def warehouse_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """(schema, table, condition) for every warehouse table that can hold a person's rows."""
+    columns: dict[tuple[str, str], set[str]] = {}
+    for schema, table, column in con.execute(
+        """select c.table_schema, c.table_name, c.column_name from information_schema.columns c
+           join information_schema.tables t using (table_catalog, table_schema, table_name)
+           where t.table_type = 'BASE TABLE' and c.table_catalog = current_database()
+             and c.table_schema <> 'privacy'"""
+    ).fetchall():
+        columns.setdefault((schema, table), set()).add(column)
+    found = []
+    for (schema, table), names in sorted(columns.items()):
+        text = TEXT_COLUMNS.get((schema, table))
+        condition = mention_condition(text) if text else row_condition(names)
+        if condition:
+            found.append((schema, table, condition))
+    return found
+
+
+def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry_run: bool = False) -> dict[str, Any]:
+    """Remove the people ``given`` names from the warehouse and every output; returns what
+    was removed where. ``dry_run`` counts and changes nothing."""
+    from exports import cohorts, datastore, segment, serving
+    from models_ml import registry
+
+    who = resolve(con, given)
+    ids = list(who.ids)
+    register_ids(con, ids)
+    request_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC).replace(tzinfo=None)
+    sent = (
+        con.execute(f"select count(*) from segment.sent_traits where user_id in (select id from {IDS})").fetchone()[0]
+        if _has_table(con, "segment", "sent_traits")
+        else 0
+    )
+    removed: dict[str, int] = {}
+    if not dry_run:
+        # First the request: from here on ingestion refuses the ids, and a crash leaves a
+        # request that the same command completes.
+        with transaction(con):
+            con.execute(
+                "insert or ignore into privacy.forgotten select id, kind, person, ?, ? from ("
+                "select unnest(?) as id, unnest(?) as kind, unnest(?) as person)",
+                [request_id, now, ids, [k for k, _ in who.ids.values()], [p for _, p in who.ids.values()]],
+            )
+    faults.reached("forget.recorded")
+    with transaction(con):
+        for schema, table, condition in warehouse_tables(con):
+            verb = "select count(*) from" if dry_run else "delete from"
+            count = con.execute(f"{verb} {schema}.{table} where {condition}").fetchone()[0]
+            if count:
+                removed[f"{schema}.{table}"] = count
+    if not dry_run:
+        con.execute("checkpoint")
+    faults.reached("forget.warehouse")
+    outputs = {
+        "datastore": datastore.forget(config, ids, dry_run=dry_run),
+        "cohort_csvs": cohorts.forget(config, ids, dry_run=dry_run),
+        "segment_dry_run_file": segment.forget_dry_run(config, ids, dry_run=dry_run),
+        "recommendation_table": serving.forget(config, ids, dry_run=dry_run),
+        "model_versions": registry.forget(config, ids, dry_run=dry_run),
+    }
+    con.unregister(IDS)
+    summary = {
+        "request_id": None if dry_run else request_id,
+        "dry_run": dry_run,
+        "given": len(given),
+        "users": len(who.users),
+        "cookies": len(who.cookies),
+        "unknown": who.unknown,
+        "warehouse": removed,
+        "outputs": outputs,
+        "segment_profiles": sent,
+    }
+    if not dry_run:
+        con.execute(
+            "insert into privacy.requests values (?, ?, ?, ?, ?, ?, ?)",
+            [
+                request_id,
+                now,
+                len(given),
+                len(who.users),
+                len(who.cookies),
+                sum(removed.values()),
+                datetime.now(UTC).replace(tzinfo=None),
+            ],
+        )
+    return summary
