@@ -1,0 +1,129 @@
+"""Forgetting people: which rows are theirs (a shared device's other user keeps theirs),
+which raw text names them, and ingestion never loading them again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from insights import steps
+from insights.config import load_config
+from insights.privacy import ForgetError, mention_condition, read_ids, register_ids
+from tests.conftest import write_config
+from tests.helpers import query, source_files
+
+HEADER = "ts,visitor,member,action,sku\n"
+SOURCE = {
+    "name": "clicks",
+    "kind": "events_file",
+    "columns": {"occurred_at": "ts", "anonymous_id": "visitor", "user_id": "member", "event_name": "action",
+                "item_id": "sku"},
+    "event_types": {"view": "product_view", "buy": "purchase"},
+}  # fmt: skip
+
+
+def test_a_user_their_cookies_and_their_lines_go_a_shared_devices_other_user_stays(tmp_path: Path) -> None:
+    src = source_files(
+        tmp_path,
+        {
+            "day1.csv": HEADER + "2026-10-01 10:00:00,c1,,view,sku-1\n"  # u1 before logging in: goes
+            "2026-10-01 10:01:00,c1,u1,view,sku-1\n"  # u1: goes
+            "2026-10-01 10:02:00,c2,u1,view,sku-2\n"  # u1 on a shared device: goes
+            "2026-10-01 10:03:00,c2,u10,view,sku-2\n"  # u10 logged in on that device: stays
+            "2026-10-01 10:04:00,c2,,view,sku-3\n"  # logged out on the shared device: goes (whose?)
+            "2026-10-01 10:05:00,c3,u10,buy,sku-3\n"  # stays
+            "2026-10-01 10:06:00,c4,,view,sku-4\n"  # stays
+            "not a time,c1,u1,view,sku-1\n"  # quarantined, names u1: goes
+            "not a time,c3,u10,view,sku-1\n"  # quarantined, u10 (u1 is part of the text): stays
+        },
+    )
+    config = load_config(write_config(tmp_path, [{**SOURCE, "path": str(src)}]), environ={})
+    steps.ingest(config)
+
+    dry = steps.forget(config, ["u1"], dry_run=True)
+    assert dry["warehouse"] == {"ingest.quarantine": 1, "raw.events": 4} and dry["request_id"] is None
+    assert len(query(tmp_path, "select * from raw.events")) == 7
+
+    summary = steps.forget(config, ["u1"])
+    assert (summary["users"], summary["cookies"], summary["unknown"]) == (1, 2, [])
+    assert summary["warehouse"] == {"ingest.quarantine": 1, "raw.events": 4}
+    assert query(tmp_path, "select anonymous_id, user_id from raw.events order by occurred_at") == [
+        ("c2", "u10"),
+        ("c3", "u10"),
+        ("c4", None),
+    ]
+    assert [r[0] for r in query(tmp_path, "select raw_text from ingest.quarantine")] == ["not a time,c3,u10,view,sku-1"]
+    assert query(tmp_path, "select id, kind, person from privacy.forgotten order by id") == [
+        ("c1", "cookie", "u1"),
+        ("c2", "cookie", "u1"),
+        ("u1", "user", "u1"),
+    ]
+
+    # The next delivery: u1 under a new cookie, their old cookie, a bad line of theirs.
+    (src / "day2.csv").write_text(
+        HEADER + "2026-10-02 10:00:00,c1,,view,sku-1\n"  # forgotten cookie
+        "2026-10-02 10:01:00,c9,u1,view,sku-1\n"  # forgotten user
+        "2026-10-02 10:02:00,c2,u10,view,sku-1\n"  # u10 on the shared device: loads
+        "2026-10-02 10:03:00,c5,,view,sku-1\n"  # loads
+        "not a time,c9,u1,buy,sku-1\n"  # forgotten, not quarantined
+    )
+    loaded = steps.ingest(config)["totals"]
+    assert (loaded["lines_read"], loaded["loaded"], loaded["quarantined"], loaded["forgotten"]) == (5, 2, 0, 3)
+    assert query(tmp_path, "select count(*) from raw.events where user_id = 'u1' or anonymous_id = 'c1'") == [(0,)]
+    assert query(tmp_path, "select sum(forgotten) from ingest.loads") == [(3,)]
+    assert "3 of forgotten people" in steps.headline("ingest", {"totals": loaded})
+
+    # Asking again for the same person finds the ids recorded before (their events are gone).
+    again = steps.forget(config, ["u1"])
+    assert (again["users"], again["cookies"], again["warehouse"]) == (1, 2, {})
+
+
+def test_an_unknown_id_is_recorded_so_it_never_loads(tmp_path: Path) -> None:
+    src = source_files(tmp_path, {"day1.csv": HEADER + "2026-10-01 10:00:00,c1,,view,sku-1\n"})
+    config = load_config(write_config(tmp_path, [{**SOURCE, "path": str(src)}]), environ={})
+    steps.ingest(config)
+    assert steps.forget(config, ["u-later"])["unknown"] == ["u-later"]
+    (src / "day2.csv").write_text(HEADER + "2026-10-02 10:00:00,c7,u-later,view,sku-1\n")
+    assert steps.ingest(config)["totals"]["forgotten"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "id_", "names"),
+    [
+        ('{"user_id": "u1", "email": "x@example.com"}', "u1", True),
+        ('{"user_id": "u10"}', "u1", False),
+        ("a\tu1\tb", "u1", True),
+        ("a\tu10\tb", "u1", False),
+        ("2026-10-01,u1,view", "u1", True),
+        ('{"customer_id": 12345, "price": 9}', "12345", True),
+        ('{"price": 123456}', "12345", False),
+        ("the user u1 said", "u1", False),  # not a field
+        ("it's o'brien", "o'brien", False),
+        ('{"id": "o\'brien"}', "o'brien", True),  # quotes in ids are data
+    ],
+)
+def test_raw_text_names_an_id_only_as_a_field(text: str, id_: str, names: bool) -> None:
+    con = duckdb.connect()
+    register_ids(con, [id_])
+    assert (
+        con.execute(f"select {mention_condition('t.text')} from (select ?::varchar as text) t", [text]).fetchone()[0]
+        is names
+    )
+
+
+def test_ids_from_arguments_and_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text("# erasure requests, week 48\nu2\n\nu1\nu3\n")
+    assert read_ids(["u1", "u1"], str(path)) == ["u1", "u2", "u3"]
+    with pytest.raises(ForgetError, match="no ids given"):
+        read_ids([])
+    with pytest.raises(ForgetError, match="argument 2: an empty id"):
+        read_ids(["u1", " "])
+    path.write_bytes(b"u1\r\n u2 \r\n")  # a file's lines are trimmed (Windows line ends too)
+    assert read_ids([], str(path)) == ["u1", "u2"]
+    with pytest.raises(ForgetError, match=r"argument 1: ' u2' has spaces around it"):
+        read_ids([" u2"])
+    with pytest.raises(ForgetError, match="cannot read the ids file"):
+        read_ids([], str(tmp_path / "missing.txt"))
