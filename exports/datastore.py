@@ -344,6 +344,12 @@ def forget(config: Config, ids: list[str], dry_run: bool = False, store: Store |
                 condition = row_condition({c["name"] for c in manifest.get("schema", [])})
                 if not condition:
                     continue
+                # Files the manifest no longer lists (a forget or a publish killed before
+                # its clean-up) may still hold the people's rows: they go first.
+                listed = {f["key"] for f in manifest["files"]} | {f"{table}/dt={dt}/{MANIFEST}"}
+                unlisted = [k for k in store.list(f"{table}/dt={dt}/") if k not in listed]
+                if unlisted and not dry_run:
+                    store.delete(unlisted)
                 kept, dropped = [], 0
                 for entry in manifest["files"]:
                     data = store.get_bytes(entry["key"])

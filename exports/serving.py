@@ -362,6 +362,8 @@ def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, i
     path = Path(config.resolve(config.serving.path))
     if not path.is_file():
         return {}
+    for leftover in path.parent.glob(f".{path.name}.forget.*.building"):
+        leftover.unlink(missing_ok=True)  # a copy of a forget that was killed: it names them
     building = path.with_name(f".{path.name}.forget.{os.getpid()}.building")
     shutil.copyfile(path, building)
     db = sqlite3.connect(building)

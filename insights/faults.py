@@ -6,7 +6,8 @@ Points: ``ingest.batch`` (a load batch committed, more to come), ``transform.dbt
 started; use a delay to land inside the build), ``export.cohorts`` (cohort CSVs written,
 nothing published), ``publish.data`` (data files uploaded, no manifest yet),
 ``publish.manifests`` (manifests written, no ``_latest`` moved yet), ``segment.batch`` (a
-batch accepted by Segment, not yet recorded).
+batch accepted by Segment, not yet recorded), ``forget.recorded`` (the ids recorded,
+nothing removed yet), ``forget.warehouse`` (the warehouse done, no output yet).
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ CSVs, Segment's dry-run file and the recommendation table the API reads."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -91,3 +95,26 @@ def test_forgetting_rewrites_every_retained_partition_on_s3(
     assert not [k for k in keys if k.startswith("user_insights") and k.endswith("run1.parquet")]
     assert {k for k in keys if k.startswith("trending")} == {k for k in old_keys if k.startswith("trending")}
     assert datastore.forget(config, ["u001"], store=store) == {}
+
+
+@pytest.mark.parametrize("point", ["forget.recorded", "forget.warehouse"])
+def test_a_killed_forget_is_completed_by_the_same_command(small: Config, tmp_path: Path, point: str) -> None:
+    steps.export(small)
+    command = [str(Path(sys.executable).with_name("insights")), "--config", str(tmp_path / "insights.yml")]
+    command += ["forget", "u001"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSIGHTS")}
+    killed = subprocess.run(command, env=env | {"INSIGHTS_FAILPOINT": point}, capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    # Recorded before anything was removed: ingestion already refuses u001.
+    con = connect(small)
+    assert con.execute("select count(*) from privacy.forgotten").fetchone()[0] == 3
+    con.close()
+    assert "u001" in read_latest(small, "user_insights")["user_id"].tolist()  # outputs not reached yet
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "u001" not in read_latest(small, "user_insights")["user_id"].tolist()
+    assert {i["reason"] for i in recs(small, "cookie-a", 10)["items"]} == {"trending"}
+    con = connect(small, read_only=True)
+    for table in ("main.user_insights", "main.recommendations", "main.dim_identity_map", "segment.sync_log"):
+        assert con.execute(f"select count(*) from {table} where user_id = 'u001'").fetchone()[0] == 0
+    con.close()
