@@ -431,6 +431,7 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
             f"  [yellow]Segment was sent traits of {summary['segment_profiles']:,} of them[/yellow]: Segment keeps "
             "its own profiles, delete them there too (a deletion request in Segment's privacy settings)."
         )
+    _print_seconds(summary)
     if summary["dry_run"]:
         console.print("Nothing was changed.")
     else:

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from insights import faults
 from insights.config import Config
+from insights.timing import timed
 from insights.warehouse import transaction
 
 log = logging.getLogger(__name__)
@@ -166,15 +167,24 @@ def row_condition(columns: set[str], ids: str = IDS) -> str | None:
     return " or ".join(parts) or None
 
 
-def mention_condition(text: str, ids: str = IDS) -> str:
-    """SQL true when the text ``text`` holds one of the ids as a field: a JSON string, a
-    JSON number (for an id of digits), a tab- or comma-separated field."""
-    return f"""exists (select 1 from {ids} f where contains({text}, f.id) and (
-        contains({text}, '"' || f.id || '"')
-        or list_contains(string_split({text}, chr(9)), f.id)
-        or list_contains(string_split({text}, ','), f.id)
-        or (regexp_full_match(f.id, '[0-9]+')
-            and regexp_matches({text}, '[:\\[,]\\s*' || f.id || '\\s*[,\\]}}]'))))"""
+def fields_sql(text: str) -> str:
+    """SQL for the fields of a raw text: its JSON strings, its JSON whole numbers, its tab-
+    and its comma-separated fields."""
+    return f"""list_concat(
+        regexp_extract_all({text}, '"((?:[^"\\\\]|\\\\.)*)"', 1),
+        regexp_extract_all({text}, '[:\\[,]\\s*([0-9]+)\\s*(?:[,\\]}}]|$)', 1),
+        string_split({text}, chr(9)),
+        string_split({text}, ','))"""
+
+
+def mention_condition(table: str, text: str, ids: str = IDS, where: str = "true") -> str:
+    """SQL true for a row of ``table`` (among those ``where`` selects) whose raw text
+    ``text`` holds one of the ids as a field (see :func:`fields_sql`): a join on the
+    fields, as the ids may be thousands."""
+    return (
+        f"rowid in (select row_id from (select rowid as row_id, unnest({fields_sql(text)}) as field "
+        f"from {table} where {where}) where field in (select id from {ids}))"
+    )
 
 
 def has_forgotten(con: duckdb.DuckDBPyConnection) -> bool:
@@ -195,7 +205,7 @@ def warehouse_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str
     found = []
     for (schema, table), names in sorted(columns.items()):
         text = TEXT_COLUMNS.get((schema, table))
-        condition = mention_condition(text) if text else row_condition(names)
+        condition = mention_condition(f"{schema}.{table}", text) if text else row_condition(names)
         if condition:
             found.append((schema, table, condition))
     return found
@@ -207,7 +217,9 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
     from exports import cohorts, datastore, segment, serving
     from models_ml import registry
 
-    who = resolve(con, given)
+    seconds: dict[str, float] = {}
+    with timed(seconds, "resolve"):
+        who = resolve(con, given)
     ids = list(who.ids)
     register_ids(con, ids)
     request_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -228,22 +240,26 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
                 [request_id, now, ids, [k for k, _ in who.ids.values()], [p for _, p in who.ids.values()]],
             )
     faults.reached("forget.recorded")
-    with transaction(con):
+    with timed(seconds, "warehouse"), transaction(con):
         for schema, table, condition in warehouse_tables(con):
             verb = "select count(*) from" if dry_run else "delete from"
             count = con.execute(f"{verb} {schema}.{table} where {condition}").fetchone()[0]
             if count:
                 removed[f"{schema}.{table}"] = count
     if not dry_run:
-        con.execute("checkpoint")
+        with timed(seconds, "checkpoint"):
+            con.execute("checkpoint")
     faults.reached("forget.warehouse")
-    outputs = {
-        "datastore": datastore.forget(config, ids, dry_run=dry_run),
-        "cohort_csvs": cohorts.forget(config, ids, dry_run=dry_run),
-        "segment_dry_run_file": segment.forget_dry_run(config, ids, dry_run=dry_run),
-        "recommendation_table": serving.forget(config, ids, dry_run=dry_run),
-        "model_versions": registry.forget(config, ids, dry_run=dry_run),
-    }
+    outputs = {}
+    for name, forget_in in (
+        ("datastore", datastore.forget),
+        ("cohort_csvs", cohorts.forget),
+        ("segment_dry_run_file", segment.forget_dry_run),
+        ("recommendation_table", serving.forget),
+        ("model_versions", registry.forget),
+    ):
+        with timed(seconds, name):
+            outputs[name] = forget_in(config, ids, dry_run=dry_run)
     con.unregister(IDS)
     summary = {
         "request_id": None if dry_run else request_id,
@@ -255,6 +271,7 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
         "warehouse": removed,
         "outputs": outputs,
         "segment_profiles": sent,
+        "seconds": seconds,
     }
     if not dry_run:
         con.execute(

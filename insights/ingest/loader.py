@@ -403,9 +403,10 @@ def _drop_forgotten_quarantine(con: duckdb.DuckDBPyConnection, result: LoadResul
     """Bad lines of this load that name a forgotten person count as forgotten, not kept."""
     if privacy.has_forgotten(con):
         dropped = con.execute(
-            "delete from ingest.quarantine where load_id = ? and "
-            + privacy.mention_condition("raw_text", privacy.FORGOTTEN),
-            [result.load_id],
+            "delete from ingest.quarantine where "
+            + privacy.mention_condition(
+                "ingest.quarantine", "raw_text", privacy.FORGOTTEN, f"load_id = {quote_literal(result.load_id)}"
+            ),
         ).fetchall()[0][0]
         result.quarantined -= dropped
         result.forgotten += dropped
@@ -813,10 +814,14 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                     # Raw records naming a forgotten person go; those of other streams
                     # (customers, orders) were counted as loaded, events were counted above.
                     dropped = con.execute(
-                        "delete from raw.singer_records where load_id = ? and "
-                        + privacy.mention_condition("record::varchar", privacy.FORGOTTEN)
+                        "delete from raw.singer_records where "
+                        + privacy.mention_condition(
+                            "raw.singer_records",
+                            "record::varchar",
+                            privacy.FORGOTTEN,
+                            f"load_id = {quote_literal(result.load_id)}",
+                        )
                         + " returning stream",
-                        [result.load_id],
                     ).fetchall()
                     others = sum(stream not in source.streams for (stream,) in dropped)
                     result.loaded -= others

@@ -99,6 +99,8 @@ def test_an_unknown_id_is_recorded_so_it_never_loads(tmp_path: Path) -> None:
         ("2026-10-01,u1,view", "u1", True),
         ('{"customer_id": 12345, "price": 9}', "12345", True),
         ('{"price": 123456}', "12345", False),
+        ('{"price": 12345.5}', "12345", False),
+        ('{"ids": ["a", "u1"]}', "u1", True),
         ("the user u1 said", "u1", False),  # not a field
         ("it's o'brien", "o'brien", False),
         ('{"id": "o\'brien"}', "o'brien", True),  # quotes in ids are data
@@ -107,10 +109,8 @@ def test_an_unknown_id_is_recorded_so_it_never_loads(tmp_path: Path) -> None:
 def test_raw_text_names_an_id_only_as_a_field(text: str, id_: str, names: bool) -> None:
     con = duckdb.connect()
     register_ids(con, [id_])
-    assert (
-        con.execute(f"select {mention_condition('t.text')} from (select ?::varchar as text) t", [text]).fetchone()[0]
-        is names
-    )
+    con.execute("create table t as select ?::varchar as text", [text])
+    assert con.execute(f"select {mention_condition('t', 'text')} from t").fetchone()[0] is names
 
 
 def test_ids_from_arguments_and_a_file(tmp_path: Path) -> None:
