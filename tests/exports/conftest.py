@@ -91,3 +91,19 @@ def small(tmp_path: Path) -> Config:
         serving={"path": str(tmp_path / "recs.sqlite")},
     )
     return load_config(path, environ={})
+
+
+def on_s3(config: Config, endpoint: str, monkeypatch: pytest.MonkeyPatch, uri: str, **datastore: object) -> Config:
+    """``config`` with its datastore at ``uri`` on the local S3 server (its bucket made)."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    bucket = uri.removeprefix("s3://").split("/")[0]
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return config.model_copy(
+        update={
+            "s3": config.s3.model_copy(update={"endpoint_url": endpoint}),
+            "datastore": config.datastore.model_copy(update={"uri": uri, **datastore}),
+        }
+    )

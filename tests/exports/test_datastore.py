@@ -15,6 +15,7 @@ from exports.datastore import DatastoreError, S3Store, TableData, latest, open_s
 from insights import steps
 from insights.config import Config
 from insights.warehouse import connect
+from tests.exports.conftest import on_s3
 
 TABLES = [TableData("user_insights"), TableData("recommendations"), TableData("trending")]
 
@@ -96,18 +97,8 @@ def test_crash_before_the_manifest_leaves_the_previous_partition_latest(
 
 
 def test_s3_publish_with_failure_mid_publish(small: Config, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    config = on_s3(small, s3_endpoint, monkeypatch, "s3://insights-out/prod/datastore", multipart_threshold_mb=5)
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="insights-out")
-    config = small.model_copy(
-        update={
-            "s3": small.s3.model_copy(update={"endpoint_url": s3_endpoint}),
-            "datastore": small.datastore.model_copy(
-                update={"uri": "s3://insights-out/prod/datastore", "multipart_threshold_mb": 5}
-            ),
-        }
-    )
     _publish(config, "2026-11-01", "run1")
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="insights-out", Prefix="prod/")["Contents"]}
     assert "prod/datastore/user_insights/dt=2026-11-01/part-run1.parquet" in keys

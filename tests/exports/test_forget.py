@@ -8,10 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
-import boto3
 import pytest
 
 from exports import datastore
@@ -20,7 +18,8 @@ from exports.serving import recs
 from insights import steps
 from insights.config import Config
 from insights.warehouse import connect
-from tests.exports.test_datastore import TABLES
+from tests.exports.conftest import on_s3
+from tests.exports.test_datastore import _publish
 
 
 def test_forgetting_a_user_reaches_every_delivery(small: Config) -> None:
@@ -59,21 +58,10 @@ def test_forgetting_a_user_reaches_every_delivery(small: Config) -> None:
 def test_forgetting_rewrites_every_retained_partition_on_s3(
     small: Config, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="insights-forget")
-    config = small.model_copy(
-        update={
-            "s3": small.s3.model_copy(update={"endpoint_url": s3_endpoint}),
-            "datastore": small.datastore.model_copy(update={"uri": "s3://insights-forget/ds"}),
-        }
-    )
+    config = on_s3(small, s3_endpoint, monkeypatch, "s3://insights-forget/ds")
     store = S3Store(config, config.datastore.uri)
-    con = connect(config)
     for dt, run in (("2026-10-31", "run1"), ("2026-11-01", "run2")):
-        datastore.publish(config, con, TABLES, datetime.fromisoformat(dt), run, {"model_version": "v1"}, store)
-    con.close()
+        _publish(config, dt, run, store)
     old_keys = set(store.list(""))
 
     assert datastore.forget(config, ["u001", "anon-003"], dry_run=True, store=store) == {
