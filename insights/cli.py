@@ -407,7 +407,12 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
     console.print(
         f"{'Dry run: ' if summary['dry_run'] else ''}{summary['given']:,} ids given: {summary['users']:,} users "
         f"and {summary['cookies']:,} cookie ids (with the cookies the users were seen with)"
-        + (f"; not found anywhere: {len(summary['unknown']):,}" if summary["unknown"] else "")
+        + (
+            f"; not found anywhere (recorded all the same): {', '.join(summary['unknown'][:10])}"
+            + (f" and {len(summary['unknown']) - 10:,} more" if len(summary["unknown"]) > 10 else "")
+            if summary["unknown"]
+            else ""
+        )
     )
     rows = summary["warehouse"]
     console.print(

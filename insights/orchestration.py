@@ -201,6 +201,24 @@ def run_step(step: str, context: Mapping[str, Any] | None = None, **kwargs: Any)
     return _jsonable(summary)
 
 
+def forget(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``insights_forget`` DAG's task: the ids from the run's ``ids`` parameter; the
+    result counts what was removed where and names no id (XCom and the logs keep it)."""
+    from insights import steps
+    from insights.privacy import read_ids
+
+    context = _current(context)
+    ids = read_ids(list((context.get("params") or {}).get("ids") or []))
+    config = load_config()
+    started = time.perf_counter()
+    with connection_credentials(config) as config:
+        summary = steps.forget(config, ids)
+    summary["unknown"] = len(summary["unknown"])
+    summary["elapsed_seconds"] = round(time.perf_counter() - started, 2)
+    log.info("forget: %s", steps.headline("forget", summary))
+    return _jsonable(summary)
+
+
 def _current(context: Mapping[str, Any] | None) -> Mapping[str, Any]:
     """The given task context, or the running task's."""
     if context is not None:

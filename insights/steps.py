@@ -318,4 +318,14 @@ def headline(step: str, summary: dict[str, Any]) -> str:
         )
     if step == "report":
         return f"run report {summary['path']}"
+    if step == "forget":
+        unknown = summary["unknown"] if isinstance(summary["unknown"], int) else len(summary["unknown"])
+        segment = summary["segment_profiles"]
+        return (
+            f"{summary['users']:,} users and {summary['cookies']:,} cookie ids forgotten"
+            + (f" ({unknown:,} ids found nowhere, recorded)" if unknown else "")
+            + f": {sum(summary['warehouse'].values()):,} warehouse rows, "
+            f"{sum(summary['outputs']['datastore'].values()):,} datastore rows"
+            + (f"; Segment holds {segment:,} of their profiles: delete them there too" if segment else "")
+        )
     return ""

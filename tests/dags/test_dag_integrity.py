@@ -74,7 +74,7 @@ def defaults(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_dags_import_cleanly_without_cycles_and_retry(defaults: dict) -> None:
     assert defaults["errors"] == {}
-    assert set(defaults["dags"]) == {"clickstream_ingest", "insights_refresh", "insights_training"}
+    assert set(defaults["dags"]) == {"clickstream_ingest", "insights_refresh", "insights_training", "insights_forget"}
     for dag_id, dag in defaults["dags"].items():
         assert "user-insights" in dag["tags"], dag_id
         assert dag["max_active_runs"] == 1, dag_id
@@ -102,6 +102,10 @@ def test_wiring_and_schedules_follow_the_defaults(defaults: dict) -> None:
     assert refresh["cron"] == "0 */4 * * *"
     assert training["timetable"] == "CronTriggerTimetable" and training["cron"] == "0 0 * * *"
     assert ingest["cron"] == "0 * * * *"
+    # Forgetting people runs only when triggered, with their ids.
+    assert dags["insights_forget"]["timetable"] == "NullTimetable" and list(dags["insights_forget"]["tasks"]) == [
+        "forget"
+    ]
 
 
 def test_schedule_knobs_and_pool(tmp_path: Path) -> None:
@@ -131,6 +135,7 @@ def test_schedule_knobs_and_pool(tmp_path: Path) -> None:
 def test_a_bad_config_is_an_import_error_that_names_the_key(tmp_path: Path) -> None:
     found = inspect(tmp_path, {"airflow": {"retries": "often"}})
     assert set(found["errors"]) == {
-        str(DAGS / f"{d}.py") for d in ("clickstream_ingest", "insights_refresh", "insights_training")
+        str(DAGS / f"{d}.py")
+        for d in ("clickstream_ingest", "insights_refresh", "insights_training", "insights_forget")
     }
     assert all("airflow.retries" in message for message in found["errors"].values())

@@ -4,11 +4,14 @@ with credentials that exist only in Airflow connections."""
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 from pathlib import Path
 
 import boto3
+import duckdb
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -115,6 +118,23 @@ def test_ingest_then_refresh_then_training(deployment: dict) -> None:
     output.append(airflow(env, "dags", "test", "insights_training", INTERVAL))
     metrics = _manifest(s3, "dag-test", "model_metrics")
     assert metrics["model_versions"]
+
+    # Forgetting a person, triggered with their id: gone from the partition on S3 (and the
+    # rest of the deliveries, see tests/exports/test_forget.py); Segment's copy is reported.
+    user = sorted(m["userId"] for m in segment.accepted.values())[0]
+    output.append(airflow(env, "dags", "test", "insights_forget", INTERVAL, "-c", json.dumps({"ids": [user]})))
+    forgotten = _manifest(s3, "dag-test", "user_insights")
+    assert forgotten["rows"] == 271 and forgotten["forgotten_at"]
+    body = s3.get_object(Bucket="dag-test", Key="insights/" + forgotten["files"][0]["key"])["Body"].read()
+    users = pq.read_table(io.BytesIO(body)).column("user_id").to_pylist()
+    assert len(users) == 271 and user not in users
+    con = duckdb.connect(str(deployment["root"] / "warehouse" / "insights.duckdb"), read_only=True)
+    assert con.execute("select count(*) from raw.events where user_id = ?", [user]).fetchone()[0] == 0
+    assert con.execute("select count(*) from privacy.forgotten where person = ?", [user]).fetchone()[0] >= 1
+    con.close()
+    assert "Segment holds 1 of their profiles" in output[-1].stdout + output[-1].stderr + "".join(
+        p.read_text(errors="replace") for p in home.rglob("*.log")
+    )
 
     # The secrets came from the connections and never reached the logs.
     logs = "".join(r.stdout + r.stderr for r in output)

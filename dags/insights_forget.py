@@ -1,0 +1,47 @@
+"""
+### insights_forget
+
+Forgets people on request (the right to erasure): their events, every warehouse row derived
+from them, their rows in the datastore, the cohort CSVs, Segment's dry-run file, the
+recommendation table and the saved models; ingestion never loads their ids again. Calls the
+same step function as `insights forget`.
+
+Not scheduled: trigger it with the ids, user ids or cookie ids (a user id brings the cookies
+it was seen with), e.g. `airflow dags trigger insights_forget --conf '{"ids": ["u123"]}'`,
+or from the UI's trigger form. The task's result counts what was removed where; the ids
+themselves are not logged. Segment keeps its own profiles: the result says how many of the
+people were sent there, to be deleted in Segment as well.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, task
+
+from insights import orchestration
+from insights.config import load_config
+
+CONFIG = load_config()
+
+
+@dag(
+    schedule=None,
+    doc_md=__doc__,
+    params={
+        "ids": Param(
+            [],
+            type="array",
+            items={"type": "string", "minLength": 1},
+            description="User ids or cookie ids of the people to forget.",
+        )
+    },
+    **orchestration.dag_settings(CONFIG),
+)
+def insights_forget() -> None:
+    @task
+    def forget() -> dict:
+        return orchestration.forget()
+
+    forget()
+
+
+insights_forget()
