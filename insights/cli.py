@@ -397,39 +397,45 @@ def cmd_sample(args: argparse.Namespace, config: Config) -> None:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 row', '2 rows'."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def cmd_forget(args: argparse.Namespace, config: Config) -> None:
     from insights import steps
     from insights.privacy import read_ids
 
     summary = steps.forget(config, read_ids(args.ids, args.file), dry_run=args.dry_run)
     console = _console()
-    verb = "would remove" if summary["dry_run"] else "removed"
+    dry = summary["dry_run"]
+    verb = "would remove" if dry else "removed"
+    unknown = summary["unknown"]
     console.print(
-        f"{'Dry run: ' if summary['dry_run'] else ''}{summary['given']:,} ids given: {summary['users']:,} users "
-        f"and {summary['cookies']:,} cookie ids (with the cookies the users were seen with)"
+        f"{'Dry run: ' if dry else ''}{_count(summary['given'], 'id')} given: {_count(summary['users'], 'user')} "
+        f"and {_count(summary['cookies'], 'cookie id')} (with the cookies the users were seen with)"
         + (
-            f"; not found anywhere (recorded all the same): {', '.join(summary['unknown'][:10])}"
-            + (f" and {len(summary['unknown']) - 10:,} more" if len(summary["unknown"]) > 10 else "")
-            if summary["unknown"]
+            f"; found nowhere ({'would be recorded' if dry else 'recorded'} all the same): {', '.join(unknown[:10])}"
+            + (f" and {len(unknown) - 10:,} more" if len(unknown) > 10 else "")
+            if unknown
             else ""
         )
     )
-    rows = summary["warehouse"]
-    console.print(
-        f"  warehouse: {verb} {sum(rows.values()):,} rows"
-        + (f" ({', '.join(f'{t} {n:,}' for t, n in rows.items())})" if rows else "")
-    )
+
+    def where(counts: dict[str, int]) -> str:
+        return f" ({', '.join(f'{t} {n:,}' for t, n in counts.items())})" if counts else ""
+
     out = summary["outputs"]
-    datastore_rows = out["datastore"]
     console.print(
-        f"  datastore: {verb} {sum(datastore_rows.values()):,} rows"
-        + (f" ({', '.join(f'{t} {n:,}' for t, n in datastore_rows.items())})" if datastore_rows else "")
+        f"  warehouse: {verb} {_count(sum(summary['warehouse'].values()), 'row')}{where(summary['warehouse'])}"
     )
+    console.print(f"  datastore: {verb} {_count(sum(out['datastore'].values()), 'row')}{where(out['datastore'])}")
     console.print(
-        f"  cohort CSVs: {verb} {out['cohort_csvs']['rows']:,} rows from {out['cohort_csvs']['files']:,} files; "
-        f"Segment dry-run file: {out['segment_dry_run_file']:,} messages; "
-        f"recommendation table: {sum(out['recommendation_table'].values()):,} rows; "
-        f"model versions: {sum(out['model_versions'].values()):,} user vectors"
+        f"  cohort CSVs: {verb} {_count(out['cohort_csvs']['rows'], 'row')} from "
+        f"{_count(out['cohort_csvs']['files'], 'file')}; Segment dry-run file: "
+        f"{_count(out['segment_dry_run_file'], 'message')}; recommendation table: "
+        f"{_count(sum(out['recommendation_table'].values()), 'row')}; saved models: "
+        f"{_count(sum(out['model_versions'].values()), 'user vector')}"
     )
     if summary["segment_profiles"]:
         console.print(
@@ -437,7 +443,7 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
             "its own profiles, delete them there too (a deletion request in Segment's privacy settings)."
         )
     _print_seconds(summary)
-    if summary["dry_run"]:
+    if dry:
         console.print("Nothing was changed.")
     else:
         console.print(
