@@ -451,6 +451,24 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
         )
 
 
+def cmd_person(args: argparse.Namespace, config: Config) -> None:
+    from datetime import UTC, datetime
+
+    from insights import steps
+    from insights.privacy import read_ids
+
+    out = args.out or f"person_{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    summary = steps.person(config, read_ids(args.ids, args.file), out)
+    rows = summary["rows"]
+    _console().print(
+        f"{_count(sum(rows.values()), 'row')} from {_count(len(rows), 'table')} about "
+        f"{_count(summary['users'], 'user')} and {_count(summary['cookies'], 'cookie id')} written to "
+        f"{summary['path']}" + (f"; found nowhere: {', '.join(summary['unknown'])}" if summary["unknown"] else "")
+    )
+    for table, count in rows.items():
+        _console().print(f"  {table}: {count:,}")
+
+
 def _at_least_one(text: str) -> int:
     """A whole number of at least 1 (argparse type)."""
     try:
@@ -519,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="a file of ids, one per line")
     p.add_argument("--dry-run", action="store_true", help="count what would be removed, change nothing")
     p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("person", help="everything the warehouse holds about people, as JSON (right of access)")
+    p.add_argument("ids", nargs="*", help="user ids or cookie ids")
+    p.add_argument("--file", help="a file of ids, one per line")
+    p.add_argument("--out", help="the JSON file to write (default: ./person_<time>.json)")
+    p.set_defaults(func=cmd_person)
 
     p = sub.add_parser("run", help="the whole pipeline once")
     p.add_argument("--as-of", help="ISO date or timestamp (UTC); default now")

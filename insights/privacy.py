@@ -211,6 +211,32 @@ def warehouse_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str
     return found
 
 
+def collect(con: duckdb.DuckDBPyConnection, given: list[str]) -> dict[str, Any]:
+    """Everything the warehouse holds about the people ``given`` names (the right of
+    access): their rows of every table, found by the rules :func:`forget` removes them by
+    (the outputs hold copies of the scored tables)."""
+    who = resolve(con, given)
+    register_ids(con, list(who.ids))
+    tables: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for schema, table, condition in warehouse_tables(con):
+            cursor = con.execute(f"select * from {schema}.{table} where {condition}")
+            names = [c[0] for c in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            if rows:
+                tables[f"{schema}.{table}"] = rows
+    finally:
+        con.unregister(IDS)
+    return {
+        "ids": given,
+        "users": who.users,
+        "cookies": who.cookies,
+        "unknown": who.unknown,
+        "collected_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tables": tables,
+    }
+
+
 def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry_run: bool = False) -> dict[str, Any]:
     """Remove the people ``given`` names from the warehouse and every output; returns what
     was removed where. ``dry_run`` counts and changes nothing."""

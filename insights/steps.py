@@ -219,6 +219,35 @@ def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, A
 
 
 @holds_warehouse
+def person(config: Config, ids: list[str], out: str) -> dict[str, Any]:
+    """Write everything the warehouse holds about people (user or cookie ids) to the JSON
+    file ``out`` (a subject access request); returns the rows per table."""
+    import json
+    import os
+    from pathlib import Path
+
+    from insights.privacy import collect
+
+    con = connect(config, read_only=True)
+    try:
+        found = collect(con, ids)
+    finally:
+        con.close()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(found, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return {
+        "path": str(path),
+        "users": len(found["users"]),
+        "cookies": len(found["cookies"]),
+        "unknown": found["unknown"],
+        "rows": {table: len(rows) for table, rows in found["tables"].items()},
+    }
+
+
+@holds_warehouse
 def published_model(config: Config) -> str | None:
     """The version of the published model scoring uses, or None before the first training."""
     from pathlib import Path

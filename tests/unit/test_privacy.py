@@ -1,8 +1,10 @@
 """Forgetting people: which rows are theirs (a shared device's other user keeps theirs),
-which raw text names them, and ingestion never loading them again."""
+which raw text names them, and ingestion never loading them again; collecting their rows
+for an access request by the same rules."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -41,6 +43,18 @@ def test_a_user_their_cookies_and_their_lines_go_a_shared_devices_other_user_sta
     )
     config = load_config(write_config(tmp_path, [{**SOURCE, "path": str(src)}]), environ={})
     steps.ingest(config)
+
+    # What the warehouse holds about u1 (an access request): the rows forget would remove.
+    found = steps.person(config, ["u1"], str(tmp_path / "requests" / "u1.json"))
+    assert found["rows"] == {"ingest.quarantine": 1, "raw.events": 4} and (found["users"], found["cookies"]) == (1, 2)
+    written = json.loads((tmp_path / "requests" / "u1.json").read_text())
+    assert sorted((r["anonymous_id"], r["user_id"] or "") for r in written["tables"]["raw.events"]) == [
+        ("c1", ""),
+        ("c1", "u1"),
+        ("c2", ""),
+        ("c2", "u1"),
+    ]
+    assert written["tables"]["ingest.quarantine"][0]["raw_text"] == "not a time,c1,u1,view,sku-1"
 
     dry = steps.forget(config, ["u1"], dry_run=True)
     assert dry["warehouse"] == {"ingest.quarantine": 1, "raw.events": 4} and dry["request_id"] is None
