@@ -1,5 +1,5 @@
 """Hostile values are data: a user id full of SQL and path characters travels through every
-delivery unchanged and harms nothing; a cohort named like a path stays a file in the
+delivery unchanged and harms nothing (and is forgotten as data); a cohort named like a path stays a file in the
 cohort folder; a filter that smuggles SQL is refused."""
 
 from __future__ import annotations
@@ -57,6 +57,15 @@ def test_a_hostile_user_id_is_delivered_as_data(small: Config, tmp_path: Path) -
     finally:
         server.shutdown()
         server.server_close()
+
+    # Asked for and forgotten as data, too: exactly that user goes, everyone else stays.
+    found = steps.person(small, [HOSTILE], str(tmp_path / "requests" / "hostile.json"))
+    assert found["rows"]["main.user_insights"] == 1
+    forgotten = steps.forget(small, [HOSTILE])
+    assert forgotten["warehouse"]["main.user_insights"] == 1 and forgotten["outputs"]["datastore"]["user_insights"] == 1
+    frame = read_latest(small, "user_insights")
+    assert len(frame) == 59 and HOSTILE not in set(frame["user_id"])
+    assert not (tmp_path.parent / "etc").exists() and not Path("etc/passwd").exists()
 
 
 def test_a_cohort_named_like_a_path_stays_in_its_folder(small: Config, tmp_path: Path) -> None:
