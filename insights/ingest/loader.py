@@ -707,7 +707,11 @@ def _load_catalog(
                     f"columns present: {', '.join(sorted(available)) or 'none'}"
                 )
             return "null::varchar"
-        return mapped.nested_raw(*nested) if nested else f"nullif(trim({quote_ident(src)}), '')"
+        return mapped.nested_raw(*nested, many=True) if nested else f"nullif(trim({quote_ident(src)}), '')"
+
+    def each(name: str) -> bool:
+        """A path through every element of a list (``variants.*.price``): a list of texts."""
+        return "*" in mapped.split_path(source.columns.get(name, name))
 
     # A stock flag, or a stock count (in stock when above zero: a variant's inventory_quantity).
     bool_sql = (
@@ -715,22 +719,32 @@ def _load_catalog(
         "when lower({c}) in ('false', 'f', 'no', 'n') then false "
         "when try_cast({c} as double) is not null then try_cast({c} as double) > 0 end"
     )
-    typed = {
-        "item_id": col("item_id"),
-        "title": col("title"),
-        "description": col("description"),
-        "category": col("category"),
-        "brand": col("brand"),
-        "price": f"try_cast({col('price')} as double)",
-        "currency": col("currency"),
-        "in_stock": bool_sql.format(c=col("in_stock")),
-        "created_at": mapped.timestamp_sql(col("created_at")),
+    casts: dict[str, Callable[[str], str]] = {
+        "price": lambda c: f"try_cast({c} as double)",
+        "in_stock": lambda c: bool_sql.format(c=c),
+        "created_at": mapped.timestamp_sql,
     }
+    # Of every element's value: the lowest price, in stock if any is, else the first value.
+    reduce = {"price": "list_min({v})", "in_stock": "list_bool_or({v})"}
+    element = "nullif(trim(x_w), '')"
+
+    def typed_sql(name: str) -> str:
+        cast = casts.get(name, lambda c: c)
+        if not each(name):
+            return cast(col(name))
+        values = f"list_transform({col(name)}, lambda x_w: {cast(element)})"
+        return reduce.get(name, "list_filter({v}, lambda x_v: x_v is not null)[1]").format(v=values)
+
+    typed = {name: typed_sql(name) for name in CATALOG_COLUMNS}
 
     def label(name: str) -> str:
         return mapped.column_label(name, source.columns.get(name, name))
 
     def bad(name: str, expected: str) -> str:
+        if each(name):
+            # The first element whose value is not of the type.
+            wrong = f"list_filter({col(name)}, lambda x_w: {element} is not null and {casts[name](element)} is null)"
+            return f"case when len({wrong}) > 0 then {mapped.bad_value_sql(label(name), expected, f'{wrong}[1]')} end"
         return (
             f"case when {col(name)} is not null and {typed[name]} is null "
             f"then {mapped.bad_value_sql(label(name), expected, col(name))} end"

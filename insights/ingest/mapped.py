@@ -334,7 +334,9 @@ def split_path(name: str) -> list[str]:
 
 
 def _json_path(keys: list[str], index: bool) -> str:
-    steps = [f"[{k}]" if index and k.isdigit() else '."' + k.replace('"', '\\"') + '"' for k in keys]
+    steps = [
+        "[*]" if k == "*" else f"[{k}]" if index and k.isdigit() else '."' + k.replace('"', '\\"') + '"' for k in keys
+    ]
     return _lit("$" + "".join(steps))
 
 
@@ -356,6 +358,9 @@ def _json_text(document: str, keys: list[str]) -> str:
             f"= {_lit(value)})[1]"
         )
         plain = []
+    if "*" in plain:
+        # Every element's value, as a list (see nested_raw).
+        return f"json_extract_string({document}, {_json_path(plain, True)})"
     paths = (
         [_json_path(plain, True), _json_path(plain, False)]
         if any(k.isdigit() for k in plain)
@@ -375,8 +380,15 @@ def nested_column(source_col: str, available: set[str]) -> tuple[str, list[str]]
     return None
 
 
-def nested_raw(column: str, keys: list[str]) -> str:
-    """The text at ``keys`` inside a JSON text column (nothing where the column is not JSON)."""
+def nested_raw(column: str, keys: list[str], many: bool = False) -> str:
+    """The text at ``keys`` inside a JSON text column (nothing where the column is not JSON).
+    A key ``*`` (``variants.*.price``) takes every element of a list: the texts come as a
+    list, which only a caller that says it takes ``many`` (the catalog) can reduce."""
+    if "*" in keys and not many:
+        raise ValueError(
+            f"'{'.'.join([column, *keys])}': '*' (every element of a list) is for catalog columns; "
+            "an event takes one element (a number or [field=value]), or use explode for one event each"
+        )
     col = quote_ident(column)
     return _json_text(f"case when json_valid({col}) then {col} end", keys)
 

@@ -461,3 +461,44 @@ def test_a_ga4_export_with_key_value_params_and_items(tmp_path: Path) -> None:
     ]
     (src / "events_20251001_copy.parquet").write_bytes((src / "events_20251001.parquet").read_bytes())
     assert ingest(tmp_path, [source])["totals"]["duplicates"] == 3
+
+
+def test_catalog_columns_over_every_variant(tmp_path: Path) -> None:
+    """`variants.*.x` takes every variant's value: in stock if any variant is (a product
+    whose first variant is sold out is still on sale), the lowest price ("from 19.00"), the
+    first value otherwise; a bad value in any variant is quarantined naming it. An events
+    map refuses `*` (an event takes one element, or explode)."""
+    products = [
+        {"id": 1, "variants": [{"sku": "1-S", "price": "24.00", "inventory_quantity": 0},
+                               {"sku": "1-M", "price": "19.00", "inventory_quantity": 4}]},
+        {"id": 2, "variants": [{"sku": "2-S", "price": "9.50", "inventory_quantity": 0},
+                               {"sku": "2-M", "inventory_quantity": 0}]},
+        {"id": 3, "variants": []},
+        {"id": 4, "variants": [{"price": "12.00"}, {"price": "soon"}]},
+    ]  # fmt: skip
+    src = source_files(
+        tmp_path, {"products.jsonl": "\n".join(_message("RECORD", record=p) for p in products) + "\n"}, "shop"
+    )
+    columns = {"item_id": "id", "title": "variants.*.sku", "price": "variants.*.price",
+               "in_stock": "variants.*.inventory_quantity"}  # fmt: skip
+    t = ingest(tmp_path, [{"name": "shop", "kind": "catalog", "path": str(src), "columns": columns}])["totals"]
+    assert (t["loaded"], t["quarantined"]) == (3, 1)
+    assert query(tmp_path, "select item_id, title, price, in_stock from raw.catalog_items order by 1") == [
+        ("1", "1-S", 19.0, True),
+        ("2", "2-S", 9.5, False),
+        ("3", None, None, None),
+    ]
+    assert query(tmp_path, "select reason from ingest.quarantine") == [
+        ("price (variants.*.price): not a number 'soon'",)
+    ]
+
+    events_wh = tmp_path / "events"
+    events_wh.mkdir()
+    events = source_files(events_wh, {"e.csv": 'id,ts,u,items\ne1,2026-10-01T10:00:00Z,a,"[{""sku"": ""x""}]"\n'})
+    source = {"name": "ev", "kind": "events_file", "path": str(events), "event_type": "page_view",
+              "columns": {"event_id": "id", "occurred_at": "ts", "anonymous_id": "u", "item_id": "items.*.sku"}}  # fmt: skip
+    with pytest.raises(IngestError, match=r"'items\.\*\.sku': '\*' \(every element of a list\) is for catalog"):
+        ingest(events_wh, [source])
+    source["columns"]["item_id"] = "items.0.sku"  # one element: loads
+    assert ingest(events_wh, [source])["totals"]["loaded"] == 1
+    assert query(events_wh, "select item_id from raw.events") == [("x",)]
