@@ -12,33 +12,20 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _record import record  # noqa: E402
+from _record import record, run_child  # noqa: E402
 
 INSIGHTS = str(Path(sys.executable).with_name("insights"))
 
 
 def forget(config: Path, ids_file: Path) -> dict:
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [INSIGHTS, "--config", str(config), "forget", "--file", str(ids_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # wait4: the command's own peak memory (its few lines of output fit the pipes' buffers).
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    wall = time.perf_counter() - started
-    if proc.returncode:
+    code, out, err, usage, wall = run_child([INSIGHTS, "--config", str(config), "forget", "--file", str(ids_file)])
+    if code:
         raise SystemExit(f"insights forget failed: {err.strip()}")
     text = " ".join(out.split())
     seconds = dict(re.findall(r"(\w+) (\d+\.\d+)", text.split("seconds:", 1)[1].split("Request")[0]))

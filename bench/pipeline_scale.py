@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _record import record  # noqa: E402  (bench/ is the script's folder)
+from _record import record, run_child  # noqa: E402  (bench/ is the script's folder)
 
 EVENTS_PER_USER = 20
 # Visit-rate scale of the generator that gives about EVENTS_PER_USER over 90 days.
@@ -61,23 +60,13 @@ def run_stage(stage: str, as_of: str) -> None:
 
 
 def _stage(stage: str, as_of: str, env: dict[str, str], cwd: Path) -> dict:
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--stage", stage, "--as-of", as_of],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     # wait4: this stage's own peak memory and CPU time, its children's (dbt, ALS workers)
     # included: CPU seconds over wall seconds says how much of the two cores a stage used.
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{stage} failed ({proc.returncode}):\n{err[-3000:]}")
+    code, out, err, usage, seconds = run_child(
+        [sys.executable, __file__, "--stage", stage, "--as-of", as_of], env=env, cwd=cwd
+    )
+    if code != 0:
+        raise SystemExit(f"{stage} failed ({code}):\n{err[-3000:]}")
     line = next((x for x in out.splitlines() if x.startswith("STAGE")), "STAGE{}")
     cpu = usage.ru_utime + usage.ru_stime
     result = {

@@ -532,15 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
 
+    def people(p: argparse.ArgumentParser) -> None:
+        p.add_argument("ids", nargs="*", help="user ids or cookie ids")
+        p.add_argument("--file", help="a file of ids, one per line")
+
     p = sub.add_parser("forget", help="remove people from the warehouse and every output (right to erasure)")
-    p.add_argument("ids", nargs="*", help="user ids or cookie ids")
-    p.add_argument("--file", help="a file of ids, one per line")
+    people(p)
     p.add_argument("--dry-run", action="store_true", help="count what would be removed, change nothing")
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("person", help="everything the warehouse holds about people, as JSON (right of access)")
-    p.add_argument("ids", nargs="*", help="user ids or cookie ids")
-    p.add_argument("--file", help="a file of ids, one per line")
+    people(p)
     p.add_argument("--out", help="the JSON file to write (default: ./person_<time>.json)")
     p.set_defaults(func=cmd_person)
 
