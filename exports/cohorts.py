@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from exports.filters import FilterError, Names, category_levels, column_types, compile_filter, compile_sort
 from insights.config import CohortDefinition, Config
+from insights.storage import replace_text
 from insights.warehouse import query_table, scored_as_of
 from models_ml.segments import PREDICTIVE_COHORTS, SEGMENTS
 
@@ -521,8 +523,7 @@ def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, i
         changed += 1
         removed += len(rows) - len(kept)
         if not dry_run:
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                csv.writer(fh).writerows(kept)
-            os.replace(tmp, path)
+            text = io.StringIO(newline="")
+            csv.writer(text).writerows(kept)
+            replace_text(path, text.getvalue())
     return {"files": changed, "rows": removed}

@@ -322,67 +322,65 @@ def forget(config: Config, ids: list[str], dry_run: bool = False, store: Store |
     :mod:`insights.privacy`) without them; returns the rows removed per table. As a re-run
     of a date: the new file, then the partition's manifest in one put, then the old file
     deleted, so a reader that follows the manifest never sees a mix."""
-    import pyarrow as pa
-
-    from insights.privacy import IDS, row_condition
+    from insights.privacy import register_ids, row_condition
 
     store = store or open_store(config)
-    found: dict[str, set[str]] = {}
+    # Every partition's keys, from one listing; a partition with a manifest is complete.
+    found: dict[tuple[str, str], list[str]] = {}
     for key in store.list(""):
         parts = key.split("/")
-        if len(parts) == 3 and parts[1].startswith("dt=") and parts[2] == MANIFEST:
-            found.setdefault(parts[0], set()).add(parts[1][3:])
+        if len(parts) == 3 and parts[1].startswith("dt="):
+            found.setdefault((parts[0], parts[1][3:]), []).append(key)
     removed: dict[str, int] = {}
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.urandom(4).hex()}"
     staging = Path(tempfile.mkdtemp(prefix="insights-forget-"))
     con = duckdb.connect()
-    con.register(IDS, pa.table({"id": pa.array(ids, pa.string())}))
+    register_ids(con, ids)
     try:
-        for table, dates in sorted(found.items()):
-            for dt in sorted(dates):
-                manifest = read_manifest(store, table, dt) or {}
-                condition = row_condition({c["name"] for c in manifest.get("schema", [])})
-                if not condition:
+        for (table, dt), keys in sorted(found.items()):
+            manifest_key = f"{table}/dt={dt}/{MANIFEST}"
+            manifest = read_manifest(store, table, dt) if manifest_key in keys else None
+            condition = row_condition({c["name"] for c in manifest["schema"]}) if manifest else None
+            if not condition:
+                continue
+            # Files the manifest no longer lists (a forget or a publish killed before its
+            # clean-up) may still hold the people's rows: they go first.
+            listed = {f["key"] for f in manifest["files"]} | {manifest_key}
+            unlisted = [k for k in keys if k not in listed]
+            if unlisted and not dry_run:
+                store.delete(unlisted)
+            kept, dropped = [], 0
+            for entry in manifest["files"]:
+                data = store.get_bytes(entry["key"])
+                if data is None:
+                    raise DatastoreError(f"{store.location(entry['key'])}: listed in its manifest but missing")
+                local = staging / "part.parquet"
+                local.write_bytes(data)
+                source = f"read_parquet('{local.as_posix()}')"
+                count = con.execute(f"select count(*) from {source} where {condition}").fetchone()[0]
+                dropped += count
+                if not count or dry_run:
+                    kept.append(entry)
                     continue
-                # Files the manifest no longer lists (a forget or a publish killed before
-                # its clean-up) may still hold the people's rows: they go first.
-                listed = {f["key"] for f in manifest["files"]} | {f"{table}/dt={dt}/{MANIFEST}"}
-                unlisted = [k for k in store.list(f"{table}/dt={dt}/") if k not in listed]
-                if unlisted and not dry_run:
-                    store.delete(unlisted)
-                kept, dropped = [], 0
-                for entry in manifest["files"]:
-                    data = store.get_bytes(entry["key"])
-                    if data is None:
-                        raise DatastoreError(f"{store.location(entry['key'])}: listed in its manifest but missing")
-                    local = staging / "part.parquet"
-                    local.write_bytes(data)
-                    source = f"read_parquet('{local.as_posix()}')"
-                    count = con.execute(f"select count(*) from {source} where {condition}").fetchone()[0]
-                    if not count or dry_run:
-                        kept.append(entry)
-                        dropped += count
-                        continue
-                    dropped += count
-                    out = staging / "kept.parquet"
-                    con.execute(
-                        f"copy (select * from {source} where not coalesce({condition}, false)) to "
-                        f"'{out.as_posix()}' (format parquet, compression zstd, row_group_size 100000)"
-                    )
-                    name = Path(entry["key"]).name.removesuffix(".parquet").split("-forget-")[0]
-                    key = f"{table}/dt={dt}/{name}-forget-{stamp}.parquet"
-                    store.put_file(out, key)
-                    kept.append({"key": key, "bytes": out.stat().st_size, "sha256": _sha256(out)})
-                if not dropped:
-                    continue
-                removed[table] = removed.get(table, 0) + dropped
-                if dry_run:
-                    continue
-                old = [e["key"] for e in manifest["files"] if e not in kept]
-                manifest.update(files=kept, rows=manifest["rows"] - dropped)
-                manifest["forgotten_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-                store.put_bytes(f"{table}/dt={dt}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-                store.delete(old)
+                out = staging / "kept.parquet"
+                con.execute(
+                    f"copy (select * from {source} where not coalesce({condition}, false)) to "
+                    f"'{out.as_posix()}' (format parquet, compression zstd, row_group_size 100000)"
+                )
+                name = Path(entry["key"]).name.removesuffix(".parquet").split("-forget-")[0]
+                key = f"{table}/dt={dt}/{name}-forget-{stamp}.parquet"
+                store.put_file(out, key)
+                kept.append({"key": key, "bytes": out.stat().st_size, "sha256": _sha256(out)})
+            if not dropped:
+                continue
+            removed[table] = removed.get(table, 0) + dropped
+            if dry_run:
+                continue
+            old = [e["key"] for e in manifest["files"] if e not in kept]
+            manifest.update(files=kept, rows=manifest["rows"] - dropped)
+            manifest["forgotten_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+            store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode())
+            store.delete(old)
     finally:
         con.close()
         shutil.rmtree(staging, ignore_errors=True)

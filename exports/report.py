@@ -27,7 +27,8 @@ import numpy as np
 
 from exports import charts
 from insights.config import Config
-from insights.warehouse import scored_as_of
+from insights.storage import replace_text
+from insights.warehouse import has_table, scored_as_of
 
 SECTIONS = [
     ("summary", "At a glance"),
@@ -45,16 +46,6 @@ SECTIONS = [
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
     return con.execute(sql, params or []).fetchone()[0]
-
-
-def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(
-        _one(
-            con,
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-            [schema, table],
-        )
-    )
 
 
 def _finite(value: Any) -> float | None:
@@ -159,7 +150,7 @@ def _quality(con: duckdb.DuckDBPyConnection, config: Config) -> dict[str, Any]:
         "from raw.events group by all) where flagged or regexp_matches(coalesce(useragent, ''), ?)",
         [config.transform.bot_useragent_pattern],
     )
-    clean = _one(con, "select count(*) from main.fct_events") if _exists(con, "main", "fct_events") else 0
+    clean = _one(con, "select count(*) from main.fct_events") if has_table(con, "main", "fct_events") else 0
     failed_checks = con.execute(
         "select source_name, expectation, column_name, unexpected_count from ingest.validation_results "
         "where not success order by validated_at desc limit 8"
@@ -683,9 +674,7 @@ def write_report(
     folder = Path(config.resolve(config.report.out_dir))
     folder.mkdir(parents=True, exist_ok=True)
     local = folder / f"run_report_{dt}.html"
-    tmp = local.with_name(f".{local.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, local)
+    replace_text(local, html)
     store = open_store(config)
     key = f"reports/dt={dt}/run_report.html"
     store.put_bytes(key, html.encode("utf-8"))

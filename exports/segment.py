@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from insights import faults
 from insights.config import Config
+from insights.storage import replace_text
 from insights.warehouse import insert_rows
 
 log = logging.getLogger(__name__)
@@ -381,7 +382,5 @@ def forget_dry_run(config: Config, ids: list[str], dry_run: bool = False) -> int
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     kept = [line for line in lines if not line.strip() or json.loads(line).get("userId") not in wanted]
     if len(kept) < len(lines) and not dry_run:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        replace_text(path, "".join(kept))
     return len(lines) - len(kept)

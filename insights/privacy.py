@@ -35,7 +35,7 @@ import pyarrow as pa
 from insights import faults
 from insights.config import Config
 from insights.timing import timed
-from insights.warehouse import transaction
+from insights.warehouse import has_table, transaction
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +88,11 @@ class Resolved:
     ids: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def _has_table(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    return bool(
-        con.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, name]
-        ).fetchone()[0]
-    )
-
-
 def resolve(con: duckdb.DuckDBPyConnection, given: list[str]) -> Resolved:
     """Each given id as a user (with every cookie it was seen with) or a cookie; ids recorded
     by an earlier request for the same person count again (its events are gone by then)."""
     out = Resolved(given)
-    con.register("given_ids", pa.table({"id": pa.array(given, pa.string())}))
+    register_ids(con, given, "given_ids")
     try:
         sources = ["select user_id as id, 'user' as kind from raw.events where user_id in (select id from given_ids)"]
         sources.append("select anonymous_id, 'cookie' from raw.events where anonymous_id in (select id from given_ids)")
@@ -108,7 +100,7 @@ def resolve(con: duckdb.DuckDBPyConnection, given: list[str]) -> Resolved:
             "select user_id, anonymous_id from raw.events where user_id in (select id from given_ids) "
             "and anonymous_id is not null"
         ]
-        if _has_table(con, "main", "dim_identity_map"):
+        if has_table(con, "main", "dim_identity_map"):
             sources.append(
                 "select user_id, 'user' from main.dim_identity_map where user_id in (select id from given_ids)"
             )
@@ -116,7 +108,7 @@ def resolve(con: duckdb.DuckDBPyConnection, given: list[str]) -> Resolved:
                 "select user_id, anonymous_id from main.dim_identity_map where user_id in (select id from given_ids) "
                 "and anonymous_id is not null"
             )
-        if _has_table(con, "main", "user_insights"):
+        if has_table(con, "main", "user_insights"):
             # A visitor who never logged in is scored under their cookie id.
             sources.append(
                 "select user_id, case when is_identified then 'user' else 'cookie' end from main.user_insights "
@@ -129,7 +121,7 @@ def resolve(con: duckdb.DuckDBPyConnection, given: list[str]) -> Resolved:
             con.execute(
                 "select id, kind, person from privacy.forgotten where person in (select id from given_ids)"
             ).fetchall()
-            if _has_table(con, "privacy", "forgotten")
+            if has_table(con, "privacy", "forgotten")
             else []
         )
         for id_, kind, person in recorded:
@@ -151,8 +143,8 @@ def resolve(con: duckdb.DuckDBPyConnection, given: list[str]) -> Resolved:
     return out
 
 
-def register_ids(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
-    con.register(IDS, pa.table({"id": pa.array(ids, pa.string())}))
+def register_ids(con: duckdb.DuckDBPyConnection, ids: list[str], name: str = IDS) -> None:
+    con.register(name, pa.table({"id": pa.array(ids, pa.string())}))
 
 
 def row_condition(columns: set[str], ids: str = IDS) -> str | None:
@@ -247,31 +239,36 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
     with timed(seconds, "resolve"):
         who = resolve(con, given)
     ids = list(who.ids)
-    register_ids(con, ids)
     request_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC).replace(tzinfo=None)
-    sent = (
-        con.execute(f"select count(*) from segment.sent_traits where user_id in (select id from {IDS})").fetchone()[0]
-        if _has_table(con, "segment", "sent_traits")
-        else 0
-    )
     removed: dict[str, int] = {}
-    if not dry_run:
-        # First the request: from here on ingestion refuses the ids, and a crash leaves a
-        # request that the same command completes.
-        with transaction(con):
-            con.execute(
-                "insert or ignore into privacy.forgotten select id, kind, person, ?, ? from ("
-                "select unnest(?) as id, unnest(?) as kind, unnest(?) as person)",
-                [request_id, now, ids, [k for k, _ in who.ids.values()], [p for _, p in who.ids.values()]],
-            )
-    faults.reached("forget.recorded")
-    with timed(seconds, "warehouse"), transaction(con):
-        for schema, table, condition in warehouse_tables(con):
-            verb = "select count(*) from" if dry_run else "delete from"
-            count = con.execute(f"{verb} {schema}.{table} where {condition}").fetchone()[0]
-            if count:
-                removed[f"{schema}.{table}"] = count
+    register_ids(con, ids)
+    try:
+        sent = (
+            con.execute(f"select count(*) from segment.sent_traits where user_id in (select id from {IDS})").fetchone()[
+                0
+            ]
+            if has_table(con, "segment", "sent_traits")
+            else 0
+        )
+        if not dry_run:
+            # First the request: from here on ingestion refuses the ids, and a crash leaves a
+            # request that the same command completes.
+            with transaction(con):
+                con.execute(
+                    "insert or ignore into privacy.forgotten select id, kind, person, ?, ? from ("
+                    "select unnest(?) as id, unnest(?) as kind, unnest(?) as person)",
+                    [request_id, now, ids, [k for k, _ in who.ids.values()], [p for _, p in who.ids.values()]],
+                )
+        faults.reached("forget.recorded")
+        with timed(seconds, "warehouse"), transaction(con):
+            for schema, table, condition in warehouse_tables(con):
+                verb = "select count(*) from" if dry_run else "delete from"
+                count = con.execute(f"{verb} {schema}.{table} where {condition}").fetchone()[0]
+                if count:
+                    removed[f"{schema}.{table}"] = count
+    finally:
+        con.unregister(IDS)
     if not dry_run:
         with timed(seconds, "checkpoint"):
             con.execute("checkpoint")
@@ -286,7 +283,6 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
     ):
         with timed(seconds, name):
             outputs[name] = forget_in(config, ids, dry_run=dry_run)
-    con.unregister(IDS)
     summary = {
         "request_id": None if dry_run else request_id,
         "dry_run": dry_run,

@@ -223,10 +223,10 @@ def person(config: Config, ids: list[str], out: str) -> dict[str, Any]:
     """Write everything the warehouse holds about people (user or cookie ids) to the JSON
     file ``out`` (a subject access request); returns the rows per table."""
     import json
-    import os
     from pathlib import Path
 
     from insights.privacy import collect
+    from insights.storage import replace_text
 
     con = connect(config, read_only=True)
     try:
@@ -235,9 +235,7 @@ def person(config: Config, ids: list[str], out: str) -> dict[str, Any]:
         con.close()
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(found, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(found, indent=2, default=str, ensure_ascii=False))
     return {
         "path": str(path),
         "users": len(found["users"]),

@@ -152,3 +152,11 @@ def decompress(data: bytes, path: str) -> bytes:
         except (OSError, EOFError, isal_zlib.error) as exc:
             raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
     return data
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` all at once: a reader sees the old file or the new."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:  # line ends as given
+        fh.write(text)
+    os.replace(tmp, path)

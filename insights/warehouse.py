@@ -209,13 +209,17 @@ def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) ->
     return table.to_pandas()
 
 
+def has_table(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, name]
+        ).fetchall()[0][0]
+    )
+
+
 def require_table(con: duckdb.DuckDBPyConnection, table: str, remedy: str) -> None:
     """Stop with what to run when ``table`` (``schema.name``) is not in the warehouse yet."""
-    schema, name = table.split(".")
-    found = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, name]
-    ).fetchone()[0]
-    if not found:
+    if not has_table(con, *table.split(".")):
         raise RuntimeError(f"{table} does not exist yet: {remedy}")
 
 
