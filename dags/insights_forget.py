@@ -3,14 +3,16 @@
 
 Forgets people on request (the right to erasure): their events, every warehouse row derived
 from them, their rows in the datastore, the cohort CSVs, Segment's dry-run file, the
-recommendation table and the saved models; ingestion never loads their ids again. Calls the
-same step function as `insights forget`.
+recommendation table and the saved models, and asks Segment to delete the users it was sent
+(`api_token` in the Segment connection's extra); ingestion never loads their ids again.
+Calls the same step function as `insights forget`.
 
 Not scheduled: trigger it with the ids, user ids or cookie ids (a user id brings the cookies
 it was seen with), e.g. `airflow dags trigger insights_forget --conf '{"ids": ["u123"]}'`,
 or from the UI's trigger form. The task's result counts what was removed where; the ids
-themselves are not logged. Segment keeps its own profiles: the result says how many of the
-people were sent there, to be deleted in Segment as well.
+themselves are not logged. When Segment's deletion cannot be requested (no token, an outage)
+the task fails after everything else is done; a retry, or a run triggered without ids, asks
+Segment again for the deletions still pending.
 """
 
 from __future__ import annotations

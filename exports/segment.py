@@ -38,7 +38,7 @@ import duckdb
 import pyarrow as pa
 
 from insights import faults
-from insights.config import Config
+from insights.config import Config, SegmentConfig
 from insights.storage import replace_text
 from insights.warehouse import insert_rows
 
@@ -241,6 +241,7 @@ class Outcome:
     reason: str = ""
     attempts: int = 0
     fatal: bool = False
+    body: bytes = b""
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -256,6 +257,51 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
+def post_with_retries(
+    seg: SegmentConfig,
+    url: str,
+    body: bytes | Callable[[], bytes],
+    headers: dict[str, str],
+    rejected: str,
+    sleep: Callable[[float], None],
+) -> Outcome:
+    """POST ``body`` (a callable: made again for each attempt) to one of Segment's APIs: 429 waits for
+    ``Retry-After``; 5xx, timeouts and connection errors back off exponentially, up to
+    ``seg.max_retries`` retries; 401 and 403 are fatal (``rejected`` says which credential);
+    any other 4xx is given up at once."""
+    delay = seg.backoff_seconds
+    reason = ""
+    for attempt in range(1, seg.max_retries + 2):
+        request = urllib.request.Request(
+            url,
+            data=body() if callable(body) else body,
+            method="POST",
+            headers={**headers, "User-Agent": "user-insights"},
+        )
+        wait = delay
+        try:
+            with urllib.request.urlopen(request, timeout=seg.timeout_seconds) as response:
+                return Outcome(True, attempts=attempt, body=response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:200].decode(errors="replace")
+            reason = f"HTTP {exc.code} {detail}".strip()
+            if exc.code in (401, 403):
+                return Outcome(False, f"HTTP {exc.code}: {rejected}", attempt, fatal=True)
+            if exc.code == 429:
+                after = _retry_after(exc.headers.get("Retry-After"))
+                wait = after if after is not None else delay
+            elif exc.code < 500:
+                return Outcome(False, reason, attempt)
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            cause = getattr(exc, "reason", exc)
+            reason = f"{type(cause).__name__}: {cause}"
+        if attempt <= seg.max_retries:
+            log.info("segment request attempt %d failed (%s); retrying in %.1fs", attempt, reason, wait)
+            sleep(min(wait, seg.max_wait_seconds))
+            delay *= 2
+    return Outcome(False, f"gave up after {seg.max_retries + 1} attempts: {reason}", seg.max_retries + 1)
+
+
 class Sender:
     """Posts batches to the Segment HTTP API with retries (``sleep`` is injectable for tests)."""
 
@@ -265,40 +311,19 @@ class Sender:
         self.sleep = sleep
 
     def post(self, batch: list[Message]) -> Outcome:
-        sent_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        body = ('{"batch":[' + ",".join(m.body for m in batch) + f'],"sentAt":"{sent_at}"}}').encode()
-        delay = self.seg.backoff_seconds
-        reason = ""
-        for attempt in range(1, self.seg.max_retries + 2):
-            request = urllib.request.Request(
-                self.seg.endpoint,
-                data=body,
-                method="POST",
-                headers={"Content-Type": "application/json", "Authorization": self.auth, "User-Agent": "user-insights"},
-            )
-            wait = delay
-            try:
-                with urllib.request.urlopen(request, timeout=self.seg.timeout_seconds) as response:
-                    response.read()
-                    return Outcome(True, attempts=attempt)
-            except urllib.error.HTTPError as exc:
-                detail = exc.read()[:200].decode(errors="replace")
-                reason = f"HTTP {exc.code} {detail}".strip()
-                if exc.code in (401, 403):
-                    return Outcome(False, f"HTTP {exc.code}: write key rejected", attempt, fatal=True)
-                if exc.code == 429:
-                    after = _retry_after(exc.headers.get("Retry-After"))
-                    wait = after if after is not None else delay
-                elif exc.code < 500:
-                    return Outcome(False, reason, attempt)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                cause = getattr(exc, "reason", exc)
-                reason = f"{type(cause).__name__}: {cause}"
-            if attempt <= self.seg.max_retries:
-                log.info("segment batch attempt %d failed (%s); retrying in %.1fs", attempt, reason, wait)
-                self.sleep(min(wait, self.seg.max_wait_seconds))
-                delay *= 2
-        return Outcome(False, f"gave up after {self.seg.max_retries + 1} attempts: {reason}", self.seg.max_retries + 1)
+        def body() -> bytes:
+            # sentAt is the time of each attempt.
+            sent_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            return ('{"batch":[' + ",".join(m.body for m in batch) + f'],"sentAt":"{sent_at}"}}').encode()
+
+        return post_with_retries(
+            self.seg,
+            self.seg.endpoint,
+            body,
+            {"Content-Type": "application/json", "Authorization": self.auth},
+            "write key rejected",
+            self.sleep,
+        )
 
 
 def sync(
@@ -372,9 +397,82 @@ def _log(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
     insert_rows(con, "segment.sync_log", rows)
 
 
+# Segment's Public API takes at most 5,000 user ids per regulation.
+MAX_REGULATION_SUBJECTS = 5_000
+
+
+def request_deletions(
+    config: Config,
+    con: duckdb.DuckDBPyConnection,
+    environ: dict[str, str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Ask Segment to delete the forgotten users it was sent (``privacy.segment_deletions``
+    rows without a regulation yet): ``POST /regulations`` of the Public API, at most 5,000
+    user ids a request, with the retries of the trait sync. Each accepted request's
+    ``regulateId`` is recorded with its users; the others stay pending with the reason, for
+    the next ``insights forget`` (or ``insights forget --segment-pending``). A crash between
+    Segment's answer and the record asks again for the same users: a second deletion of
+    the same people, which changes nothing.
+
+    Returns counts: ``pending`` before, ``requested``, ``left`` (still pending), the
+    ``regulations`` accepted and, when some are left, the ``reason``."""
+    seg = config.segment
+    pending = [
+        row[0]
+        for row in con.execute(
+            "select user_id from privacy.segment_deletions where regulate_id is null order by recorded_at, user_id"
+        ).fetchall()
+    ]
+    summary: dict[str, Any] = {"pending": len(pending), "requested": 0, "left": len(pending), "regulations": []}
+    if not pending:
+        return summary
+    token = (environ if environ is not None else os.environ).get(seg.api_token_env)
+    if not token:
+        summary["reason"] = (
+            f"no Segment Public API token in ${seg.api_token_env} (a token with the Workspace Owner or "
+            "Deletion and Suppression role; or set segment.delete_on_forget: false and delete them in Segment)"
+        )
+        return summary
+    url = seg.api_url.rstrip("/") + "/regulations"
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"}
+    for start in range(0, len(pending), MAX_REGULATION_SUBJECTS):
+        users = pending[start : start + MAX_REGULATION_SUBJECTS]
+        payload = json.dumps(
+            {"regulationType": seg.regulation_type, "subjectType": "USER_ID", "subjectIds": users}
+        ).encode()
+        outcome = post_with_retries(seg, url, payload, headers, "Public API token rejected", sleep)
+        regulate_id = None
+        if outcome.ok:
+            try:
+                regulate_id = json.loads(outcome.body)["data"]["regulateId"]
+            except (ValueError, KeyError, TypeError):
+                outcome = Outcome(False, f"unexpected answer {outcome.body[:200]!r}", outcome.attempts)
+        if regulate_id:
+            faults.reached("segment.regulation")  # accepted by Segment, not recorded yet
+        register = "segment_deletion_users"
+        con.register(register, pa.table({"user_id": pa.array(users, pa.string())}))
+        try:
+            con.execute(
+                "update privacy.segment_deletions set attempts = coalesce(attempts, 0) + ?, "
+                "regulate_id = ?, regulated_at = case when ? is not null then now()::timestamp end, last_error = ? "
+                f"where user_id in (select user_id from {register})",
+                [outcome.attempts, regulate_id, regulate_id, None if regulate_id else outcome.reason],
+            )
+        finally:
+            con.unregister(register)
+        if not regulate_id:
+            summary["reason"] = outcome.reason
+            break
+        summary["requested"] += len(users)
+        summary["regulations"].append(regulate_id)
+    summary["left"] = len(pending) - summary["requested"]
+    return summary
+
+
 def forget_dry_run(config: Config, ids: list[str], dry_run: bool = False) -> int:
-    """Remove the messages of ``ids`` from the dry-run file; returns how many. (Segment keeps
-    its own profile of a user it was sent: deleting it there is Segment's own request.)"""
+    """Remove the messages of ``ids`` from the dry-run file; returns how many. (The users
+    Segment was really sent are deleted there by :func:`request_deletions`.)"""
     path = Path(config.resolve(config.segment.dry_run_path))
     if not path.is_file():
         return 0

@@ -404,10 +404,17 @@ def _count(n: int, noun: str) -> str:
 
 def cmd_forget(args: argparse.Namespace, config: Config) -> None:
     from insights import steps
-    from insights.privacy import read_ids
+    from insights.privacy import ForgetError, read_ids
 
-    summary = steps.forget(config, read_ids(args.ids, args.file), dry_run=args.dry_run)
     console = _console()
+    if args.segment_pending and not args.ids and not args.file:
+        if args.dry_run:
+            raise ForgetError("--segment-pending with --dry-run: nothing to count (it only asks Segment again)")
+        segment = {"delete_on_forget": True, **steps.segment_pending(config)}
+        _print_segment_deletion(console, segment, config, nothing="no deletion pending")
+        _fail_if_deletion_left(segment)
+        return
+    summary = steps.forget(config, read_ids(args.ids, args.file), dry_run=args.dry_run)
     dry = summary["dry_run"]
     verb = "would remove" if dry else "removed"
     unknown = summary["unknown"]
@@ -437,11 +444,14 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
         f"{_count(sum(out['recommendation_table'].values()), 'row')}; saved models: "
         f"{_count(sum(out['model_versions'].values()), 'user vector')}"
     )
-    if summary["segment_profiles"]:
+    segment = summary["segment"]
+    if dry and segment["profiles"]:
         console.print(
-            f"  [yellow]Segment was sent traits of {summary['segment_profiles']:,} of them[/yellow]: Segment keeps "
-            "its own profiles, delete them there too (a deletion request in Segment's privacy settings)."
+            f"  Segment: was sent traits of {segment['profiles']:,} of them; "
+            + ("their deletion would be requested" if segment["delete_on_forget"] else "delete them there too")
         )
+    elif not dry:
+        _print_segment_deletion(console, segment, config)
     _print_seconds(summary)
     if dry:
         console.print("Nothing was changed.")
@@ -449,6 +459,36 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
         console.print(
             f"Request {summary['request_id']} recorded in privacy.forgotten: ingestion will not load these ids again."
         )
+    _fail_if_deletion_left(segment)
+
+
+def _print_segment_deletion(
+    console: Any, segment: dict[str, Any], config: Config, nothing: str = "none of them was sent there"
+) -> None:
+    """What Segment was asked to delete (by ``insights forget``), or why it was not."""
+    if not segment["delete_on_forget"]:
+        if segment.get("profiles"):
+            console.print(
+                f"  [yellow]Segment was sent traits of {segment['profiles']:,} of them[/yellow] "
+                "(segment.delete_on_forget is false): delete them there too, in Segment's privacy settings."
+            )
+        return
+    if segment.get("requested"):
+        console.print(
+            f"  Segment: {config.segment.regulation_type} requested for {_count(segment['requested'], 'user')} "
+            f"(regulation {', '.join(segment['regulations'])}); Segment carries it out within days "
+            "(its privacy settings show the progress)"
+        )
+    elif not segment.get("pending"):
+        console.print(f"  Segment: {nothing}")
+
+
+def _fail_if_deletion_left(segment: dict[str, Any]) -> None:
+    from insights.privacy import deletion_left
+
+    message = deletion_left(segment)
+    if message:
+        raise RuntimeError(message)
 
 
 def cmd_person(args: argparse.Namespace, config: Config) -> None:
@@ -539,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("forget", help="remove people from the warehouse and every output (right to erasure)")
     people(p)
     p.add_argument("--dry-run", action="store_true", help="count what would be removed, change nothing")
+    p.add_argument(
+        "--segment-pending",
+        action="store_true",
+        help="(without ids) ask Segment again to delete the forgotten users whose deletion is pending",
+    )
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("person", help="everything the warehouse holds about people, as JSON (right of access)")

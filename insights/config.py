@@ -364,6 +364,25 @@ class SegmentConfig(_Strict):
     backoff_seconds: float = Field(1.0, ge=0, description="First retry delay; doubles each time.")
     max_wait_seconds: float = Field(60.0, ge=0, description="Longest single wait, Retry-After included.")
     timeout_seconds: float = Field(10.0, gt=0)
+    delete_on_forget: bool = Field(
+        True,
+        description="`insights forget` asks Segment (its Public API) to delete the users it was sent; "
+        "false: delete them in Segment yourself.",
+    )
+    api_url: str = Field(
+        "https://api.segmentapis.com",
+        description="Segment's Public API. EU workspaces: https://eu1.api.segmentapis.com.",
+    )
+    api_token_env: str = Field(
+        "SEGMENT_API_TOKEN", description="Environment variable holding a Public API token (deletion requests)."
+    )
+    regulation_type: Literal[
+        "SUPPRESS_WITH_DELETE", "DELETE_ONLY", "SUPPRESS_WITH_DELETE_INTERNAL", "DELETE_INTERNAL"
+    ] = Field(
+        "SUPPRESS_WITH_DELETE",
+        description="The deletion Segment is asked for: with or without suppressing new data about the "
+        "user, in Segment and its destinations or in Segment only (_INTERNAL).",
+    )
 
     @model_validator(mode="after")
     def _decimals_of_known_traits(self) -> SegmentConfig:

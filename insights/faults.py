@@ -7,7 +7,8 @@ started; use a delay to land inside the build), ``export.cohorts`` (cohort CSVs 
 nothing published), ``publish.data`` (data files uploaded, no manifest yet),
 ``publish.manifests`` (manifests written, no ``_latest`` moved yet), ``segment.batch`` (a
 batch accepted by Segment, not yet recorded), ``forget.recorded`` (the ids recorded,
-nothing removed yet), ``forget.warehouse`` (the warehouse done, no output yet).
+nothing removed yet), ``forget.warehouse`` (the warehouse done, no output yet),
+``segment.regulation`` (a deletion request accepted by Segment, not yet recorded).
 """
 
 from __future__ import annotations

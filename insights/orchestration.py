@@ -121,8 +121,9 @@ def _connection(conn_id: str) -> Any:
 def connection_credentials(config: Config) -> Iterator[Config]:
     """Credentials from the configured Airflow connections, for the duration of one task:
     the S3 keys as the variables boto3 reads, the Segment write key as
-    ``segment.write_key_env``; an endpoint or region in a connection's extra overrides the
-    config. Nothing is written to the config file or logged."""
+    ``segment.write_key_env`` and its extra's ``api_token`` (the Public API's, for deletions)
+    as ``segment.api_token_env``; an endpoint, API URL or region in a connection's extra
+    overrides the config. Nothing is written to the config file or logged."""
     settings = config.airflow
     values: dict[str, str] = {}
     s3_update: dict[str, Any] = {}
@@ -149,9 +150,14 @@ def connection_credentials(config: Config) -> Iterator[Config]:
                 "put the Segment write key there"
             )
         values[config.segment.write_key_env] = conn.password
-        endpoint = (conn.extra_dejson or {}).get("endpoint")
-        if endpoint:
-            segment_update["endpoint"] = endpoint
+        extra = conn.extra_dejson or {}
+        if extra.get("endpoint"):
+            segment_update["endpoint"] = extra["endpoint"]
+        # The Public API (deletion requests) has its own token: Airflow masks "token" keys.
+        if extra.get("api_token"):
+            values[config.segment.api_token_env] = extra["api_token"]
+        if extra.get("api_url"):
+            segment_update["api_url"] = extra["api_url"]
     resolved = config
     if s3_update or segment_update:
         resolved = config.model_copy(
@@ -202,20 +208,30 @@ def run_step(step: str, context: Mapping[str, Any] | None = None, **kwargs: Any)
 
 
 def forget(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``insights_forget`` DAG's task: the ids from the run's ``ids`` parameter; the
-    result counts what was removed where and names no id (XCom and the logs keep it)."""
+    """The ``insights_forget`` DAG's task: the ids from the run's ``ids`` parameter (none:
+    only ask Segment again for the deletions still pending); the result counts what was
+    removed where and names no id (XCom and the logs keep it). The task fails when Segment's
+    deletion is left pending (after everything else is done): a retry asks again."""
     from insights import steps
-    from insights.privacy import read_ids
+    from insights.privacy import deletion_left, read_ids
 
     context = _current(context)
-    ids = read_ids(list((context.get("params") or {}).get("ids") or []))
+    given = list((context.get("params") or {}).get("ids") or [])
     config = load_config()
     started = time.perf_counter()
     with connection_credentials(config) as config:
-        summary = steps.forget(config, ids)
-    summary["unknown"] = len(summary["unknown"])
+        if given:
+            summary = steps.forget(config, read_ids(given))
+            summary["unknown"] = len(summary["unknown"])
+            deletion = summary["segment"]
+            log.info("forget: %s", steps.headline("forget", summary))
+        else:
+            deletion = summary = {"delete_on_forget": True, **steps.segment_pending(config)}
+            log.info("forget: no ids; Segment asked to delete %d pending users", summary["requested"])
     summary["elapsed_seconds"] = round(time.perf_counter() - started, 2)
-    log.info("forget: %s", steps.headline("forget", summary))
+    left = deletion_left(deletion)
+    if left:
+        raise RuntimeError(left)
     return _jsonable(summary)
 
 

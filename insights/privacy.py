@@ -15,6 +15,11 @@ device another person's logged-in rows stay, their anonymous rows go (they canno
 apart). Raw text (quarantined lines, Singer records) goes when it holds one of the ids as a
 field: a JSON string or number, a tab- or comma-separated field.
 
+The users Segment was sent traits of are deleted there too: ``privacy.segment_deletions``
+records them with the request, and Segment's Public API is asked to delete (and by default
+suppress) them (:func:`exports.segment.request_deletions`); until it accepted, they stay
+pending and every later ``insights forget`` asks again.
+
 What is aggregated over many people (item popularity, funnel counts, the item vectors of a
 trained model) keeps their contribution until it is rebuilt: ``insights transform
 --full-refresh`` and the next training.
@@ -260,6 +265,13 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
                     "select unnest(?) as id, unnest(?) as kind, unnest(?) as person)",
                     [request_id, now, ids, [k for k, _ in who.ids.values()], [p for _, p in who.ids.values()]],
                 )
+                if sent and config.segment.delete_on_forget:
+                    # The users Segment holds, kept until it accepted their deletion.
+                    con.execute(
+                        "insert or ignore into privacy.segment_deletions select user_id, ?, ?, null, null, 0, null "
+                        f"from segment.sent_traits where user_id in (select id from {IDS})",
+                        [request_id, now],
+                    )
         faults.reached("forget.recorded")
         with timed(seconds, "warehouse"), transaction(con):
             for schema, table, condition in warehouse_tables(con):
@@ -283,6 +295,10 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
     ):
         with timed(seconds, name):
             outputs[name] = forget_in(config, ids, dry_run=dry_run)
+    deletion: dict[str, Any] = {"profiles": sent, "delete_on_forget": config.segment.delete_on_forget}
+    if not dry_run and config.segment.delete_on_forget:
+        with timed(seconds, "segment_deletion"):
+            deletion |= segment.request_deletions(config, con)
     summary = {
         "request_id": None if dry_run else request_id,
         "dry_run": dry_run,
@@ -292,7 +308,7 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
         "unknown": who.unknown,
         "warehouse": removed,
         "outputs": outputs,
-        "segment_profiles": sent,
+        "segment": deletion,
         "seconds": seconds,
     }
     if not dry_run:
@@ -309,3 +325,21 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
             ],
         )
     return summary
+
+
+def segment_pending(config: Config, con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Ask Segment again to delete the forgotten users whose deletion it has not accepted yet."""
+    from exports import segment
+
+    return segment.request_deletions(config, con)
+
+
+def deletion_left(deletion: dict[str, Any]) -> str | None:
+    """What to tell the operator when some of Segment's deletions are still pending, else None."""
+    if not deletion.get("delete_on_forget", True) or not deletion.get("left"):
+        return None
+    return (
+        f"Segment's deletion of {deletion['left']:,} forgotten user(s) is pending: {deletion.get('reason')}. "
+        "Everything else is forgotten; once that is mended run `insights forget --segment-pending` "
+        "(or trigger insights_forget without ids)"
+    )

@@ -219,6 +219,18 @@ def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, A
 
 
 @holds_warehouse
+def segment_pending(config: Config) -> dict[str, Any]:
+    """Ask Segment again to delete the forgotten users it has not accepted a deletion of."""
+    from insights.privacy import segment_pending as request
+
+    con = connect(config)
+    try:
+        return request(config, con)
+    finally:
+        con.close()
+
+
+@holds_warehouse
 def person(config: Config, ids: list[str], out: str) -> dict[str, Any]:
     """Write everything the warehouse holds about people (user or cookie ids) to the JSON
     file ``out`` (a subject access request); returns the rows per table."""
@@ -347,12 +359,20 @@ def headline(step: str, summary: dict[str, Any]) -> str:
         return f"run report {summary['path']}"
     if step == "forget":
         unknown = summary["unknown"] if isinstance(summary["unknown"], int) else len(summary["unknown"])
-        segment = summary["segment_profiles"]
+        segment = summary["segment"]
+        if not segment["profiles"]:
+            in_segment = ""
+        elif not segment["delete_on_forget"]:
+            in_segment = f"; Segment holds {segment['profiles']:,} of their profiles: delete them there too"
+        else:
+            asked = segment.get("requested", 0)
+            in_segment = f"; Segment asked to delete {asked:,} user{'' if asked == 1 else 's'}" + (
+                f", {segment['left']:,} pending" if segment.get("left") else ""
+            )
         return (
             f"{summary['users']:,} users and {summary['cookies']:,} cookie ids forgotten"
             + (f" ({unknown:,} ids found nowhere, recorded)" if unknown else "")
             + f": {sum(summary['warehouse'].values()):,} warehouse rows, "
-            f"{sum(summary['outputs']['datastore'].values()):,} datastore rows"
-            + (f"; Segment holds {segment:,} of their profiles: delete them there too" if segment else "")
+            f"{sum(summary['outputs']['datastore'].values()):,} datastore rows" + in_segment
         )
     return ""

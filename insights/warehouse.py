@@ -149,6 +149,12 @@ create schema if not exists privacy;
 create table if not exists privacy.forgotten (
     id varchar primary key, kind varchar, person varchar, request_id varchar, recorded_at timestamp
 );
+-- Users Segment was sent, to be deleted there (exports.segment.request_deletions): pending
+-- until Segment accepted a regulation for them (regulate_id).
+create table if not exists privacy.segment_deletions (
+    user_id varchar primary key, request_id varchar, recorded_at timestamp, regulate_id varchar,
+    regulated_at timestamp, attempts integer, last_error varchar
+);
 create table if not exists privacy.requests (
     request_id varchar primary key, requested_at timestamp, ids_given integer, users integer,
     cookies integer, warehouse_rows bigint, finished_at timestamp

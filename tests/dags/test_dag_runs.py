@@ -21,6 +21,7 @@ from tests.exports.segment_server import FakeSegment
 
 INTERVAL = "2026-11-01T00:00:00+00:00"
 WRITE_KEY = "wk-airflow-connection-only"
+API_TOKEN = "sgp-airflow-connection-only"
 AWS_SECRET = "secret-from-the-airflow-connection"
 
 
@@ -57,7 +58,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str):
             }
         )
     )
-    with FakeSegment(write_key=WRITE_KEY) as segment:
+    with FakeSegment(write_key=WRITE_KEY, api_token=API_TOKEN) as segment:
         env = airflow_env(
             root / "airflow",
             config,
@@ -70,7 +71,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str):
                 }
             ),
             AIRFLOW_CONN_INSIGHTS_SEGMENT=json.dumps(
-                {"conn_type": "http", "password": WRITE_KEY, "extra": {"endpoint": segment.endpoint}}
+                {
+                    "conn_type": "http",
+                    "password": WRITE_KEY,
+                    "extra": {"endpoint": segment.endpoint, "api_token": API_TOKEN, "api_url": segment.api_url},
+                }
             ),
         )
         (root / "airflow").mkdir()
@@ -120,7 +125,8 @@ def test_ingest_then_refresh_then_training(deployment: dict) -> None:
     assert metrics["model_versions"]
 
     # Forgetting a person, triggered with their id: gone from the partition on S3 (and the
-    # rest of the deliveries, see tests/exports/test_forget.py); Segment's copy is reported.
+    # rest of the deliveries, see tests/exports/test_forget.py), and Segment asked to delete
+    # them with the Public API token of the connection.
     user = sorted(m["userId"] for m in segment.accepted.values())[0]
     output.append(airflow(env, "dags", "test", "insights_forget", INTERVAL, "-c", json.dumps({"ids": [user]})))
     forgotten = _manifest(s3, "dag-test", "user_insights")
@@ -132,7 +138,10 @@ def test_ingest_then_refresh_then_training(deployment: dict) -> None:
     assert con.execute("select count(*) from raw.events where user_id = ?", [user]).fetchone()[0] == 0
     assert con.execute("select count(*) from privacy.forgotten where person = ?", [user]).fetchone()[0] >= 1
     con.close()
-    assert "Segment holds 1 of their profiles" in output[-1].stdout + output[-1].stderr + "".join(
+    assert segment.regulations == [
+        {"id": "reg-1", "type": "SUPPRESS_WITH_DELETE", "subject_type": "USER_ID", "subject_ids": [user]}
+    ]
+    assert "Segment asked to delete 1 user" in output[-1].stdout + output[-1].stderr + "".join(
         p.read_text(errors="replace") for p in home.rglob("*.log")
     )
 
@@ -140,4 +149,4 @@ def test_ingest_then_refresh_then_training(deployment: dict) -> None:
     logs = "".join(r.stdout + r.stderr for r in output)
     for path in home.rglob("*.log"):
         logs += path.read_text(errors="replace")
-    assert WRITE_KEY not in logs and AWS_SECRET not in logs
+    assert WRITE_KEY not in logs and AWS_SECRET not in logs and API_TOKEN not in logs

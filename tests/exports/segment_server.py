@@ -1,6 +1,8 @@
 """A local stand-in for Segment's HTTP tracking API (``POST /v1/batch``), as documented:
 write key as basic-auth user, batches <= 500 KB and <= 2,500 messages, messages <= 32 KB,
-de-duplication by messageId. Failures are scripted per request."""
+de-duplication by messageId; and for its Public API's workspace regulations (``POST
+/regulations``: a bearer token, at most 5,000 subject ids, ``{"data": {"regulateId"}}``).
+Failures are scripted per request, for either."""
 
 from __future__ import annotations
 
@@ -14,8 +16,19 @@ from typing import Any
 
 
 class FakeSegment:
-    def __init__(self, write_key: str = "wk-test") -> None:
+    REGULATION_TYPES = (
+        "DELETE_INTERNAL",
+        "DELETE_ONLY",
+        "SUPPRESS_ONLY",
+        "SUPPRESS_WITH_DELETE",
+        "SUPPRESS_WITH_DELETE_INTERNAL",
+        "UNSUPPRESS",
+    )
+
+    def __init__(self, write_key: str = "wk-test", api_token: str = "sgp-test") -> None:
         self.write_key = write_key
+        self.api_token = api_token
+        self.regulations: list[dict[str, Any]] = []  # accepted: id, type, subject type, subject ids
         self.script: list[Any] = []  # per request: "500", ("429", seconds), ("timeout", seconds), "accept-then-hang"
         self.accepted: dict[str, dict[str, Any]] = {}  # messageId -> message
         self.received = Counter()  # messageId -> times received in a 200 response or processed
@@ -45,11 +58,14 @@ class FakeSegment:
                 with outer.lock:
                     action = outer.script.pop(0) if outer.script else None
                     outer.requests.append({"bytes": len(raw), "action": action})
-                if self.path != "/v1/batch":
+                if self.path not in ("/v1/batch", "/regulations"):
                     return self._reply(404, {"error": "not found"})
-                expected = "Basic " + base64.b64encode(f"{outer.write_key}:".encode()).decode()
+                if self.path == "/regulations":
+                    expected = f"Bearer {outer.api_token}"
+                else:
+                    expected = "Basic " + base64.b64encode(f"{outer.write_key}:".encode()).decode()
                 if self.headers.get("Authorization") != expected:
-                    return self._reply(401, {"error": "invalid write key"})
+                    return self._reply(401, {"error": "invalid write key or token"})
                 if action == "500":
                     return self._reply(500, {"error": "internal"})
                 if isinstance(action, tuple) and action[0] == "429":
@@ -57,6 +73,8 @@ class FakeSegment:
                 if isinstance(action, tuple) and action[0] == "timeout":
                     time.sleep(action[1])
                     return self._reply(504, {"error": "gateway timeout"})
+                if self.path == "/regulations":
+                    return self._regulation(raw)
                 if length > 500 * 1024:
                     return self._reply(400, {"error": "batch over 500 KB"})
                 batch = json.loads(raw)["batch"]
@@ -72,6 +90,30 @@ class FakeSegment:
                     time.sleep(2)
                 return self._reply(200, {"success": True})
 
+            def _regulation(self, raw: bytes) -> None:
+                body = json.loads(raw)
+                ids = body.get("subjectIds")
+                if (
+                    body.get("regulationType") not in outer.REGULATION_TYPES
+                    or body.get("subjectType") not in ("USER_ID", "OBJECT_ID")
+                    or not isinstance(ids, list)
+                    or not ids
+                    or len(ids) > 5000
+                    or not all(isinstance(i, str) and i for i in ids)
+                ):
+                    return self._reply(422, {"errors": [{"type": "validation", "message": "invalid regulation"}]})
+                with outer.lock:
+                    regulate_id = f"reg-{len(outer.regulations) + 1}"
+                    outer.regulations.append(
+                        {
+                            "id": regulate_id,
+                            "type": body["regulationType"],
+                            "subject_type": body["subjectType"],
+                            "subject_ids": ids,
+                        }
+                    )
+                return self._reply(200, {"data": {"regulateId": regulate_id}})
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -79,6 +121,14 @@ class FakeSegment:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1/batch"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def deleted(self) -> list[str]:
+        """Every user id of every accepted regulation, in order (repeats kept)."""
+        return [i for r in self.regulations for i in r["subject_ids"]]
 
     def users(self) -> dict[str, dict[str, Any]]:
         """Latest accepted traits per user."""

@@ -1,5 +1,6 @@
 """insights forget across the deliveries: the datastore (locally and on S3), the cohort
-CSVs, Segment's dry-run file and the recommendation table the API reads."""
+CSVs, Segment's dry-run file, the recommendation table the API reads, and the deletion
+requests to Segment's Public API for the users it was sent."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from exports import datastore
+from exports import datastore, segment
 from exports.datastore import S3Store, latest, read_latest, read_manifest
 from exports.serving import recs
 from insights import steps
-from insights.config import Config
+from insights.cli import main
+from insights.config import Config, load_config
 from insights.warehouse import connect
 from tests.exports.conftest import on_s3
+from tests.exports.segment_server import FakeSegment
 from tests.exports.test_datastore import _publish
 
 
@@ -106,3 +110,158 @@ def test_a_killed_forget_is_completed_by_the_same_command(small: Config, tmp_pat
     for table in ("main.user_insights", "main.recommendations", "main.dim_identity_map", "segment.sync_log"):
         assert con.execute(f"select count(*) from {table} where user_id = 'u001'").fetchone()[0] == 0
     con.close()
+
+
+def _live_segment(tmp_path: Path, fake: FakeSegment, **segment: object) -> Config:
+    """The ``small`` config file made to send to ``fake`` (both its APIs), read back."""
+    path = tmp_path / "insights.yml"
+    body = yaml.safe_load(path.read_text())
+    body["segment"].update(
+        dry_run=False,
+        endpoint=fake.endpoint,
+        api_url=fake.api_url,
+        backoff_seconds=0.01,
+        max_retries=2,
+        timeout_seconds=2.0,
+        **segment,
+    )
+    path.write_text(yaml.safe_dump(body))
+    return load_config(path, environ={})
+
+
+def _rows(config: Config, sql: str) -> list[tuple]:
+    con = connect(config, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_segment_is_asked_to_delete_the_users_it_was_sent(
+    small: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = ["--config", str(tmp_path / "insights.yml"), "forget"]
+    with FakeSegment() as fake:
+        config = _live_segment(tmp_path, fake)
+        monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-test")
+        monkeypatch.delenv("SEGMENT_API_TOKEN", raising=False)
+        steps.export(config)
+        assert len(fake.users()) == 40 and "u001" in fake.users()
+
+        # No Public API token: everything else is forgotten, Segment's deletion is kept
+        # pending and the command fails saying what to do. (cookie-x was never sent.)
+        assert main([*cli, "u001", "cookie-x"]) == 1
+        err = capsys.readouterr().err
+        assert "Segment's deletion of 1 forgotten user(s) is pending" in err and "$SEGMENT_API_TOKEN" in err
+        assert "insights forget --segment-pending" in err
+        assert "u001" not in read_latest(config, "user_insights")["user_id"].tolist()
+        assert _rows(config, "select user_id, regulate_id from privacy.segment_deletions") == [("u001", None)]
+        assert fake.regulations == []
+
+        # Segment's API down past the retries: still pending, the reason recorded.
+        monkeypatch.setenv("SEGMENT_API_TOKEN", "sgp-test")
+        fake.script = ["500", ("429", 0), "500"]
+        assert main([*cli, "--segment-pending"]) == 1
+        assert "gave up after 3 attempts: HTTP 500" in capsys.readouterr().err
+        assert _rows(config, "select attempts, last_error like 'gave up%' from privacy.segment_deletions") == [
+            (3, True)
+        ]
+
+        # The next request asks for both people in one regulation, and records it.
+        summary = steps.forget(config, ["u002"])
+        assert summary["segment"] | {"regulations": None} == {
+            "profiles": 1,
+            "delete_on_forget": True,
+            "pending": 2,
+            "requested": 2,
+            "left": 0,
+            "regulations": None,
+        }
+        assert fake.regulations == [
+            {"id": "reg-1", "type": "SUPPRESS_WITH_DELETE", "subject_type": "USER_ID", "subject_ids": ["u001", "u002"]}
+        ]
+        assert _rows(
+            config,
+            "select user_id, regulate_id, regulated_at is not null, last_error from privacy.segment_deletions "
+            "order by user_id",
+        ) == [("u001", "reg-1", True, None), ("u002", "reg-1", True, None)]
+        assert main([*cli, "--segment-pending"]) == 0
+        assert "no deletion pending" in capsys.readouterr().out
+        assert len(fake.regulations) == 1
+
+        # A token Segment rejects is not retried, and says which credential.
+        monkeypatch.setenv("SEGMENT_API_TOKEN", "wrong")
+        before = len(fake.requests)
+        assert main([*cli, "u004"]) == 1
+        assert "HTTP 401: Public API token rejected" in capsys.readouterr().err
+        assert len(fake.requests) == before + 1
+
+        # Segment's own copy left to the operator: nothing recorded, the command says so.
+        config = _live_segment(tmp_path, fake, delete_on_forget=False)
+        assert main([*cli, "u005"]) == 0
+        assert "delete them there too" in capsys.readouterr().out
+        assert _rows(config, "select count(*) from privacy.segment_deletions where user_id = 'u005'") == [(0,)]
+    # The traits never reached Segment again for any of them.
+    assert not {m["userId"] for m in fake.accepted.values()} - {f"u{u:03d}" for u in range(60) if u % 3 != 0}
+
+
+def test_segment_deletions_go_five_thousand_users_a_request(small: Config, tmp_path: Path) -> None:
+    with FakeSegment() as fake:
+        config = _live_segment(tmp_path, fake, regulation_type="DELETE_ONLY")
+        con = connect(config)
+        con.execute(
+            "insert into privacy.segment_deletions select printf('user-%05d', i), 'r', now()::timestamp, "
+            "null, null, 0, null from range(5001) t(i)"
+        )
+        summary = segment.request_deletions(config, con, environ={"SEGMENT_API_TOKEN": "sgp-test"})
+        con.close()
+    assert (summary["requested"], summary["left"], summary["regulations"]) == (5001, 0, ["reg-1", "reg-2"])
+    assert [len(r["subject_ids"]) for r in fake.regulations] == [5000, 1]
+    assert {r["type"] for r in fake.regulations} == {"DELETE_ONLY"}
+    assert sorted(fake.deleted()) == [f"user-{i:05d}" for i in range(5001)]
+
+
+def test_a_forget_killed_after_segment_accepted_asks_again(
+    small: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeSegment() as fake:
+        config = _live_segment(tmp_path, fake)
+        monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-test")
+        steps.export(config)
+        command = [str(Path(sys.executable).with_name("insights")), "--config", str(tmp_path / "insights.yml")]
+        command += ["forget", "u001"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INSIGHTS")} | {"SEGMENT_API_TOKEN": "sgp-test"}
+        killed = subprocess.run(
+            command, env=env | {"INSIGHTS_FAILPOINT": "segment.regulation"}, capture_output=True, timeout=120
+        )
+        assert killed.returncode == -signal.SIGKILL
+        assert [r["subject_ids"] for r in fake.regulations] == [["u001"]]
+        assert _rows(config, "select regulate_id from privacy.segment_deletions") == [(None,)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "SUPPRESS_WITH_DELETE requested for 1 user (regulation reg-2)" in done.stdout
+    # Asked twice for the same user (a second deletion changes nothing), recorded once.
+    assert fake.deleted() == ["u001", "u001"]
+    assert _rows(config, "select user_id, regulate_id from privacy.segment_deletions") == [("u001", "reg-2")]
+    assert _rows(config, "select count(*) from privacy.requests") == [(1,)]
+
+
+def test_the_forget_task_fails_while_segment_waits_and_without_ids_asks_again(
+    small: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from insights import orchestration
+
+    with FakeSegment() as fake:
+        config = _live_segment(tmp_path, fake)
+        monkeypatch.setenv("INSIGHTS_CONFIG", str(tmp_path / "insights.yml"))
+        monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk-test")
+        monkeypatch.delenv("SEGMENT_API_TOKEN", raising=False)
+        steps.export(config)
+        # The Airflow task fails (a retry asks again) once everything else is done.
+        with pytest.raises(RuntimeError, match=r"deletion of 1 forgotten user\(s\) is pending"):
+            orchestration.forget({"params": {"ids": ["u001"]}})
+        assert "u001" not in read_latest(config, "user_insights")["user_id"].tolist()
+        monkeypatch.setenv("SEGMENT_API_TOKEN", "sgp-test")
+        result = orchestration.forget({"params": {"ids": []}})
+    assert (result["requested"], result["left"], result["regulations"]) == (1, 0, ["reg-1"])
+    assert fake.deleted() == ["u001"] and "u001" not in json.dumps(result)

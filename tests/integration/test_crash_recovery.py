@@ -63,6 +63,7 @@ SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "fake/secret+access+key+for+tests+only0",
     "SEGMENT_WRITE_KEY": "fake-segment-write-key-for-tests",
     "INSIGHTS_API_TOKEN": "fake-api-token-for-tests",
+    "SEGMENT_API_TOKEN": "fake-segment-public-api-token-for-tests",
 }
 
 

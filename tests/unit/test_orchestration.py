@@ -86,20 +86,32 @@ def test_credentials_come_from_connections_for_the_task_only(tmp_path: Path, mon
     config = load_config(tmp_path / "insights.yml", environ={})
     connections = {
         "s3conn": _conn("AKIA1", "s3-secret", {"endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-1"}),
-        "segconn": _conn(None, "seg-secret", {"endpoint": "https://events.eu1.segmentapis.com/v1/batch"}),
+        "segconn": _conn(
+            None,
+            "seg-secret",
+            {
+                "endpoint": "https://events.eu1.segmentapis.com/v1/batch",
+                "api_token": "sgp-secret",
+                "api_url": "https://eu1.api.segmentapis.com",
+            },
+        ),
     }
     monkeypatch.setattr(orchestration, "_connection", connections.__getitem__)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-worker")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("SEGMENT_API_TOKEN", raising=False)
     with orchestration.connection_credentials(config) as resolved:
         assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIA1"
         assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3-secret"
         assert os.environ["MY_SEGMENT_KEY"] == "seg-secret"
+        assert os.environ["SEGMENT_API_TOKEN"] == "sgp-secret"  # the Public API's, for deletions
         assert resolved.s3.endpoint_url == "http://127.0.0.1:9" and resolved.s3.region == "eu-west-1"
         assert resolved.segment.endpoint.startswith("https://events.eu1")
+        assert resolved.segment.api_url == "https://eu1.api.segmentapis.com"
         assert "secret" not in resolved.model_dump_json()
     assert os.environ["AWS_ACCESS_KEY_ID"] == "from-the-worker"
     assert "AWS_SECRET_ACCESS_KEY" not in os.environ and "MY_SEGMENT_KEY" not in os.environ
+    assert "SEGMENT_API_TOKEN" not in os.environ
     assert config.s3.endpoint_url is None
 
 
