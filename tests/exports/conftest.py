@@ -8,6 +8,7 @@ import duckdb
 import pytest
 
 from insights.config import Config, load_config
+from insights.warehouse import connect
 from tests.conftest import write_config
 
 CATEGORIES = ["Outdoor > Tents", "Outdoor > Backpacks", "Home > Kitchen", "Fashion > Shoes"]
@@ -107,3 +108,12 @@ def on_s3(config: Config, endpoint: str, monkeypatch: pytest.MonkeyPatch, uri: s
             "datastore": config.datastore.model_copy(update={"uri": uri, **datastore}),
         }
     )
+
+
+def rows(config: Config, sql: str) -> list[tuple]:
+    """The rows of a query on the warehouse of ``config``, opened read-only."""
+    con = connect(config, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

@@ -21,7 +21,7 @@ from insights import steps
 from insights.cli import main
 from insights.config import Config, load_config
 from insights.warehouse import connect
-from tests.exports.conftest import on_s3
+from tests.exports.conftest import on_s3, rows
 from tests.exports.segment_server import FakeSegment
 from tests.exports.test_datastore import _publish
 
@@ -129,14 +129,6 @@ def _live_segment(tmp_path: Path, fake: FakeSegment, **segment: object) -> Confi
     return load_config(path, environ={})
 
 
-def _rows(config: Config, sql: str) -> list[tuple]:
-    con = connect(config, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def test_segment_is_asked_to_delete_the_users_it_was_sent(
     small: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -155,7 +147,7 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         assert "Segment's deletion of 1 forgotten user(s) is pending" in err and "$SEGMENT_API_TOKEN" in err
         assert "insights forget --segment-pending" in err
         assert "u001" not in read_latest(config, "user_insights")["user_id"].tolist()
-        assert _rows(config, "select user_id, regulate_id from privacy.segment_deletions") == [("u001", None)]
+        assert rows(config, "select user_id, regulate_id from privacy.segment_deletions") == [("u001", None)]
         assert fake.regulations == []
 
         # Segment's API down past the retries: still pending, the reason recorded.
@@ -163,9 +155,7 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         fake.script = ["500", ("429", 0), "500"]
         assert main([*cli, "--segment-pending"]) == 1
         assert "gave up after 3 attempts: HTTP 500" in capsys.readouterr().err
-        assert _rows(config, "select attempts, last_error like 'gave up%' from privacy.segment_deletions") == [
-            (3, True)
-        ]
+        assert rows(config, "select attempts, last_error like 'gave up%' from privacy.segment_deletions") == [(3, True)]
 
         # The next request asks for both people in one regulation, and records it.
         summary = steps.forget(config, ["u002"])
@@ -180,7 +170,7 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         assert fake.regulations == [
             {"id": "reg-1", "type": "SUPPRESS_WITH_DELETE", "subject_type": "USER_ID", "subject_ids": ["u001", "u002"]}
         ]
-        assert _rows(
+        assert rows(
             config,
             "select user_id, regulate_id, regulated_at is not null, last_error from privacy.segment_deletions "
             "order by user_id",
@@ -200,7 +190,7 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         config = _live_segment(tmp_path, fake, delete_on_forget=False)
         assert main([*cli, "u005"]) == 0
         assert "delete them there too" in capsys.readouterr().out
-        assert _rows(config, "select count(*) from privacy.segment_deletions where user_id = 'u005'") == [(0,)]
+        assert rows(config, "select count(*) from privacy.segment_deletions where user_id = 'u005'") == [(0,)]
     # The traits never reached Segment again for any of them.
     assert not {m["userId"] for m in fake.accepted.values()} - {f"u{u:03d}" for u in range(60) if u % 3 != 0}
 
@@ -236,14 +226,14 @@ def test_a_forget_killed_after_segment_accepted_asks_again(
         )
         assert killed.returncode == -signal.SIGKILL
         assert [r["subject_ids"] for r in fake.regulations] == [["u001"]]
-        assert _rows(config, "select regulate_id from privacy.segment_deletions") == [(None,)]
+        assert rows(config, "select regulate_id from privacy.segment_deletions") == [(None,)]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "SUPPRESS_WITH_DELETE requested for 1 user (regulation reg-2)" in done.stdout
     # Asked twice for the same user (a second deletion changes nothing), recorded once.
     assert fake.deleted() == ["u001", "u001"]
-    assert _rows(config, "select user_id, regulate_id from privacy.segment_deletions") == [("u001", "reg-2")]
-    assert _rows(config, "select count(*) from privacy.requests") == [(1,)]
+    assert rows(config, "select user_id, regulate_id from privacy.segment_deletions") == [("u001", "reg-2")]
+    assert rows(config, "select count(*) from privacy.requests") == [(1,)]
 
 
 def test_the_forget_task_fails_while_segment_waits_and_without_ids_asks_again(

@@ -11,6 +11,7 @@ import pytest
 from exports.segment import SegmentError, batches, sync
 from insights.config import Config
 from insights.warehouse import connect
+from tests.exports.conftest import rows
 from tests.exports.segment_server import FakeSegment
 
 AS_OF = datetime(2026, 11, 1)
@@ -48,14 +49,6 @@ def _run(config: Config, run_id: str, waits: list[float] | None = None, key: str
         con.close()
 
 
-def _rows(config: Config, sql: str) -> list[tuple]:
-    con = connect(config, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def test_dry_run_writes_what_would_be_sent(small: Config) -> None:
     summary = _run(small, "r1")
     assert summary["dry_run"] and summary["would_send"] == 40 and summary["added"] == 40 and summary["invalid"] == 0
@@ -64,8 +57,8 @@ def test_dry_run_writes_what_would_be_sent(small: Config) -> None:
     traits = lines[0]["traits"]
     assert set(traits) == {f"insights_{k}" for k in small.segment.traits}
     assert traits["insights_recommended_items"][0].startswith("i0")
-    assert _rows(small, "select count(*) from segment.sent_traits") == [(0,)]
-    assert _rows(small, "select status, count(*) from segment.sync_log group by 1") == [("dry_run", 40)]
+    assert rows(small, "select count(*) from segment.sent_traits") == [(0,)]
+    assert rows(small, "select status, count(*) from segment.sync_log group by 1") == [("dry_run", 40)]
 
 
 def test_sends_only_changes_within_limits(small: Config) -> None:
@@ -129,11 +122,11 @@ def test_outage_then_recovery_delivers_everyone_once(small: Config) -> None:
         first = _run(config, "r1", waits)
         assert first["sent"] == 20 and first["failed"] == 20
         assert 3 in waits  # Retry-After honoured
-        failed = _rows(
+        failed = rows(
             config, "select count(*), min(reason) from segment.sync_log where run_id = 'r1' and status = 'failed'"
         )
         assert failed[0][0] == 20 and ("gave up after 4 attempts" in failed[0][1] or "not attempted" in failed[0][1])
-        assert _rows(config, "select count(*) from segment.sent_traits") == [(20,)]
+        assert rows(config, "select count(*) from segment.sent_traits") == [(20,)]
         second = _run(config, "r2", waits)  # endpoint recovered
         assert second["sent"] == 20 and second["unchanged"] == 20
     assert set(fake.users()) == IDENTIFIED
@@ -150,10 +143,10 @@ def test_invalid_messages_and_rejected_key(small: Config) -> None:
         config = _live(small, fake.endpoint)
         with pytest.raises(SegmentError, match="write key rejected"):
             _run(config, "r1", key="wrong")
-        assert _rows(config, "select count(*) from segment.sent_traits") == [(0,)]
+        assert rows(config, "select count(*) from segment.sent_traits") == [(0,)]
         summary = _run(config, "r2")
         assert summary["invalid"] == 1 and summary["sent"] == 39
-        reason = _rows(config, "select reason from segment.sync_log where status = 'invalid' and run_id = 'r2'")[0][0]
+        reason = rows(config, "select reason from segment.sync_log where status = 'invalid' and run_id = 'r2'")[0][0]
         assert "over the 32,000-byte limit" in reason
     with pytest.raises(SegmentError, match=r"no write key in \$SEGMENT_WRITE_KEY"):
         _run(_live(small, "http://127.0.0.1:9/v1/batch"), "r3", key="")
