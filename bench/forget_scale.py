@@ -1,7 +1,8 @@
 """``insights forget`` on a site of ``pipeline_scale.py``: its warehouse and outputs copied to
 a scratch folder, then one user (with the cookies they were seen with) and then ``--users``
 more forgotten, each by the CLI in a child process (wall time, peak memory by ``wait4``,
-the command's own seconds per part).
+the command's own seconds per part), then the warehouse file rewritten without the removed
+rows (``insights forget --compact``).
 
     python bench/forget_scale.py --site /tmp/scale/events_10000000 --users 1000
 """
@@ -39,6 +40,20 @@ def forget(config: Path, ids_file: Path) -> dict:
     }
 
 
+def compact(config: Path) -> dict:
+    code, out, err, usage, wall = run_child([INSIGHTS, "--config", str(config), "forget", "--compact"])
+    if code:
+        raise SystemExit(f"insights forget --compact failed: {err.strip()}")
+    sizes = re.search(r"([\d,.]+) MB -> ([\d,.]+) MB", " ".join(out.split()))
+    return {
+        "wall_s": round(wall, 2),
+        "peak_mb": round(usage.ru_maxrss / 1024),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "mb_before": float(sizes.group(1).replace(",", "")),
+        "mb_after": float(sizes.group(2).replace(",", "")),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", required=True, help="a pipeline_scale.py workdir (events_N)")
@@ -70,6 +85,7 @@ def main() -> None:
         result = {"site": str(site), "events": events, "users_forgotten": len(many)}
         result["one_user"] = forget(work / "insights.yml", work / "one.txt")
         result["many_users"] = forget(work / "insights.yml", work / "many.txt")
+        result["compact"] = compact(work / "insights.yml")
         record("forget_scale", result)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,8 @@ Calls the same step function as `insights forget`.
 Not scheduled: trigger it with the ids, user ids or cookie ids (a user id brings the cookies
 it was seen with), e.g. `airflow dags trigger insights_forget --conf '{"ids": ["u123"]}'`,
 or from the UI's trigger form. The task's result counts what was removed where; the ids
-themselves are not logged. When Segment's deletion cannot be requested (no token, an outage)
+themselves are not logged. `{"compact": true}` then rewrites the warehouse file so that no
+byte of the removed rows stays on disk. When Segment's deletion cannot be requested (no token, an outage)
 the task fails after everything else is done; a retry, or a run triggered without ids, asks
 Segment again for the deletions still pending.
 """
@@ -34,7 +35,12 @@ CONFIG = load_config()
             type="array",
             items={"type": "string", "minLength": 1},
             description="User ids or cookie ids of the people to forget.",
-        )
+        ),
+        "compact": Param(
+            False,
+            type="boolean",
+            description="Then rewrite the warehouse file so that no byte of the removed rows stays on disk.",
+        ),
     },
     **orchestration.dag_settings(CONFIG),
 )

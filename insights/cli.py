@@ -407,14 +407,19 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
     from insights.privacy import ForgetError, read_ids
 
     console = _console()
-    if args.segment_pending and not args.ids and not args.file:
+    if (args.segment_pending or args.compact) and not args.ids and not args.file:
         if args.dry_run:
-            raise ForgetError("--segment-pending with --dry-run: nothing to count (it only asks Segment again)")
-        segment = {"delete_on_forget": True, **steps.segment_pending(config)}
-        _print_segment_deletion(console, segment, config, nothing="no deletion pending")
-        _fail_if_deletion_left(segment)
+            raise ForgetError("--dry-run without ids: nothing to count (--segment-pending and --compact change things)")
+        segment = None
+        if args.segment_pending:
+            segment = {"delete_on_forget": True, **steps.segment_pending(config)}
+            _print_segment_deletion(console, segment, config, nothing="no deletion pending")
+        if args.compact:
+            _print_compaction(console, steps.compact(config))
+        if segment:
+            _fail_if_deletion_left(segment)
         return
-    summary = steps.forget(config, read_ids(args.ids, args.file), dry_run=args.dry_run)
+    summary = steps.forget(config, read_ids(args.ids, args.file), dry_run=args.dry_run, compact=args.compact)
     dry = summary["dry_run"]
     verb = "would remove" if dry else "removed"
     unknown = summary["unknown"]
@@ -452,9 +457,11 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
         )
     elif not dry:
         _print_segment_deletion(console, segment, config)
+    if summary.get("compaction"):
+        _print_compaction(console, summary["compaction"])
     _print_seconds(summary)
     if dry:
-        console.print("Nothing was changed.")
+        console.print("Nothing was changed." + (" (--compact does nothing in a dry run.)" if args.compact else ""))
     else:
         console.print(
             f"Request {summary['request_id']} recorded in privacy.forgotten: ingestion will not load these ids again."
@@ -481,6 +488,14 @@ def _print_segment_deletion(
         )
     elif not segment.get("pending"):
         console.print(f"  Segment: {nothing}")
+
+
+def _print_compaction(console: Any, compaction: dict[str, Any]) -> None:
+    console.print(
+        f"  warehouse file rewritten with only its live rows ({compaction['tables']:,} tables checked): "
+        f"{compaction['bytes_before'] / 1e6:,.1f} MB -> {compaction['bytes_after'] / 1e6:,.1f} MB "
+        f"in {compaction['seconds']:.1f} s"
+    )
 
 
 def _fail_if_deletion_left(segment: dict[str, Any]) -> None:
@@ -583,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--segment-pending",
         action="store_true",
         help="(without ids) ask Segment again to delete the forgotten users whose deletion is pending",
+    )
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="then rewrite the warehouse file so no byte of the removed rows stays on disk (alone: only that)",
     )
     p.set_defaults(func=cmd_forget)
 

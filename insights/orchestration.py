@@ -209,25 +209,30 @@ def run_step(step: str, context: Mapping[str, Any] | None = None, **kwargs: Any)
 
 def forget(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``insights_forget`` DAG's task: the ids from the run's ``ids`` parameter (none:
-    only ask Segment again for the deletions still pending); the result counts what was
+    only ask Segment again for the deletions still pending), ``compact`` to rewrite the
+    warehouse file afterwards (see :func:`insights.warehouse.compact`); the result counts what was
     removed where and names no id (XCom and the logs keep it). The task fails when Segment's
     deletion is left pending (after everything else is done): a retry asks again."""
     from insights import steps
     from insights.privacy import deletion_left, read_ids
 
     context = _current(context)
-    given = list((context.get("params") or {}).get("ids") or [])
+    params = context.get("params") or {}
+    given = list(params.get("ids") or [])
+    compact = bool(params.get("compact"))
     config = load_config()
     started = time.perf_counter()
     with connection_credentials(config) as config:
         if given:
-            summary = steps.forget(config, read_ids(given))
+            summary = steps.forget(config, read_ids(given), compact=compact)
             summary["unknown"] = len(summary["unknown"])
             deletion = summary["segment"]
             log.info("forget: %s", steps.headline("forget", summary))
         else:
             deletion = summary = {"delete_on_forget": True, **steps.segment_pending(config)}
             log.info("forget: no ids; Segment asked to delete %d pending users", summary["requested"])
+            if compact:
+                summary["compaction"] = steps.compact(config)
     summary["elapsed_seconds"] = round(time.perf_counter() - started, 2)
     left = deletion_left(deletion)
     if left:

@@ -206,16 +206,29 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
 
 
 @holds_warehouse
-def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, Any]:
+def forget(config: Config, ids: list[str], dry_run: bool = False, compact: bool = False) -> dict[str, Any]:
     """Remove people (user or cookie ids) from the warehouse and every output, and keep
-    ingestion from loading them again (see :mod:`insights.privacy`)."""
+    ingestion from loading them again (see :mod:`insights.privacy`); ``compact`` then
+    rewrites the warehouse file without the bytes of the removed rows."""
     from insights.privacy import forget as forget_people
+    from insights.warehouse import compact as compact_file
 
     con = connect(config, read_only=dry_run)
     try:
-        return forget_people(config, con, ids, dry_run=dry_run)
+        summary = forget_people(config, con, ids, dry_run=dry_run)
     finally:
         con.close()
+    if compact and not dry_run:
+        summary["compaction"] = compact_file(config)
+    return summary
+
+
+@holds_warehouse
+def compact(config: Config) -> dict[str, Any]:
+    """Rewrite the warehouse file with only its live rows (see :func:`insights.warehouse.compact`)."""
+    from insights.warehouse import compact as compact_file
+
+    return compact_file(config)
 
 
 @holds_warehouse

@@ -193,6 +193,70 @@ def connect(config: Config, read_only: bool = False, create: bool = False) -> du
     return con
 
 
+def compact(config: Config) -> dict[str, Any]:
+    """Rewrite the warehouse file with only its live rows (call it holding the warehouse lock).
+
+    DuckDB marks deleted rows and reuses their space later; until then their bytes stay in
+    the file (a forgotten person's session ids and IP addresses could be read back from it
+    with ``strings``). The whole database is copied into a new file next to it (``COPY FROM
+    DATABASE``: schemas, tables, views, macros, sequences), every table's row count is
+    checked against the original, and the new file replaces the old one in one rename. A
+    crash before the rename leaves the old file as it was (and a stray copy the next
+    compaction removes); a process that has the old file open keeps reading it."""
+    path = warehouse_file(config)
+    fresh = path.with_name(f".{path.name}.compact")
+    for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    started = time.perf_counter()
+    before = path.stat().st_size
+    con = connect(config)
+    try:
+        con.execute("checkpoint")
+        (name,) = con.execute("select current_database()").fetchone()
+        counts = _row_counts(con, name)
+        con.execute("attach ? as insights_compact", [str(fresh)])
+        try:
+            con.execute(f'copy from database "{name}" to insights_compact')
+            copied = _row_counts(con, "insights_compact")
+            con.execute("checkpoint insights_compact")
+        finally:
+            con.execute("detach insights_compact")
+    finally:
+        con.close()
+    if copied != counts:
+        differ = sorted(t for t in counts.keys() | copied.keys() if counts.get(t) != copied.get(t))
+        fresh.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"compaction copied different row counts for {', '.join(differ[:5])}; warehouse left as it was"
+        )
+    with open(fresh, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(fresh, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return {
+        "bytes_before": before,
+        "bytes_after": path.stat().st_size,
+        "tables": len(counts),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _row_counts(con: duckdb.DuckDBPyConnection, catalog: str) -> dict[str, int]:
+    tables = con.execute(
+        "select table_schema, table_name from information_schema.tables where table_catalog = ? "
+        "and table_type = 'BASE TABLE' order by all",
+        [catalog],
+    ).fetchall()
+    return {
+        f"{schema}.{table}": con.execute(f'select count(*) from "{catalog}"."{schema}"."{table}"').fetchone()[0]
+        for schema, table in tables
+    }
+
+
 def query_table(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
     """A query's result as an Arrow table, through ``con.sql``: Arrow from an
     ``execute()`` result copies every row (and DuckDB 2.0 warns that it does)."""

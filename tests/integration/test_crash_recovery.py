@@ -252,7 +252,17 @@ def test_a_forgotten_person_leaves_every_output_and_never_comes_back(
         "or anonymous_id = ?) from raw.events",
         [user, cookies, visitor],
     ).fetchone()
+    # Their session ids, which only their events carry: bytes to look for in the file.
+    sessions = [
+        r[0]
+        for r in wh.execute(
+            "select session_id from raw.events where session_id is not null group by session_id having "
+            "bool_and(coalesce(user_id = ? or anonymous_id in (select unnest(?)) or anonymous_id = ?, false))",
+            [user, cookies, visitor],
+        ).fetchall()
+    ]
     wh.close()
+    assert len(sessions) >= 2 and all(s.encode() in warehouse.read_bytes() for s in sessions)
     ids = {user, visitor, *cookies}
     before = _exported_text(root)
     # Not vacuous: they are in the warehouse, the datastore, the CSVs, Segment's file, the
@@ -283,6 +293,14 @@ def test_a_forgotten_person_leaves_every_output_and_never_comes_back(
     # Everyone else's rows are untouched.
     users_after = read_latest_rows(root, "user_insights")
     assert users_after == [r for r in users_before if r[0] not in ids]
+    # Then the warehouse file rewritten: no byte of their rows is left on disk.
+    compacted = subprocess.run(
+        [*command[:-3], "forget", "--compact"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert compacted.returncode == 0, compacted.stderr
+    assert "rewritten with only its live rows" in compacted.stdout
+    assert not [s for s in sessions if s.encode() in warehouse.read_bytes()]
+    assert _people_in_warehouse(warehouse, ids) == []
 
     # The same files delivered again (a site moved to a new folder, so every file is new):
     # the forgotten people's lines are counted, not loaded, and the run's outputs stay clean.

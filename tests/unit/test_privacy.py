@@ -103,6 +103,30 @@ def test_an_unknown_id_is_recorded_so_it_never_loads(tmp_path: Path) -> None:
     assert steps.ingest(config)["totals"]["forgotten"] == 1
 
 
+def test_compaction_leaves_no_byte_of_the_removed_rows(tmp_path: Path) -> None:
+    lines = "".join(f"2026-10-01 10:{m:02d}:00,c{m},,view,sku-{m}\n" for m in range(50))
+    src = source_files(tmp_path, {"day1.csv": HEADER + lines + "2026-10-01 11:00:00,c99,u1,buy,sku-only-u1-bought\n"})
+    config = load_config(write_config(tmp_path, [{**SOURCE, "path": str(src)}]), environ={})
+    steps.ingest(config)
+    warehouse = tmp_path / "wh.duckdb"
+    assert b"sku-only-u1-bought" in warehouse.read_bytes()  # not vacuous: the value is in the file
+    leftover = tmp_path / ".wh.duckdb.compact"
+    leftover.write_bytes(b"a copy a killed compaction left")
+
+    summary = steps.forget(config, ["u1"], compact=True)
+    assert summary["warehouse"] == {"raw.events": 1}
+    assert summary["compaction"]["tables"] >= 8 and summary["compaction"]["bytes_after"] == warehouse.stat().st_size
+    assert b"sku-only-u1-bought" not in warehouse.read_bytes() and not leftover.exists()
+    # The rest is all there, the forgotten ids still refused.
+    assert query(tmp_path, "select count(*), count(distinct item_id) from raw.events") == [(50, 50)]
+    (src / "day2.csv").write_text(
+        HEADER + "2026-10-02 10:00:00,c99,u1,view,sku-1\n2026-10-02 10:01:00,c7,,view,sku-1\n"
+    )
+    totals = steps.ingest(config)["totals"]
+    assert (totals["loaded"], totals["forgotten"]) == (1, 1)
+    assert steps.compact(config)["tables"] == summary["compaction"]["tables"]
+
+
 @pytest.mark.parametrize(
     ("text", "id_", "names"),
     [
