@@ -386,6 +386,13 @@ def headline(step: str, summary: dict[str, Any]) -> str:
             f"{summary['users']:,} users and {summary['cookies']:,} cookie ids forgotten"
             + (f" ({unknown:,} ids found nowhere, recorded)" if unknown else "")
             + f": {sum(summary['warehouse'].values()):,} warehouse rows, "
-            f"{sum(summary['outputs']['datastore'].values()):,} datastore rows" + in_segment
+            f"{sum(summary['outputs']['datastore'].values()):,} datastore rows"
+            + in_segment
+            + (
+                f"; warehouse file compacted ({summary['compaction']['bytes_before'] / 1e6:,.1f} MB -> "
+                f"{summary['compaction']['bytes_after'] / 1e6:,.1f} MB)"
+                if summary.get("compaction")
+                else ""
+            )
         )
     return ""

@@ -125,10 +125,12 @@ def test_ingest_then_refresh_then_training(deployment: dict) -> None:
     assert metrics["model_versions"]
 
     # Forgetting a person, triggered with their id: gone from the partition on S3 (and the
-    # rest of the deliveries, see tests/exports/test_forget.py), and Segment asked to delete
-    # them with the Public API token of the connection.
+    # rest of the deliveries, see tests/exports/test_forget.py), Segment asked to delete
+    # them with the Public API token of the connection, the warehouse file compacted.
     user = sorted(m["userId"] for m in segment.accepted.values())[0]
-    output.append(airflow(env, "dags", "test", "insights_forget", INTERVAL, "-c", json.dumps({"ids": [user]})))
+    output.append(
+        airflow(env, "dags", "test", "insights_forget", INTERVAL, "-c", json.dumps({"ids": [user], "compact": True}))
+    )
     forgotten = _manifest(s3, "dag-test", "user_insights")
     assert forgotten["rows"] == 271 and forgotten["forgotten_at"]
     body = s3.get_object(Bucket="dag-test", Key="insights/" + forgotten["files"][0]["key"])["Body"].read()
@@ -141,9 +143,10 @@ def test_ingest_then_refresh_then_training(deployment: dict) -> None:
     assert segment.regulations == [
         {"id": "reg-1", "type": "SUPPRESS_WITH_DELETE", "subject_type": "USER_ID", "subject_ids": [user]}
     ]
-    assert "Segment asked to delete 1 user" in output[-1].stdout + output[-1].stderr + "".join(
-        p.read_text(errors="replace") for p in home.rglob("*.log")
+    forget_log = (
+        output[-1].stdout + output[-1].stderr + "".join(p.read_text(errors="replace") for p in home.rglob("*.log"))
     )
+    assert "Segment asked to delete 1 user" in forget_log and "warehouse file compacted" in forget_log
 
     # The secrets came from the connections and never reached the logs.
     logs = "".join(r.stdout + r.stderr for r in output)
