@@ -12,7 +12,9 @@ A row belongs to the people forgotten when one of its user columns (``user_id``,
 ``stitched_user_id``, ``logged_in_user_id``) is one of their ids, or when one of its cookie
 columns (``anonymous_id``, ``visitor_id``) is and the row has no other user: on a shared
 device another person's logged-in rows stay, their anonymous rows go (they cannot be told
-apart). Raw text (quarantined lines, Singer records) goes when it holds one of the ids as a
+apart). A model's row also goes with the raw event it was made from (its ``event_id``) or,
+for a session, when every raw event of the session goes: the models stitch a shared
+device's anonymous events to its last user, whose id the row then carries. Raw text (quarantined lines, Singer records) goes when it holds one of the ids as a
 field: a JSON string or number, a tab- or comma-separated field.
 
 The users Segment was sent traits of are deleted there too: ``privacy.segment_deletions``
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +53,9 @@ COOKIE_COLUMNS = ("anonymous_id", "visitor_id")
 # Raw text that may hold an id anywhere: the column (as SQL text) to look in.
 TEXT_COLUMNS = {("ingest", "quarantine"): "raw_text", ("raw", "singer_records"): "record::varchar"}
 IDS = "forget_ids"
+# Temporary tables of the raw events that go and of the sessions all of whose events go.
+GONE_EVENTS = "forget_gone_events"
+GONE_SESSIONS = "forget_gone_sessions"
 # Every id ever forgotten, as a relation (what ingestion checks new lines against).
 FORGOTTEN = "(select id from privacy.forgotten)"
 
@@ -189,8 +196,7 @@ def has_forgotten(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(con.execute("select exists (select 1 from privacy.forgotten)").fetchall()[0][0])
 
 
-def warehouse_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
-    """(schema, table, condition) for every warehouse table that can hold a person's rows."""
+def _table_columns(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], set[str]]:
     columns: dict[tuple[str, str], set[str]] = {}
     for schema, table, column in con.execute(
         """select c.table_schema, c.table_name, c.column_name from information_schema.columns c
@@ -199,13 +205,54 @@ def warehouse_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str
              and c.table_schema <> 'privacy'"""
     ).fetchall():
         columns.setdefault((schema, table), set()).add(column)
+    return columns
+
+
+@contextmanager
+def warehouse_tables(con: duckdb.DuckDBPyConnection) -> Iterator[list[tuple[str, str, str]]]:
+    """(schema, table, condition) for every warehouse table that can hold a person's rows
+    (the ids registered as ``forget_ids``), valid inside the ``with`` block.
+
+    A model's row (a table with ``event_id``, other than ``raw.events``) goes with the raw
+    event it was made from, and a session (a table with ``session_id`` but no ``event_id``)
+    when every one of its events goes: the models stitch a shared device's anonymous events
+    to the device's last user, whose id such rows then carry while their raw rows go. Both
+    sets are fixed in temporary tables before anything is removed."""
+    columns = _table_columns(con)
+    raw = row_condition(columns.get(("raw", "events"), set()))
+    events = columns.get(("main", "fct_events"), set())
+    marks = raw is not None
+    if marks:
+        con.execute(f"create or replace temp table {GONE_EVENTS} as select event_id from raw.events where {raw}")
+        # Sessions by the models' events (their session ids may be the models' own).
+        source, condition = ("raw.events", raw)
+        if {"event_id", "session_id"} <= events:
+            source = "main.fct_events"
+            condition = f"({row_condition(events) or 'false'}) or event_id in (select event_id from {GONE_EVENTS})"
+        con.execute(
+            f"""create or replace temp table {GONE_SESSIONS} as
+            with marked as (select session_id, coalesce({condition}, false) as goes from {source}
+                            where session_id is not null)
+            select session_id from marked where session_id in (select session_id from marked where goes)
+            group by session_id having bool_and(goes)"""
+        )
     found = []
     for (schema, table), names in sorted(columns.items()):
         text = TEXT_COLUMNS.get((schema, table))
         condition = mention_condition(f"{schema}.{table}", text) if text else row_condition(names)
+        derived = marks and (schema, table) != ("raw", "events")
+        if derived and "event_id" in names:
+            condition = f"({condition or 'false'}) or event_id in (select event_id from {GONE_EVENTS})"
+        elif derived and "session_id" in names:
+            condition = f"({condition or 'false'}) or session_id in (select session_id from {GONE_SESSIONS})"
         if condition:
             found.append((schema, table, condition))
-    return found
+    try:
+        yield found
+    finally:
+        if marks:
+            con.execute(f"drop table if exists {GONE_EVENTS}")
+            con.execute(f"drop table if exists {GONE_SESSIONS}")
 
 
 def collect(con: duckdb.DuckDBPyConnection, given: list[str]) -> dict[str, Any]:
@@ -216,12 +263,13 @@ def collect(con: duckdb.DuckDBPyConnection, given: list[str]) -> dict[str, Any]:
     register_ids(con, list(who.ids))
     tables: dict[str, list[dict[str, Any]]] = {}
     try:
-        for schema, table, condition in warehouse_tables(con):
-            cursor = con.execute(f"select * from {schema}.{table} where {condition}")
-            names = [c[0] for c in cursor.description]
-            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-            if rows:
-                tables[f"{schema}.{table}"] = rows
+        with warehouse_tables(con) as found:
+            for schema, table, condition in found:
+                cursor = con.execute(f"select * from {schema}.{table} where {condition}")
+                names = [c[0] for c in cursor.description]
+                rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                if rows:
+                    tables[f"{schema}.{table}"] = rows
     finally:
         con.unregister(IDS)
     return {
@@ -273,8 +321,8 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
                         [request_id, now],
                     )
         faults.reached("forget.recorded")
-        with timed(seconds, "warehouse"), transaction(con):
-            for schema, table, condition in warehouse_tables(con):
+        with timed(seconds, "warehouse"), transaction(con), warehouse_tables(con) as found:
+            for schema, table, condition in found:
                 verb = "select count(*) from" if dry_run else "delete from"
                 count = con.execute(f"{verb} {schema}.{table} where {condition}").fetchone()[0]
                 if count:

@@ -103,6 +103,39 @@ def test_an_unknown_id_is_recorded_so_it_never_loads(tmp_path: Path) -> None:
     assert steps.ingest(config)["totals"]["forgotten"] == 1
 
 
+def test_the_models_lose_the_shared_devices_anonymous_events_with_the_raw_ones(tmp_path: Path) -> None:
+    src = source_files(
+        tmp_path,
+        {
+            "day1.csv": HEADER + "2026-10-01 10:00:00,c1,u1,view,sku-1\n"
+            "2026-10-01 10:02:00,c2,u1,view,sku-2\n"  # u1 on a device u10 uses later
+            "2026-10-01 12:03:00,c2,u10,view,sku-2\n"  # u10's session: stays ...
+            "2026-10-01 12:04:00,c2,,view,sku-3\n"  # ... but its anonymous event goes
+            "2026-10-01 12:05:00,c3,u10,buy,sku-3\n"  # stays
+            "2026-10-01 15:00:00,c2,,view,sku-5\n"  # an anonymous session on the device: goes
+        },
+    )
+    config = load_config(write_config(tmp_path, [{**SOURCE, "path": str(src)}]), environ={})
+    steps.ingest(config)
+    steps.transform(config, steps.parse_as_of("2026-10-02"))
+    sessions = "select min(occurred_at)::varchar, session_id from main.fct_events group by 2 order by 1"
+    by_start = dict(query(tmp_path, sessions))
+    # The models stitch the anonymous session to the device's last user (u10).
+    assert query(tmp_path, "select user_id, logged_in_user_id from main.fct_sessions where session_id = ?",
+                 [by_start["2026-10-01 15:00:00"]]) == [("u10", None)]  # fmt: skip
+
+    held = steps.person(config, ["u1"], str(tmp_path / "u1.json"))["rows"]
+    summary = steps.forget(config, ["u1"])
+    assert summary["warehouse"]["raw.events"] == 4 and held == summary["warehouse"]
+    # The models hold exactly the raw events that stayed, and only sessions with events left.
+    assert query(tmp_path, "select event_id from main.fct_events order by 1") == query(
+        tmp_path, "select event_id from raw.events order by 1"
+    )
+    assert query(tmp_path, "select session_id from main.fct_sessions order by 1") == sorted(
+        (by_start[t],) for t in ("2026-10-01 12:03:00", "2026-10-01 12:05:00")
+    )
+
+
 def test_compaction_leaves_no_byte_of_the_removed_rows(tmp_path: Path) -> None:
     lines = "".join(f"2026-10-01 10:{m:02d}:00,c{m},,view,sku-{m}\n" for m in range(50))
     src = source_files(tmp_path, {"day1.csv": HEADER + lines + "2026-10-01 11:00:00,c99,u1,buy,sku-only-u1-bought\n"})
