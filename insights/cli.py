@@ -522,6 +522,17 @@ def cmd_person(args: argparse.Namespace, config: Config) -> None:
     )
     for table, count in rows.items():
         _console().print(f"  {table}: {count:,}")
+    erased = summary["erasure"]
+    if erased:
+        requests = sorted({(str(e["recorded_at"])[:19], e["request_id"]) for e in erased})
+        regulations = sorted({e["segment_regulation"] for e in erased if e["segment_regulation"]})
+        pending = sum(1 for e in erased if e["segment_pending"])
+        _console().print(
+            f"  forgotten before: {_count(len(erased), 'id')} by request "
+            + ", ".join(f"{request} ({at} UTC)" for at, request in requests)
+            + (f"; Segment deletion: regulation {', '.join(regulations)}" if regulations else "")
+            + (f"; [yellow]Segment deletion pending for {pending:,}[/yellow]" if pending else "")
+        )
 
 
 def _at_least_one(text: str) -> int:

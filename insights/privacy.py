@@ -258,7 +258,8 @@ def warehouse_tables(con: duckdb.DuckDBPyConnection) -> Iterator[list[tuple[str,
 def collect(con: duckdb.DuckDBPyConnection, given: list[str]) -> dict[str, Any]:
     """Everything the warehouse holds about the people ``given`` names (the right of
     access): their rows of every table, found by the rules :func:`forget` removes them by
-    (the outputs hold copies of the scored tables)."""
+    (the outputs hold copies of the scored tables), and what earlier erasure requests for
+    them did (:func:`erasure_records`)."""
     who = resolve(con, given)
     register_ids(con, list(who.ids))
     tables: dict[str, list[dict[str, Any]]] = {}
@@ -270,6 +271,7 @@ def collect(con: duckdb.DuckDBPyConnection, given: list[str]) -> dict[str, Any]:
                 rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
                 if rows:
                     tables[f"{schema}.{table}"] = rows
+        erasure = erasure_records(con)
     finally:
         con.unregister(IDS)
     return {
@@ -278,8 +280,29 @@ def collect(con: duckdb.DuckDBPyConnection, given: list[str]) -> dict[str, Any]:
         "cookies": who.cookies,
         "unknown": who.unknown,
         "collected_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "erasure": erasure,
         "tables": tables,
     }
+
+
+def erasure_records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """What was done about the ids registered as ``forget_ids`` by earlier forget requests:
+    when each was recorded, by which request, when that request finished, and for a user
+    Segment was sent, the state of its deletion there (the erasure's audit trail)."""
+    if not has_table(con, "privacy", "forgotten"):
+        return []
+    cursor = con.execute(
+        f"""select f.id, f.kind, f.person, f.request_id, f.recorded_at, r.finished_at,
+                   d.regulate_id as segment_regulation, d.regulated_at as segment_regulated_at,
+                   d.user_id is not null and d.regulate_id is null as segment_pending,
+                   d.last_error as segment_last_error
+            from privacy.forgotten f
+            left join privacy.requests r using (request_id)
+            left join privacy.segment_deletions d on d.user_id = f.id
+            where f.id in (select id from {IDS}) order by f.person, f.id"""
+    )
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry_run: bool = False) -> dict[str, Any]:

@@ -267,6 +267,7 @@ def person(config: Config, ids: list[str], out: str) -> dict[str, Any]:
         "cookies": len(found["cookies"]),
         "unknown": found["unknown"],
         "rows": {table: len(rows) for table, rows in found["tables"].items()},
+        "erasure": found["erasure"],
     }
 
 

@@ -149,6 +149,8 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         assert "u001" not in read_latest(config, "user_insights")["user_id"].tolist()
         assert rows(config, "select user_id, regulate_id from privacy.segment_deletions") == [("u001", None)]
         assert fake.regulations == []
+        audit = {e["id"]: e for e in steps.person(config, ["u001"], str(tmp_path / "u001.json"))["erasure"]}
+        assert audit["u001"]["segment_pending"] and not audit["cookie-a"]["segment_pending"]
 
         # Segment's API down past the retries: still pending, the reason recorded.
         monkeypatch.setenv("SEGMENT_API_TOKEN", "sgp-test")
@@ -177,6 +179,10 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         ) == [("u001", "reg-1", True, None), ("u002", "reg-1", True, None)]
         assert main([*cli, "--segment-pending"]) == 0
         assert "no deletion pending" in capsys.readouterr().out
+        assert (
+            main(["--config", str(tmp_path / "insights.yml"), "person", "u001", "--out", str(tmp_path / "p.json")]) == 0
+        )
+        assert "Segment deletion: regulation reg-1" in " ".join(capsys.readouterr().out.split())
         assert len(fake.regulations) == 1
 
         # A token Segment rejects is not retried, and says which credential.

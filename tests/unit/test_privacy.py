@@ -92,6 +92,15 @@ def test_a_user_their_cookies_and_their_lines_go_a_shared_devices_other_user_sta
     # Asking again for the same person finds the ids recorded before (their events are gone).
     again = steps.forget(config, ["u1"])
     assert (again["users"], again["cookies"], again["warehouse"]) == (1, 2, {})
+    # An access request now shows no rows, and the erasure's trail: which request, when done.
+    audit = steps.person(config, ["u1"], str(tmp_path / "requests" / "u1-after.json"))
+    assert audit["rows"] == {}
+    assert [(e["id"], e["kind"], e["request_id"]) for e in audit["erasure"]] == [
+        ("c1", "cookie", summary["request_id"]),
+        ("c2", "cookie", summary["request_id"]),
+        ("u1", "user", summary["request_id"]),
+    ]
+    assert all(e["finished_at"] and not e["segment_pending"] for e in audit["erasure"])
 
 
 def test_an_unknown_id_is_recorded_so_it_never_loads(tmp_path: Path) -> None:
