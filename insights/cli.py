@@ -68,6 +68,13 @@ def _print_ingest(summary: dict[str, Any]) -> None:
         f"raw.events now holds {summary['warehouse_events']:,} rows (a line with several products, such as a "
         f"Snowplow transaction, is one row each); {summary['warehouse_quarantined']:,} lines in ingest.quarantine."
     )
+    expired = summary.get("expired")
+    if expired and expired["removed"]:
+        removed = expired["removed"]
+        console.print(
+            f"Expired (privacy.retention_days {expired['retention_days']}, before {expired['before']} UTC): "
+            + ", ".join(f"{table} {count:,}" for table, count in removed.items())
+        )
 
 
 def cmd_ingest(args: argparse.Namespace, config: Config) -> None:

@@ -462,6 +462,30 @@ class SampleConfig(_Strict):
     out: str = "./data_samples"
 
 
+# The longest feature window of the user features (dim_users: 7, 30 and 90 days).
+FEATURE_HISTORY_DAYS = 90
+
+
+class PrivacyConfig(_Strict):
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Raw events older than this (and the models' rows made from them), quarantined lines, "
+        "Singer records and Segment's sync log are deleted at every ingest; none: kept for good.",
+    )
+
+
+def history_days_needed(windows: WindowsConfig, ml: MLConfig) -> int:
+    """Days of events training reads back from its anchor: the oldest propensity cutoff
+    (see ``models_ml.pipeline.make_plan``) and the longest feature window before it."""
+    step = ml.cutoff_step_days
+    back = max(
+        step * (-(-window // step) + ml.training_cutoffs - 1)
+        for window in (windows.purchase_days, windows.churn_days, windows.value_days)
+    )
+    return back + FEATURE_HISTORY_DAYS + 1
+
+
 class Config(_Strict):
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     s3: S3Config = Field(default_factory=S3Config)
@@ -478,6 +502,7 @@ class Config(_Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     airflow: AirflowConfig = Field(default_factory=AirflowConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     # Where the config came from, for error messages and relative paths; not a YAML key.
     source_file: str | None = Field(None, exclude=True)
@@ -491,6 +516,19 @@ class Config(_Strict):
                 raise ValueError(f"source name '{src.name}' is used twice")
             seen.add(src.name)
         return value
+
+    @model_validator(mode="after")
+    def _retention_keeps_what_training_reads(self) -> Config:
+        days = self.privacy.retention_days
+        needed = history_days_needed(self.windows, self.ml)
+        if days is not None and days < needed:
+            raise ValueError(
+                f"privacy.retention_days {days} is shorter than the {needed} days of events training reads "
+                f"({FEATURE_HISTORY_DAYS}-day features at the oldest of ml.training_cutoffs {self.ml.training_cutoffs} "
+                f"cutoffs, ml.cutoff_step_days {self.ml.cutoff_step_days} apart, behind the outcome windows); "
+                f"keep at least {needed} days"
+            )
+        return self
 
     def resolve(self, path: str) -> str:
         """A path from the config, relative to the config file's folder (URIs untouched)."""
@@ -627,6 +665,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"missing required key '{key}'"
     if kind == "union_tag_invalid":
         return f"key '{key}': {error['msg']}"
+    if not key and kind == "value_error":  # a check across sections: its message names the keys
+        return str(error["msg"]).removeprefix("Value error, ")
     got = error.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
     return f"key '{key}': {error['msg']} (got {shown})"

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,24 +211,42 @@ def _table_columns(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], set[
 @contextmanager
 def warehouse_tables(con: duckdb.DuckDBPyConnection) -> Iterator[list[tuple[str, str, str]]]:
     """(schema, table, condition) for every warehouse table that can hold a person's rows
-    (the ids registered as ``forget_ids``), valid inside the ``with`` block.
-
-    A model's row (a table with ``event_id``, other than ``raw.events``) goes with the raw
-    event it was made from, and a session (a table with ``session_id`` but no ``event_id``)
-    when every one of its events goes: the models stitch a shared device's anonymous events
-    to the device's last user, whose id such rows then carry while their raw rows go. Both
-    sets are fixed in temporary tables before anything is removed."""
+    (the ids registered as ``forget_ids``), valid inside the ``with`` block."""
     columns = _table_columns(con)
-    raw = row_condition(columns.get(("raw", "events"), set()))
+
+    def own(schema: str, table: str, names: set[str]) -> str | None:
+        text = TEXT_COLUMNS.get((schema, table))
+        return mention_condition(f"{schema}.{table}", text) if text else row_condition(names)
+
+    with _with_derived(con, columns, row_condition(columns.get(("raw", "events"), set())), own) as found:
+        yield found
+
+
+@contextmanager
+def _with_derived(
+    con: duckdb.DuckDBPyConnection,
+    columns: dict[tuple[str, str], set[str]],
+    raw: str | None,
+    own: Callable[[str, str, set[str]], str | None],
+) -> Iterator[list[tuple[str, str, str]]]:
+    """(schema, table, condition) of the rows that go: ``raw`` selects the raw events,
+    ``own`` a table's own rows; and a model's row (a table with ``event_id``, other than
+    ``raw.events``) goes with the raw event it was made from, a session (a table with
+    ``session_id`` but no ``event_id``) when every one of its events goes. (The models
+    stitch a shared device's anonymous events to the device's last user, whose id such rows
+    then carry while their raw rows go.) Both sets are fixed in temporary tables before
+    anything is removed."""
     events = columns.get(("main", "fct_events"), set())
-    marks = raw is not None
+    marks = raw is not None and ("raw", "events") in columns
     if marks:
         con.execute(f"create or replace temp table {GONE_EVENTS} as select event_id from raw.events where {raw}")
         # Sessions by the models' events (their session ids may be the models' own).
         source, condition = ("raw.events", raw)
         if {"event_id", "session_id"} <= events:
             source = "main.fct_events"
-            condition = f"({row_condition(events) or 'false'}) or event_id in (select event_id from {GONE_EVENTS})"
+            condition = (
+                f"({own('main', 'fct_events', events) or 'false'}) or event_id in (select event_id from {GONE_EVENTS})"
+            )
         con.execute(
             f"""create or replace temp table {GONE_SESSIONS} as
             with marked as (select session_id, coalesce({condition}, false) as goes from {source}
@@ -238,13 +256,14 @@ def warehouse_tables(con: duckdb.DuckDBPyConnection) -> Iterator[list[tuple[str,
         )
     found = []
     for (schema, table), names in sorted(columns.items()):
-        text = TEXT_COLUMNS.get((schema, table))
-        condition = mention_condition(f"{schema}.{table}", text) if text else row_condition(names)
-        derived = marks and (schema, table) != ("raw", "events")
-        if derived and "event_id" in names:
-            condition = f"({condition or 'false'}) or event_id in (select event_id from {GONE_EVENTS})"
-        elif derived and "session_id" in names:
-            condition = f"({condition or 'false'}) or session_id in (select session_id from {GONE_SESSIONS})"
+        if (schema, table) == ("raw", "events"):
+            condition = raw
+        else:
+            condition = own(schema, table, names)
+            if marks and "event_id" in names:
+                condition = f"({condition or 'false'}) or event_id in (select event_id from {GONE_EVENTS})"
+            elif marks and "session_id" in names:
+                condition = f"({condition or 'false'}) or session_id in (select session_id from {GONE_SESSIONS})"
         if condition:
             found.append((schema, table, condition))
     try:
@@ -253,6 +272,42 @@ def warehouse_tables(con: duckdb.DuckDBPyConnection) -> Iterator[list[tuple[str,
         if marks:
             con.execute(f"drop table if exists {GONE_EVENTS}")
             con.execute(f"drop table if exists {GONE_SESSIONS}")
+
+
+# What expires by age (storage limitation), besides the raw events: the column that dates a row.
+EXPIRING = {
+    ("ingest", "quarantine"): "quarantined_at",
+    ("raw", "singer_records"): "coalesce(time_extracted, loaded_at)",
+    ("segment", "sync_log"): "logged_at",
+}
+
+
+def expire(config: Config, con: duckdb.DuckDBPyConnection, now: datetime) -> dict[str, Any]:
+    """Delete what is older than ``privacy.retention_days`` before ``now``: raw events by
+    when they happened, and every model's row made from them (as :func:`forget` removes a
+    person's: by event, and sessions all of whose events go), quarantined lines, Singer
+    records and Segment's sync log by their own dates. Aggregates over many events (user
+    and item features, lifetime totals) keep what they counted until the models are rebuilt.
+    Returns the rows removed per table, or nothing when no retention is set."""
+    days = config.privacy.retention_days
+    if days is None:
+        return {}
+    cutoff = (now - timedelta(days=days)).replace(tzinfo=None)
+    before = f"timestamp '{cutoff:%Y-%m-%d %H:%M:%S}'"
+    columns = _table_columns(con)
+
+    def own(schema: str, table: str, names: set[str]) -> str | None:
+        dated = EXPIRING.get((schema, table))
+        return f"{dated} < {before}" if dated else None
+
+    removed: dict[str, int] = {}
+    raw = f"occurred_at < {before}" if ("raw", "events") in columns else None
+    with transaction(con), _with_derived(con, columns, raw, own) as found:
+        for schema, table, condition in found:
+            count = con.execute(f"delete from {schema}.{table} where {condition}").fetchone()[0]
+            if count:
+                removed[f"{schema}.{table}"] = count
+    return {"retention_days": days, "before": cutoff.isoformat(sep=" "), "removed": removed}
 
 
 def collect(con: duckdb.DuckDBPyConnection, given: list[str]) -> dict[str, Any]:

@@ -54,15 +54,20 @@ def parse_as_of(value: str | datetime | None) -> datetime:
 @holds_warehouse
 def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
     """Load new and changed input files into the warehouse; returns per-load counts."""
+    from insights.privacy import expire
+
     con = connect(config, create=True)
     try:
         results: list[LoadResult] = run_ingest(con, config, sources)
+        # Storage limitation: what is older than privacy.retention_days goes, loaded now or before.
+        expired = expire(config, con, datetime.now(UTC))
         events = con.execute("select count(*) from raw.events").fetchone()[0]
         quarantined = con.execute("select count(*) from ingest.quarantine").fetchone()[0]
         files = con.execute("select count(*) from ingest.load_manifest").fetchone()[0]
     finally:
         con.close()
     return ingest_summary(results) | {
+        "expired": expired,
         "warehouse_events": events,
         "warehouse_quarantined": quarantined,
         "warehouse_files": files,
@@ -332,16 +337,18 @@ def headline(step: str, summary: dict[str, Any]) -> str:
     """One line of what a step produced, for ``insights run``, the DAG logs and the run report."""
     if step == "ingest":
         t = summary["totals"]
+        expired = (summary.get("expired") or {}).get("removed", {}).get("raw.events")
+        aged = f"; {expired:,} events past privacy.retention_days removed" if expired else ""
         if not t["files"]:
             # (Not the warehouse's event rows: a multi-product purchase line is several.)
             known = summary.get("warehouse_files")
-            return "nothing new to load" + (f" ({known:,} files loaded before)" if known is not None else "")
+            return "nothing new to load" + (f" ({known:,} files loaded before)" if known is not None else "") + aged
         items = t.get("catalog_items", 0)
         loaded = f"{t['loaded'] - items:,} events" + (f" and {items:,} catalog items" if items else "")
         forgotten = f", {t['forgotten']:,} of forgotten people" if t.get("forgotten") else ""
         return (
             f"{loaded} loaded from {t['files']:,} files, {t['duplicates']:,} duplicates, "
-            f"{t['quarantined']:,} quarantined{forgotten}"
+            f"{t['quarantined']:,} quarantined{forgotten}{aged}"
         )
     if step == "transform":
         rows, tests = summary["rows"], summary["tests"]

@@ -5,13 +5,14 @@ for an access request by the same rules."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from insights import steps
-from insights.config import load_config
+from insights.config import ConfigError, load_config
 from insights.privacy import ForgetError, mention_condition, read_ids, register_ids
 from tests.conftest import write_config
 from tests.helpers import query, source_files
@@ -143,6 +144,51 @@ def test_the_models_lose_the_shared_devices_anonymous_events_with_the_raw_ones(t
     assert query(tmp_path, "select session_id from main.fct_sessions order by 1") == sorted(
         (by_start[t],) for t in ("2026-10-01 12:03:00", "2026-10-01 12:05:00")
     )
+
+
+def test_events_past_the_retention_go_with_the_models_rows_made_from_them(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+    def ago(days: int, minutes: int = 0) -> str:
+        return f"{now - timedelta(days=days) + timedelta(minutes=minutes):%Y-%m-%d %H:%M:%S}"
+
+    src = source_files(
+        tmp_path,
+        {
+            "day1.csv": HEADER + f"{ago(200)},c1,u1,view,sku-1\n"  # older than the retention: goes
+            f"{ago(200, 1)},c1,,view,sku-2\n"  # goes, and their session with them
+            f"{ago(10)},c1,u1,buy,sku-1\n"  # stays
+            f"{ago(10, 1)},c2,,view,sku-3\n"  # stays
+            "not a time,c3,,view,sku-1\n"  # quarantined now: stays until it is old
+            "not a time either,c4,,view,sku-1\n"  # aged by hand below: goes
+        },
+    )
+    path = write_config(tmp_path, [{**SOURCE, "path": str(src)}])
+    config = load_config(path, environ={})
+    assert steps.ingest(config)["expired"] == {}  # no retention set: nothing expires
+    steps.transform(config, now)
+    assert query(tmp_path, "select count(*) from main.fct_events") == [(4,)]
+    sessions = query(tmp_path, "select count(*) from main.fct_sessions")[0][0]
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("update ingest.quarantine set quarantined_at = now() - interval 300 day where raw_text like '%c4%'")
+    con.close()
+
+    with pytest.raises(ConfigError, match=r"privacy.retention_days 100 is shorter than the 154 days"):
+        load_config(path, environ={"INSIGHTS__PRIVACY__RETENTION_DAYS": "100"})
+    kept = load_config(path, environ={"INSIGHTS__PRIVACY__RETENTION_DAYS": "180"})
+    summary = steps.ingest(kept)  # nothing new to load: the expiry runs all the same
+    removed = summary["expired"]["removed"]
+    assert removed["raw.events"] == 2 and removed["main.fct_events"] == 2 and removed["main.fct_sessions"] == 1
+    assert removed["ingest.quarantine"] == 1
+    assert "2 events past privacy.retention_days removed" in steps.headline("ingest", summary)
+    assert query(tmp_path, "select event_id from main.fct_events order by 1") == query(
+        tmp_path, "select event_id from raw.events order by 1"
+    )
+    assert query(tmp_path, "select count(*) from main.fct_sessions") == [(sessions - 1,)]
+    assert query(tmp_path, "select count(*), min(raw_text) from ingest.quarantine") == [
+        (1, "not a time,c3,,view,sku-1")
+    ]
+    assert steps.ingest(kept)["expired"]["removed"] == {}
 
 
 def test_compaction_leaves_no_byte_of_the_removed_rows(tmp_path: Path) -> None:
