@@ -346,6 +346,13 @@ def erasure_records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     Segment was sent, the state of its deletion there (the erasure's audit trail)."""
     if not has_table(con, "privacy", "forgotten"):
         return []
+    # (A warehouse made before Segment deletions existed, opened read-only, lacks their table.)
+    deletions = (
+        "privacy.segment_deletions"
+        if has_table(con, "privacy", "segment_deletions")
+        else "(select null::varchar as user_id, null::varchar as regulate_id, null::timestamp as regulated_at, "
+        "null::varchar as last_error where false)"
+    )
     cursor = con.execute(
         f"""select f.id, f.kind, f.person, f.request_id, f.recorded_at, r.finished_at,
                    d.regulate_id as segment_regulation, d.regulated_at as segment_regulated_at,
@@ -353,7 +360,7 @@ def erasure_records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
                    d.last_error as segment_last_error
             from privacy.forgotten f
             left join privacy.requests r using (request_id)
-            left join privacy.segment_deletions d on d.user_id = f.id
+            left join {deletions} d on d.user_id = f.id
             where f.id in (select id from {IDS}) order by f.person, f.id"""
     )
     names = [c[0] for c in cursor.description]

@@ -102,6 +102,12 @@ def test_a_user_their_cookies_and_their_lines_go_a_shared_devices_other_user_sta
         ("u1", "user", summary["request_id"]),
     ]
     assert all(e["finished_at"] and not e["segment_pending"] for e in audit["erasure"])
+    # A warehouse from before Segment deletions, read before any step that writes.
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("drop table privacy.segment_deletions")
+    con.close()
+    older = steps.person(config, ["u1"], str(tmp_path / "requests" / "u1-older.json"))
+    assert older["erasure"] == audit["erasure"]
 
 
 def test_an_unknown_id_is_recorded_so_it_never_loads(tmp_path: Path) -> None:
