@@ -25,6 +25,7 @@ import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -257,25 +258,25 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
-def post_with_retries(
+def request_with_retries(
     seg: SegmentConfig,
     url: str,
-    body: bytes | Callable[[], bytes],
+    body: bytes | Callable[[], bytes] | None,
     headers: dict[str, str],
     rejected: str,
     sleep: Callable[[float], None],
 ) -> Outcome:
-    """POST ``body`` (a callable: made again for each attempt) to one of Segment's APIs: 429 waits for
-    ``Retry-After``; 5xx, timeouts and connection errors back off exponentially, up to
-    ``seg.max_retries`` retries; 401 and 403 are fatal (``rejected`` says which credential);
-    any other 4xx is given up at once."""
+    """POST ``body`` (a callable: made again for each attempt; None: GET) to one of
+    Segment's APIs: 429 waits for ``Retry-After``; 5xx, timeouts and connection errors
+    back off exponentially, up to ``seg.max_retries`` retries; 401 and 403 are fatal
+    (``rejected`` says which credential); any other 4xx is given up at once."""
     delay = seg.backoff_seconds
     reason = ""
     for attempt in range(1, seg.max_retries + 2):
         request = urllib.request.Request(
             url,
             data=body() if callable(body) else body,
-            method="POST",
+            method="GET" if body is None else "POST",
             headers={**headers, "User-Agent": "user-insights"},
         )
         wait = delay
@@ -316,7 +317,7 @@ class Sender:
             sent_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
             return ('{"batch":[' + ",".join(m.body for m in batch) + f'],"sentAt":"{sent_at}"}}').encode()
 
-        return post_with_retries(
+        return request_with_retries(
             self.seg,
             self.seg.endpoint,
             body,
@@ -425,23 +426,25 @@ def request_deletions(
         ).fetchall()
     ]
     summary: dict[str, Any] = {"pending": len(pending), "requested": 0, "left": len(pending), "regulations": []}
+    token = (environ if environ is not None else os.environ).get(seg.api_token_env)
+    url = seg.api_url.rstrip("/") + "/regulations"
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"}
+    if token:
+        summary["statuses"] = _follow_regulations(seg, con, url, headers, sleep)
     if not pending:
         return summary
-    token = (environ if environ is not None else os.environ).get(seg.api_token_env)
     if not token:
         summary["reason"] = (
             f"no Segment Public API token in ${seg.api_token_env} (a token with the Workspace Owner or "
             "Deletion and Suppression role; or set segment.delete_on_forget: false and delete them in Segment)"
         )
         return summary
-    url = seg.api_url.rstrip("/") + "/regulations"
-    headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"}
     for start in range(0, len(pending), MAX_REGULATION_SUBJECTS):
         users = pending[start : start + MAX_REGULATION_SUBJECTS]
         payload = json.dumps(
             {"regulationType": seg.regulation_type, "subjectType": "USER_ID", "subjectIds": users}
         ).encode()
-        outcome = post_with_retries(seg, url, payload, headers, "Public API token rejected", sleep)
+        outcome = request_with_retries(seg, url, payload, headers, "Public API token rejected", sleep)
         regulate_id = None
         if outcome.ok:
             try:
@@ -468,6 +471,55 @@ def request_deletions(
         summary["regulations"].append(regulate_id)
     summary["left"] = len(pending) - summary["requested"]
     return summary
+
+
+# A regulation in one of these states is still being carried out: its state is asked again.
+OPEN_REGULATION = ("INITIALIZED", "RUNNING")
+
+
+def _follow_regulations(
+    seg: SegmentConfig,
+    con: duckdb.DuckDBPyConnection,
+    url: str,
+    headers: dict[str, str],
+    sleep: Callable[[float], None],
+) -> dict[str, int]:
+    """Ask Segment how the regulations still open are going (``GET /regulations/{id}``, one
+    call per regulation) and record each one's ``overallStatus`` on its users; returns the
+    users per status over every regulation recorded. A regulation Segment cannot be asked
+    about now keeps its last status (the next forget asks again)."""
+    open_ids = [
+        row[0]
+        for row in con.execute(
+            "select distinct regulate_id from privacy.segment_deletions where regulate_id is not null "
+            "and (regulation_status is null or regulation_status in (select unnest(?::varchar[]))) order by 1",
+            [list(OPEN_REGULATION)],
+        ).fetchall()
+    ]
+    for regulate_id in open_ids:
+        outcome = request_with_retries(
+            seg, f"{url}/{urllib.parse.quote(regulate_id, safe='')}", None, headers, "Public API token rejected", sleep
+        )
+        try:
+            status = json.loads(outcome.body)["data"]["regulation"]["overallStatus"] if outcome.ok else None
+        except (ValueError, KeyError, TypeError):
+            status = None
+        if not status:
+            log.warning("segment: the state of regulation %s is unknown for now: %s", regulate_id, outcome.reason)
+            if outcome.fatal:
+                break
+            continue
+        con.execute(
+            "update privacy.segment_deletions set regulation_status = ?, status_checked_at = now()::timestamp "
+            "where regulate_id = ?",
+            [str(status), regulate_id],
+        )
+    return dict(
+        con.execute(
+            "select coalesce(regulation_status, 'REQUESTED'), count(*) from privacy.segment_deletions "
+            "where regulate_id is not null group by 1 order by 1"
+        ).fetchall()
+    )
 
 
 def forget_dry_run(config: Config, ids: list[str], dry_run: bool = False) -> int:

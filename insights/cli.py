@@ -487,6 +487,14 @@ def _print_segment_deletion(
                 "(segment.delete_on_forget is false): delete them there too, in Segment's privacy settings."
             )
         return
+    statuses = segment.get("statuses") or {}
+    if statuses:
+        failed = {k: v for k, v in statuses.items() if k in ("FAILED", "INVALID", "NOT_SUPPORTED", "PARTIAL_SUCCESS")}
+        console.print(
+            "  Segment's deletions so far: "
+            + ", ".join(f"{status} {_count(users, 'user')}" for status, users in statuses.items())
+            + (f" [yellow](see Segment's privacy settings for the {', '.join(failed)} ones)[/yellow]" if failed else "")
+        )
     if segment.get("requested"):
         console.print(
             f"  Segment: {config.segment.regulation_type} requested for {_count(segment['requested'], 'user')} "
@@ -532,7 +540,14 @@ def cmd_person(args: argparse.Namespace, config: Config) -> None:
     erased = summary["erasure"]
     if erased:
         requests = sorted({(str(e["recorded_at"])[:19], e["request_id"]) for e in erased})
-        regulations = sorted({e["segment_regulation"] for e in erased if e["segment_regulation"]})
+        regulations = sorted(
+            {
+                e["segment_regulation"]
+                + (f" ({e['segment_regulation_status']})" if e["segment_regulation_status"] else "")
+                for e in erased
+                if e["segment_regulation"]
+            }
+        )
         pending = sum(1 for e in erased if e["segment_pending"])
         _console().print(
             f"  forgotten before: {_count(len(erased), 'id')} by request "

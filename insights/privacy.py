@@ -351,11 +351,12 @@ def erasure_records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         "privacy.segment_deletions"
         if has_table(con, "privacy", "segment_deletions")
         else "(select null::varchar as user_id, null::varchar as regulate_id, null::timestamp as regulated_at, "
-        "null::varchar as last_error where false)"
+        "null::varchar as regulation_status, null::varchar as last_error where false)"
     )
     cursor = con.execute(
         f"""select f.id, f.kind, f.person, f.request_id, f.recorded_at, r.finished_at,
                    d.regulate_id as segment_regulation, d.regulated_at as segment_regulated_at,
+                   d.regulation_status as segment_regulation_status,
                    d.user_id is not null and d.regulate_id is null as segment_pending,
                    d.last_error as segment_last_error
             from privacy.forgotten f
@@ -401,7 +402,8 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
                 if sent and config.segment.delete_on_forget:
                     # The users Segment holds, kept until it accepted their deletion.
                     con.execute(
-                        "insert or ignore into privacy.segment_deletions select user_id, ?, ?, null, null, 0, null "
+                        "insert or ignore into privacy.segment_deletions (user_id, request_id, recorded_at, attempts) "
+                        "select user_id, ?, ?, 0 "
                         f"from segment.sent_traits where user_id in (select id from {IDS})",
                         [request_id, now],
                     )

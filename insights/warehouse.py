@@ -155,6 +155,9 @@ create table if not exists privacy.segment_deletions (
     user_id varchar primary key, request_id varchar, recorded_at timestamp, regulate_id varchar,
     regulated_at timestamp, attempts integer, last_error varchar
 );
+-- Segment's overallStatus of each user's regulation, as last asked.
+alter table privacy.segment_deletions add column if not exists regulation_status varchar;
+alter table privacy.segment_deletions add column if not exists status_checked_at timestamp;
 create table if not exists privacy.requests (
     request_id varchar primary key, requested_at timestamp, ids_given integer, users integer,
     cookies integer, warehouse_rows bigint, finished_at timestamp

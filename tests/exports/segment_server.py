@@ -1,7 +1,8 @@
 """A local stand-in for Segment's HTTP tracking API (``POST /v1/batch``), as documented:
 write key as basic-auth user, batches <= 500 KB and <= 2,500 messages, messages <= 32 KB,
 de-duplication by messageId; and for its Public API's workspace regulations (``POST
-/regulations``: a bearer token, at most 5,000 subject ids, ``{"data": {"regulateId"}}``).
+/regulations``: a bearer token, at most 5,000 subject ids, ``{"data": {"regulateId"}}``;
+``GET /regulations/{id}``: its ``overallStatus``, as set in ``status``).
 Failures are scripted per request, for either."""
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class FakeSegment:
         self.write_key = write_key
         self.api_token = api_token
         self.regulations: list[dict[str, Any]] = []  # accepted: id, type, subject type, subject ids
+        self.status: dict[str, str] = {}  # regulation id -> overallStatus (default INITIALIZED)
+        self.status_asked: Counter = Counter()  # regulation id -> GET /regulations/{id} calls
         self.script: list[Any] = []  # per request: "500", ("429", seconds), ("timeout", seconds), "accept-then-hang"
         self.accepted: dict[str, dict[str, Any]] = {}  # messageId -> message
         self.received = Counter()  # messageId -> times received in a 200 response or processed
@@ -89,6 +92,24 @@ class FakeSegment:
                 if action == "accept-then-hang":
                     time.sleep(2)
                 return self._reply(200, {"success": True})
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.headers.get("Authorization") != f"Bearer {outer.api_token}":
+                    return self._reply(401, {"error": "invalid token"})
+                regulate_id = self.path.removeprefix("/regulations/")
+                with outer.lock:
+                    known = any(r["id"] == regulate_id for r in outer.regulations)
+                    outer.status_asked[regulate_id] += 1
+                if not self.path.startswith("/regulations/") or not known:
+                    return self._reply(404, {"errors": [{"type": "not-found", "message": "Resource not found"}]})
+                regulation = {
+                    "id": regulate_id,
+                    "workspaceId": "ws-test",
+                    "overallStatus": outer.status.get(regulate_id, "INITIALIZED"),
+                    "createdAt": "2026-12-04T00:00:00Z",
+                    "streamStatus": [],
+                }
+                return self._reply(200, {"data": {"regulation": regulation}})
 
             def _regulation(self, raw: bytes) -> None:
                 body = json.loads(raw)

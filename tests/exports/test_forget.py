@@ -168,6 +168,7 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
             "requested": 2,
             "left": 0,
             "regulations": None,
+            "statuses": {},
         }
         assert fake.regulations == [
             {"id": "reg-1", "type": "SUPPRESS_WITH_DELETE", "subject_type": "USER_ID", "subject_ids": ["u001", "u002"]}
@@ -178,11 +179,19 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
             "order by user_id",
         ) == [("u001", "reg-1", True, None), ("u002", "reg-1", True, None)]
         assert main([*cli, "--segment-pending"]) == 0
-        assert "no deletion pending" in capsys.readouterr().out
+        out = " ".join(capsys.readouterr().out.split())
+        assert "no deletion pending" in out and "Segment's deletions so far: INITIALIZED 2 users" in out
+        # Segment's progress is followed while the regulation is open, then no more.
+        fake.status["reg-1"] = "FINISHED"
+        assert steps.segment_pending(config)["statuses"] == {"FINISHED": 2}
+        asked = fake.status_asked["reg-1"]
+        assert steps.segment_pending(config)["statuses"] == {"FINISHED": 2} and fake.status_asked["reg-1"] == asked
         assert (
             main(["--config", str(tmp_path / "insights.yml"), "person", "u001", "--out", str(tmp_path / "p.json")]) == 0
         )
         assert "Segment deletion: regulation reg-1" in " ".join(capsys.readouterr().out.split())
+        audit = {e["id"]: e for e in steps.person(config, ["u001"], str(tmp_path / "u001.json"))["erasure"]}
+        assert audit["u001"]["segment_regulation_status"] == "FINISHED"
         assert len(fake.regulations) == 1
 
         # A token Segment rejects is not retried, and says which credential.
@@ -206,8 +215,8 @@ def test_segment_deletions_go_five_thousand_users_a_request(small: Config, tmp_p
         config = _live_segment(tmp_path, fake, regulation_type="DELETE_ONLY")
         con = connect(config)
         con.execute(
-            "insert into privacy.segment_deletions select printf('user-%05d', i), 'r', now()::timestamp, "
-            "null, null, 0, null from range(5001) t(i)"
+            "insert into privacy.segment_deletions (user_id, request_id, recorded_at, attempts) "
+            "select printf('user-%05d', i), 'r', now()::timestamp, 0 from range(5001) t(i)"
         )
         summary = segment.request_deletions(config, con, environ={"SEGMENT_API_TOKEN": "sgp-test"})
         con.close()
