@@ -46,7 +46,7 @@ def expire_child(config_path: str, now: str) -> None:
 
 
 def measure(config: Path, now: str) -> dict:
-    code, out, err, usage, wall = run_child([sys.executable, __file__, "--child", str(config), "--now", now])
+    code, out, err, usage, wall = run_child([sys.executable, __file__, "--child", str(config), now])
     if code:
         raise SystemExit(f"expiry failed: {err.strip()[-2000:]}")
     line = next(x for x in out.splitlines() if x.startswith("EXPIRED"))
@@ -64,12 +64,7 @@ def main() -> None:
     parser.add_argument("--site", help="a pipeline_scale.py workdir (events_N)")
     parser.add_argument("--expire-days", type=int, default=30)
     parser.add_argument("--retention-days", type=int, default=154)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--now", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        expire_child(args.child, args.now)
-        return
     if not args.site:
         parser.error("--site is required")
     import duckdb
@@ -106,4 +101,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--child"]:  # the measured child: config file, instant
+        expire_child(*sys.argv[2:4])
+    else:
+        main()
