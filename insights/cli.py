@@ -460,7 +460,14 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
     if dry and segment["profiles"]:
         console.print(
             f"  Segment: was sent traits of {segment['profiles']:,} of them; "
-            + ("their deletion would be requested" if segment["delete_on_forget"] else "delete them there too")
+            + (
+                "delete them there too"
+                if not segment["delete_on_forget"]
+                else "their deletion would be requested"
+                if segment.get("token")
+                else f"[yellow]their deletion could not be requested: no token in ${config.segment.api_token_env}"
+                "[/yellow] (the real run would forget everything else, then fail saying so)"
+            )
         )
     elif not dry:
         _print_segment_deletion(console, segment, config)

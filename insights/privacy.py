@@ -30,6 +30,7 @@ trained model) keeps their contribution until it is rebuilt: ``insights transfor
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -434,6 +435,9 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
     if not dry_run and config.segment.delete_on_forget:
         with timed(seconds, "segment_deletion"):
             deletion |= segment.request_deletions(config, con)
+    elif sent and config.segment.delete_on_forget:
+        # A dry run says ahead whether the real one could ask Segment (or would end failing).
+        deletion["token"] = bool(os.environ.get(config.segment.api_token_env))
     summary = {
         "request_id": None if dry_run else request_id,
         "dry_run": dry_run,

@@ -140,6 +140,9 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         steps.export(config)
         assert len(fake.users()) == 40 and "u001" in fake.users()
 
+        # A dry run says ahead that Segment's deletion could not be asked for.
+        assert main([*cli, "u001", "--dry-run"]) == 0
+        assert "no token in $SEGMENT_API_TOKEN" in " ".join(capsys.readouterr().out.split())
         # No Public API token: everything else is forgotten, Segment's deletion is kept
         # pending and the command fails saying what to do. (cookie-x was never sent.)
         assert main([*cli, "u001", "cookie-x"]) == 1
@@ -154,6 +157,8 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
 
         # Segment's API down past the retries: still pending, the reason recorded.
         monkeypatch.setenv("SEGMENT_API_TOKEN", "sgp-test")
+        assert main([*cli, "u004", "--dry-run"]) == 0
+        assert "their deletion would be requested" in " ".join(capsys.readouterr().out.split())
         fake.script = ["500", ("429", 0), "500"]
         assert main([*cli, "--segment-pending"]) == 1
         assert "gave up after 3 attempts: HTTP 500" in capsys.readouterr().err
