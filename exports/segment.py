@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from insights import faults
 from insights.config import Config, SegmentConfig
+from insights.privacy import register_ids
 from insights.storage import replace_text
 from insights.warehouse import insert_rows
 
@@ -398,6 +399,11 @@ def _log(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
     insert_rows(con, "segment.sync_log", rows)
 
 
+def api_token(config: Config, environ: dict[str, str] | None = None) -> str | None:
+    """The Public API token (deletion requests), from ``segment.api_token_env``."""
+    return (environ if environ is not None else os.environ).get(config.segment.api_token_env) or None
+
+
 # Segment's Public API takes at most 5,000 user ids per regulation.
 MAX_REGULATION_SUBJECTS = 5_000
 
@@ -426,7 +432,7 @@ def request_deletions(
         ).fetchall()
     ]
     summary: dict[str, Any] = {"pending": len(pending), "requested": 0, "left": len(pending), "regulations": []}
-    token = (environ if environ is not None else os.environ).get(seg.api_token_env)
+    token = api_token(config, environ)
     url = seg.api_url.rstrip("/") + "/regulations"
     headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"}
     if token:
@@ -453,17 +459,16 @@ def request_deletions(
                 outcome = Outcome(False, f"unexpected answer {outcome.body[:200]!r}", outcome.attempts)
         if regulate_id:
             faults.reached("segment.regulation")  # accepted by Segment, not recorded yet
-        register = "segment_deletion_users"
-        con.register(register, pa.table({"user_id": pa.array(users, pa.string())}))
+        register_ids(con, users, "segment_deletion_users")
         try:
             con.execute(
                 "update privacy.segment_deletions set attempts = coalesce(attempts, 0) + ?, "
                 "regulate_id = ?, regulated_at = case when ? is not null then now()::timestamp end, last_error = ? "
-                f"where user_id in (select user_id from {register})",
+                "where user_id in (select id from segment_deletion_users)",
                 [outcome.attempts, regulate_id, regulate_id, None if regulate_id else outcome.reason],
             )
         finally:
-            con.unregister(register)
+            con.unregister("segment_deletion_users")
         if not regulate_id:
             summary["reason"] = outcome.reason
             break

@@ -419,7 +419,7 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> None:
             raise ForgetError("--dry-run without ids: nothing to count (--segment-pending and --compact change things)")
         segment = None
         if args.segment_pending:
-            segment = {"delete_on_forget": True, **steps.segment_pending(config)}
+            segment = steps.segment_pending(config)
             _print_segment_deletion(console, segment, config, nothing="no deletion pending")
         if args.compact:
             _print_compaction(console, steps.compact(config))

@@ -229,7 +229,7 @@ def forget(context: Mapping[str, Any] | None = None) -> dict[str, Any]:
             deletion = summary["segment"]
             log.info("forget: %s", steps.headline("forget", summary))
         else:
-            deletion = summary = {"delete_on_forget": True, **steps.segment_pending(config)}
+            deletion = summary = steps.segment_pending(config)
             log.info("forget: no ids; Segment asked to delete %d pending users", summary["requested"])
             if compact:
                 summary["compaction"] = steps.compact(config)

@@ -30,7 +30,6 @@ trained model) keeps their contribution until it is rebuilt: ``insights transfor
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -437,7 +436,7 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
             deletion |= segment.request_deletions(config, con)
     elif sent and config.segment.delete_on_forget:
         # A dry run says ahead whether the real one could ask Segment (or would end failing).
-        deletion["token"] = bool(os.environ.get(config.segment.api_token_env))
+        deletion["token"] = segment.api_token(config) is not None
     summary = {
         "request_id": None if dry_run else request_id,
         "dry_run": dry_run,
@@ -464,13 +463,6 @@ def forget(config: Config, con: duckdb.DuckDBPyConnection, given: list[str], dry
             ],
         )
     return summary
-
-
-def segment_pending(config: Config, con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """Ask Segment again to delete the forgotten users whose deletion it has not accepted yet."""
-    from exports import segment
-
-    return segment.request_deletions(config, con)
 
 
 def deletion_left(deletion: dict[str, Any]) -> str | None:

@@ -238,12 +238,13 @@ def compact(config: Config) -> dict[str, Any]:
 
 @holds_warehouse
 def segment_pending(config: Config) -> dict[str, Any]:
-    """Ask Segment again to delete the forgotten users it has not accepted a deletion of."""
-    from insights.privacy import segment_pending as request
+    """Ask Segment again to delete the forgotten users it has not accepted a deletion of;
+    returns what a forget's summary says of Segment (see :func:`insights.privacy.deletion_left`)."""
+    from exports.segment import request_deletions
 
     con = connect(config)
     try:
-        return request(config, con)
+        return {"delete_on_forget": True, **request_deletions(config, con)}
     finally:
         con.close()
 
