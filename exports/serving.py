@@ -34,6 +34,7 @@ import duckdb
 
 from exports.filters import category_levels
 from insights.config import Config, MerchandisingRules
+from insights.storage import swap_in
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,7 @@ def publish_table(config: Config, con: duckdb.DuckDBPyConnection, run_id: str) -
         db.commit()
     finally:
         db.close()
-    with open(building, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(building, path)
+    swap_in(building, path)
     return {
         "path": str(path),
         "users": counts["recs"],
@@ -390,9 +389,7 @@ def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, i
     finally:
         db.close()
     if removed and not dry_run:
-        with open(building, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(building, path)
+        swap_in(building, path)
     else:
         building.unlink(missing_ok=True)
     return removed

@@ -160,3 +160,16 @@ def replace_text(path: Path, text: str) -> None:
     with open(tmp, "w", encoding="utf-8", newline="") as fh:  # line ends as given
         fh.write(text)
     os.replace(tmp, path)
+
+
+def swap_in(built: Path, target: Path) -> None:
+    """Put a finished file in place of ``target`` in one rename, durably: the file's data and
+    then the rename are on disk when this returns. A reader sees the old file or the new."""
+    with open(built, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(built, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 
 from insights.config import Config
+from insights.storage import swap_in
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +233,7 @@ def compact(config: Config) -> dict[str, Any]:
         raise RuntimeError(
             f"compaction copied different row counts for {', '.join(differ[:5])}; warehouse left as it was"
         )
-    with open(fresh, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(fresh, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    swap_in(fresh, path)
     return {
         "bytes_before": before,
         "bytes_after": path.stat().st_size,
