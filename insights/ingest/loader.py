@@ -399,9 +399,9 @@ def _forget_files(con: duckdb.DuckDBPyConnection, source_name: str, files: list[
     return removed
 
 
-def _drop_forgotten_quarantine(con: duckdb.DuckDBPyConnection, result: LoadResult) -> None:
+def _drop_forgotten_quarantine(con: duckdb.DuckDBPyConnection, result: LoadResult, anyone_forgotten: bool) -> None:
     """Bad lines of this load that name a forgotten person count as forgotten, not kept."""
-    if privacy.has_forgotten(con):
+    if anyone_forgotten:
         dropped = con.execute(
             "delete from ingest.quarantine where "
             + privacy.mention_condition(
@@ -502,6 +502,7 @@ def _load_events(
     config: Config,
     now: datetime,
     extra_bad: list[tuple[str, int, str, str]],
+    anyone_forgotten: bool,
 ) -> dict[str, int]:
     """De-duplicate, validate and insert one staged batch (``staged``: the table holding its
     rows); fills the counts of ``result``."""
@@ -521,7 +522,7 @@ def _load_events(
         where reason is null and event_id = base_event_id
         """
     )
-    if privacy.has_forgotten(con):
+    if anyone_forgotten:
         # People removed by insights forget: their lines are counted, never loaded.
         present = {row[0] for row in con.execute("describe stage").fetchall()}
         condition = privacy.row_condition(present & {"user_id", "anonymous_id"}, privacy.FORGOTTEN)
@@ -595,7 +596,7 @@ def _load_events(
         """
     ).fetchone()
     result.quarantined += quarantined + len(extra_bad)
-    _drop_forgotten_quarantine(con, result)
+    _drop_forgotten_quarantine(con, result, anyone_forgotten)
     result.loaded += loaded_lines
     result.duplicates += good_lines - loaded_lines
     with ThreadPoolExecutor(1) as validator:
@@ -807,6 +808,8 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
         if batch.error is not None:
             raise batch.error
         with transaction(con):
+            # (Asked once a batch: nobody is forgotten meanwhile, forget waits for the lock.)
+            anyone_forgotten = privacy.has_forgotten(con)
             if isinstance(source, CatalogSource):
                 per_file = _load_catalog(con, source, files, batch.parsed, result, started)
             elif isinstance(source, SingerSource):
@@ -818,13 +821,15 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                     result.replaced += _forget_files(con, source.name, files, "raw.events")
                     result.quarantined += len(singer.bad)
                     _insert_quarantine(con, singer.bad, source.name, result.load_id, started)
-                    _drop_forgotten_quarantine(con, result)
+                    _drop_forgotten_quarantine(con, result, anyone_forgotten)
                     per_file = {}
                 else:
                     staged = _stage_rows(con, singer.sql)
-                    per_file = _load_events(con, staged, source, files, result, config, started, singer.bad)
+                    per_file = _load_events(
+                        con, staged, source, files, result, config, started, singer.bad, anyone_forgotten
+                    )
                 singer.finish(con, result.load_id, started)
-                if privacy.has_forgotten(con):
+                if anyone_forgotten:
                     # Raw records naming a forgotten person go; those of other streams
                     # (customers, orders) were counted as loaded, events were counted above.
                     dropped = con.execute(
@@ -847,7 +852,7 @@ def _load_batch(con: duckdb.DuckDBPyConnection, source: Any, batch: _Batch, conf
                     sql, lines = _stage_events_file(source, batch.parsed, con, result.warnings)
                     staged = _stage_rows(con, sql)
                 result.lines_read = lines
-                per_file = _load_events(con, staged, source, files, result, config, started, [])
+                per_file = _load_events(con, staged, source, files, result, config, started, [], anyone_forgotten)
             if not result.reconciles:
                 raise IngestError(
                     f"source '{source.name}': counts do not reconcile for {paths}: read {result.lines_read}, "
