@@ -475,12 +475,19 @@ class PrivacyConfig(_Strict):
     )
 
 
+def cutoff_steps(window_days: int, ml: MLConfig) -> range:
+    """The training cutoffs of a propensity with an outcome window of ``window_days``, as
+    multiples of ``ml.cutoff_step_days`` back from the anchor's day: from the first grid
+    point far enough back for the window to be complete, ``ml.training_cutoffs`` of them."""
+    first = -(-window_days // ml.cutoff_step_days)  # ceil
+    return range(first, first + ml.training_cutoffs)
+
+
 def history_days_needed(windows: WindowsConfig, ml: MLConfig) -> int:
     """Days of events training reads back from its anchor: the oldest propensity cutoff
-    (see ``models_ml.pipeline.make_plan``) and the longest feature window before it."""
-    step = ml.cutoff_step_days
+    and the longest feature window before it."""
     back = max(
-        step * (-(-window // step) + ml.training_cutoffs - 1)
+        ml.cutoff_step_days * cutoff_steps(window, ml)[-1]
         for window in (windows.purchase_days, windows.churn_days, windows.value_days)
     )
     return back + FEATURE_HISTORY_DAYS + 1

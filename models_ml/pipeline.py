@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from insights.config import Config
+from insights.config import Config, cutoff_steps
 from insights.timing import timed
 from insights.transform import (
     FEATURE_MODELS,
@@ -70,10 +70,7 @@ def make_plan(config: Config, as_of: datetime, first_event: datetime, last_event
     earliest = first_event + timedelta(days=MIN_HISTORY_DAYS)
     cutoffs: dict[str, list[datetime]] = {}
     for target, window in window_days(config).items():
-        first_step = -(-window // ml.cutoff_step_days)  # ceil: the first grid point far enough back
-        grid = (
-            day - timedelta(days=ml.cutoff_step_days * j) for j in range(first_step, first_step + ml.training_cutoffs)
-        )
+        grid = (day - timedelta(days=ml.cutoff_step_days * j) for j in cutoff_steps(window, ml))
         cutoffs[target] = [c for c in grid if c >= earliest]
     return Plan(as_of=as_of, anchor=anchor, als_split=day - timedelta(days=ml.validation_days), cutoffs=cutoffs)
 
