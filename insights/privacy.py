@@ -172,10 +172,13 @@ def row_condition(columns: set[str], ids: str = IDS) -> str | None:
 
 
 def fields_sql(text: str) -> str:
-    """SQL for the fields of a raw text: its JSON strings, its JSON whole numbers, its tab-
+    """SQL for the fields of a raw text: its JSON strings (unescaped: ``jos\\u00e9`` is
+    josé, as a producer that writes only ASCII has it), its JSON whole numbers, its tab-
     and its comma-separated fields."""
     return f"""list_concat(
-        regexp_extract_all({text}, '"((?:[^"\\\\]|\\\\.)*)"', 1),
+        list_transform(regexp_extract_all({text}, '"((?:[^"\\\\]|\\\\.)*)"', 1),
+            lambda s: case when contains(s, '\\') then coalesce(try(json_extract_string('"' || s || '"', '$')), s)
+                      else s end),
         regexp_extract_all({text}, '[:\\[,]\\s*([0-9]+)\\s*(?:[,\\]}}]|$)', 1),
         string_split({text}, chr(9)),
         string_split({text}, ','))"""

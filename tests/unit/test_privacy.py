@@ -236,6 +236,9 @@ def test_compaction_leaves_no_byte_of_the_removed_rows(tmp_path: Path) -> None:
         ("the user u1 said", "u1", False),  # not a field
         ("it's o'brien", "o'brien", False),
         ('{"id": "o\'brien"}', "o'brien", True),  # quotes in ids are data
+        ('{"user_id": "jos\\u00e9"}', "josé", True),  # written as ASCII only
+        ('{"user_id": "say \\"hi\\""}', 'say "hi"', True),
+        ('{"user_id": "jos\\u00e9x"}', "josé", False),
     ],
 )
 def test_raw_text_names_an_id_only_as_a_field(text: str, id_: str, names: bool) -> None:
