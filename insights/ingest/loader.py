@@ -172,7 +172,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
             batch = _Batch([p for p in pending if p], [r for r, p in zip(batch_refs, pending) if p is None])
             if batch.files:
                 try:
-                    batch.parsed = _parse_files(source, batch.files, pool)
+                    batch.parsed = _parse_files(source, batch.files, pool, cursor)
                     if isinstance(source, (SnowplowEnrichedSource, SnowplowAtomicSource)):
                         batch.staged, batch.lines = _stage_snowplow(source, batch.parsed, cursor)
                         batch.parsed = None
@@ -236,8 +236,11 @@ def ensure_event_keys(con: duckdb.DuckDBPyConnection) -> None:
             con.execute("update raw.events set event_key = hash(event_id) where event_key is null")
 
 
-def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor) -> Any:
-    """The batch's files parsed into what its load stages (no warehouse access here)."""
+def _parse_files(
+    source: Any, files: list[PendingFile], pool: ThreadPoolExecutor, cursor: duckdb.DuckDBPyConnection
+) -> Any:
+    """The batch's files parsed into what its load stages (no warehouse access here: the
+    cursor's temporary tables only)."""
     if isinstance(source, SnowplowEnrichedSource):
         texts = dict(zip((f.ref.path for f in files), pool.map(lambda f: decompress(f.data, f.ref.path), files)))
         return snowplow.read_enriched(list(texts.items())), texts
@@ -246,13 +249,10 @@ def _parse_files(source: Any, files: list[PendingFile], pool: ThreadPoolExecutor
         tables = pool.map(lambda f: read(decompress(f.data, f.ref.path), f.ref.path), files)
         return pa.concat_tables(list(tables), promote_options="permissive")
     if isinstance(source, SingerSource):
-
-        def parse(f: PendingFile) -> mapped.SingerFile:
-            name = f.ref.path.rsplit("/", 1)[-1].split(".", 1)[0]
-            text = decompress(f.data, f.ref.path).decode("utf-8", errors="replace")
-            return mapped.parse_singer(text, f.ref.path, name)
-
-        return list(pool.map(parse, files))
+        # A file's bare records belong to the stream its name starts with (as target-jsonl names them).
+        texts = pool.map(lambda f: decompress(f.data, f.ref.path), files)
+        named = [(f.ref.path, t, f.ref.path.rsplit("/", 1)[-1].split(".", 1)[0]) for f, t in zip(files, texts)]
+        return mapped.read_singer(named, cursor)
     return _read_catalog(files, source.stream)
 
 
@@ -331,20 +331,17 @@ class _SingerBatch:
 
 
 def _stage_singer(
-    source: SingerSource, parsed: list[mapped.SingerFile], con: duckdb.DuckDBPyConnection, warnings: list[str]
+    source: SingerSource, parsed: mapped.SingerRead, con: duckdb.DuckDBPyConnection, warnings: list[str]
 ) -> _SingerBatch:
     sqls = []
-    event_lines = other = control = lines_read = 0
-    bad: list[tuple[str, int, str, str]] = []
-    for stream in sorted({s for p in parsed for s in p.records}):
-        rows = [p.records[stream] for p in parsed if stream in p.records]
-        count = sum(r.n for r in rows)
+    event_lines = other = 0
+    for stream in sorted(parsed.records):
+        table = parsed.records[stream]
         mapping = source.streams.get(stream)
         if mapping is None:
-            other += count
+            other += table.num_rows
             continue
-        event_lines += count
-        table = pa.concat_tables([r.to_arrow() for r in rows], promote_options="permissive")
+        event_lines += table.num_rows
         view = f"batch_stream_{len(sqls)}"
         con.register(view, table)
         con.register(f"{view}_types", mapped.event_types_table(mapping))
@@ -352,24 +349,28 @@ def _stage_singer(
         sqls.append(
             mapped.mapped_sql(view, columns, mapping, f"{view}_types", source.name, source.schema_drift, warnings)
         )
-    for p in parsed:
-        control += len(p.schemas) + len(p.states)
-        bad.extend(p.bad)
-        lines_read += p.lines_read
 
     def finish(c: duckdb.DuckDBPyConnection, load_id: str, now: datetime) -> None:
-        records = [(source.name, *r[:3], r[3], r[4], load_id, now) for p in parsed for r in p.raw_records]
-        if records:
-            insert_rows(c, "raw.singer_records", records)
-        schemas = [(source.name, *s, load_id, now) for p in parsed for s in p.schemas]
+        if parsed.raw_records.num_rows:
+            c.register("batch_singer_records", parsed.raw_records)
+            try:
+                c.execute(
+                    "insert into raw.singer_records select ?, stream, record, time_extracted, source_file, "
+                    "source_line, ?, ? from batch_singer_records",
+                    [source.name, load_id, now],
+                )
+            finally:
+                c.unregister("batch_singer_records")
+        schemas = [(source.name, *s, load_id, now) for s in parsed.schemas]
         if schemas:
             insert_rows(c, "raw.singer_schemas", schemas)
-        states = [(source.name, *s, load_id, now) for p in parsed for s in p.states]
+        states = [(source.name, *s, load_id, now) for s in parsed.states]
         if states:
             insert_rows(c, "raw.singer_state", states)
 
     sql = " union all by name ".join(f"({s})" for s in sqls) if sqls else None
-    return _SingerBatch(sql, event_lines, other, control, bad, finish, lines_read)
+    control = len(parsed.schemas) + len(parsed.states)
+    return _SingerBatch(sql, event_lines, other, control, parsed.bad, finish, parsed.lines_read)
 
 
 def _insert_quarantine(

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
 from insights.ingest.textio import csv_rows, json_text, parquet_text_table, quote_ident, split_lines
 from insights.ingest.textio import quote_literal as _lit
-from insights.warehouse import CANONICAL_EVENT_COLUMNS
+from insights.warehouse import CANONICAL_EVENT_COLUMNS, query_table
 
 META = ("source_file", "source_line", "raw_text", "shape_error")
 
@@ -419,7 +422,11 @@ def event_types_table(mapping: StreamMapping) -> pa.Table:
 
 @dataclass
 class SingerFile:
-    """What one Singer file holds, split by message type; bad lines carry their reason."""
+    """What Singer lines hold, split by message type; bad lines carry their reason.
+
+    ``raw_records`` are (stream, record as JSON text, time_extracted text or None, file,
+    line); a time_extracted that is there is a valid timestamp (see :func:`parse_singer`).
+    """
 
     records: dict[str, TextRows] = field(default_factory=dict)
     raw_records: list[tuple[str, str, str | None, str, int]] = field(default_factory=list)
@@ -429,14 +436,34 @@ class SingerFile:
     lines_read: int = 0
 
 
-def parse_singer(text: str, source_file: str, stream_default: str) -> SingerFile:
-    """Split Singer output into SCHEMA, RECORD and STATE messages.
+def valid_times(con: Any, texts: set[str]) -> set[str]:
+    """The texts that read as timestamps, by the cast the warehouse uses everywhere."""
+    if not texts:
+        return set()
+    name = f"times_{uuid.uuid4().hex[:12]}"
+    con.register(name, pa.table({"t": pa.array(sorted(texts), pa.string())}))
+    try:
+        return {
+            t for (t,) in con.execute(f"select t from {name} where try_cast(t as timestamptz) is not null").fetchall()
+        }
+    finally:
+        con.unregister(name)
+
+
+def parse_singer_lines(
+    lines: list[tuple[int, str]], source_file: str, stream_default: str, con: Any, out: SingerFile | None = None
+) -> SingerFile:
+    """Split Singer lines (number, text) into SCHEMA, RECORD and STATE messages, one by one.
 
     Lines without a ``type`` are taken as bare records of the stream named by the file
-    (as target-jsonl writes them).
+    (as target-jsonl writes them). A RECORD's ``time_extracted`` must be a timestamp (by
+    DuckDB's cast, on ``con``): otherwise the line is quarantined, never loaded with a
+    wrong time. This is the reference reading; :func:`read_singer` gives the same on the
+    lines it reads in bulk and sends the others here.
     """
-    out = SingerFile()
-    for number, line in enumerate(split_lines(text), start=1):
+    out = out if out is not None else SingerFile()
+    messages: list[tuple[int, str, Any]] = []
+    for number, line in lines:
         out.lines_read += 1
         if not line.strip():
             out.bad.append((source_file, number, line, "empty line"))
@@ -449,6 +476,16 @@ def parse_singer(text: str, source_file: str, stream_default: str) -> SingerFile
         if not isinstance(message, dict):
             out.bad.append((source_file, number, line, "expected a JSON object"))
             continue
+        messages.append((number, line, message))
+    times = valid_times(
+        con,
+        {
+            m["time_extracted"]
+            for _, _, m in messages
+            if m.get("type") == "RECORD" and isinstance(m.get("time_extracted"), str)
+        },
+    )
+    for number, line, message in messages:
         kind = message.get("type")
         if kind is None:
             message = {"type": "RECORD", "stream": stream_default, "record": message}
@@ -458,8 +495,13 @@ def parse_singer(text: str, source_file: str, stream_default: str) -> SingerFile
             if not isinstance(record, dict) or not isinstance(stream, str):
                 out.bad.append((source_file, number, line, "RECORD without an object 'record' and a 'stream' name"))
                 continue
+            extracted = message.get("time_extracted")
+            if extracted is not None and not (isinstance(extracted, str) and extracted in times):
+                shown = extracted if isinstance(extracted, str) else json_text(extracted)
+                out.bad.append((source_file, number, line, f"time_extracted: not a timestamp '{shown[:40]}'"))
+                continue
             out.records.setdefault(stream, TextRows()).add(flatten(record), source_file, number, line, None)
-            out.raw_records.append((stream, json.dumps(record), message.get("time_extracted"), source_file, number))
+            out.raw_records.append((stream, json_text(record), extracted, source_file, number))
         elif kind == "SCHEMA":
             if not isinstance(message.get("stream"), str) or not isinstance(message.get("schema"), dict):
                 out.bad.append((source_file, number, line, "SCHEMA without a 'stream' and an object 'schema'"))
@@ -483,3 +525,254 @@ def parse_singer(text: str, source_file: str, stream_default: str) -> SingerFile
         else:
             out.bad.append((source_file, number, line, f"unknown Singer message type {kind!r}"))
     return out
+
+
+def parse_singer(text: str, source_file: str, stream_default: str, con: Any) -> SingerFile:
+    """:func:`parse_singer_lines` over a whole file's text."""
+    return parse_singer_lines(list(enumerate(split_lines(text), start=1)), source_file, stream_default, con)
+
+
+# What JSON text DuckDB (yyjson) reads or writes otherwise than Python's json: numbers
+# Python writes in exponent form (1e+16, 1e-05) and DuckDB in full, or any exponent at
+# all; NaN and Infinity (both read them, DuckDB also nan and inf); trailing commas (DuckDB
+# accepts them); escaped control characters (\u001F against \u001f). A line with any of
+# these (inside a string too: a false alarm costs only speed) is read by Python.
+_PYTHON_ONLY = (
+    r"[:,\[]\s*[-+]?([0-9]+(\.[0-9]*)?[eE]|[0-9]{16}|0\.0000|[nN][aA][nN]|[iI][nN][fF])"
+    r"|,\s*[\]}]"
+    r"|\\u00[01]|\\u007[fF]|\\[bf]"
+)
+# A key that cannot be a flattened column as Python names it (dots join the levels) or a
+# JSON path of DuckDB's; such records are read by Python.
+_ODD_KEY = r'^$|[."\\\x00-\x1f]'
+_META_NAMES = set(META)
+# Deeper objects than this are flattened by Python (a record like that is not an event).
+_MAX_DEPTH = 16
+
+
+@dataclass
+class SingerRead:
+    """A batch of Singer files: each stream's RECORDs as text columns (as :class:`TextRows`
+    would make them), the records for ``raw.singer_records`` (stream, record, time_extracted
+    as a UTC timestamp, source_file, source_line), control messages and bad lines."""
+
+    records: dict[str, pa.Table]
+    raw_records: pa.Table
+    schemas: list[tuple[str, str, str, str, int]]
+    states: list[tuple[str, str, int]]
+    bad: list[tuple[str, int, str, str]]
+    lines_read: int
+
+
+def _lines_table(files: list[tuple[str, bytes, str]]) -> pa.Table:
+    """Every physical line of the files (as :func:`split_lines` makes them) with its file,
+    number and the file's default stream, split by Arrow rather than Python."""
+    parts = []
+    for path, data, stream in files:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("utf-8", errors="replace")
+        lines = pc.split_pattern(pa.array([text], pa.large_string()), "\n").flatten()
+        if text.endswith("\n"):
+            lines = lines.slice(0, len(lines) - 1)
+        if "\r" in text:
+            lines = pc.replace_substring_regex(lines, "\r$", "")
+        n = len(lines)
+        parts.append(
+            pa.table(
+                {
+                    "source_file": pa.array([path], pa.string()).take(pa.array(np.zeros(n, np.int32))),
+                    "source_line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                    "line": lines,
+                    "stream_default": pa.array([stream], pa.string()).take(pa.array(np.zeros(n, np.int32))),
+                }
+            )
+        )
+    return pa.concat_tables(parts)
+
+
+def _key_path(prefix: str, key: str) -> str:
+    return f'{prefix}."{key}"'
+
+
+def _flatten_columns(con: Any, table: str, stream: str) -> list[tuple[str, str]]:
+    """The flattened columns (dotted name, JSON path) of one stream's bulk records in
+    ``table``, level by level, as :func:`flatten` names them; a record with a repeated or
+    odd key, or nested deeper than ``_MAX_DEPTH``, is handed to Python on the way."""
+    columns: list[tuple[str, str]] = []
+    objects = [("", "$")]
+    where = f"stream = {_lit(stream)} and state = 'bulk'"
+    for depth in range(_MAX_DEPTH + 1):
+        paths = "[" + ", ".join(_lit(p) for _, p in objects) + "]"
+        if depth == _MAX_DEPTH:
+            con.execute(
+                f"update {table} set state = 'python' where {where} "
+                f"and list_contains(json_type(record, {paths}), 'OBJECT')"
+            )
+            break
+        # (json_keys gives an empty list where the path is no object, null where it is absent.)
+        con.execute(
+            f"""update {table} set state = 'python' where {where} and list_bool_or(list_transform(
+                json_keys(record, {paths}), lambda k: len(k) <> len(list_distinct(k))
+                or list_bool_or(list_transform(k, lambda x: regexp_matches(x, {_lit(_ODD_KEY)})))))"""
+        )
+        found = con.execute(
+            f"""select distinct i, unnest(k) as key from (
+                    select unnest(ks) as k, unnest(generate_series(1, len(ks))) as i
+                    from (select json_keys(record, {paths}) as ks from {table} where {where}))
+                order by i, key"""
+        ).fetchall()
+        level = [(objects[i - 1][0] + key, _key_path(objects[i - 1][1], key)) for i, key in found]
+        columns += level
+        if not level:
+            break
+        child_paths = "[" + ", ".join(_lit(p) for _, p in level) + "]"
+        nested = con.execute(
+            "select "
+            + ", ".join(f"coalesce(bool_or(t[{i}] = 'OBJECT'), false)" for i in range(1, len(level) + 1))
+            + f" from (select json_type(record, {child_paths}) as t from {table} where {where})"
+        ).fetchone()
+        objects = [(n + ".", p) for (n, p), deeper in zip(level, nested) if deeper]
+        if not objects:
+            break
+    return columns
+
+
+def _value_sql(v: str) -> str:
+    """One flattened value as :func:`_to_text` writes it: strings as they are (empty is
+    none), numbers and booleans as their JSON text, objects and lists as compact JSON."""
+    return (
+        f"case json_type({v}) when 'NULL' then null when 'VARCHAR' then nullif(json_extract_string({v}, '$'), '') "
+        f"when 'OBJECT' then {v}::varchar when 'ARRAY' then {v}::varchar else json_extract_string({v}, '$') end"
+    )
+
+
+def read_singer(files: list[tuple[str, bytes, str]], con: Any, bulk: bool = True) -> SingerRead:
+    """Singer files (path, contents, default stream) read in bulk by DuckDB on ``con`` (a
+    cursor; only its temporary tables are written), with the same result as
+    :func:`parse_singer_lines` line by line: every line is classified and every RECORD
+    flattened in SQL, and the lines SQL would read otherwise than Python (see
+    ``_PYTHON_ONLY``), the control messages and the bad lines go through Python.
+    ``bulk=False`` reads every line in Python (the reference the tests compare with)."""
+    name = f"singer_{uuid.uuid4().hex[:12]}"
+    con.execute("set TimeZone = 'UTC'")
+    con.register(f"{name}_lines", _lines_table(files))
+    check = f"json_valid(line) and not regexp_matches(line, {_lit(_PYTHON_ONLY)})" if bulk else "false"
+    try:
+        con.execute(
+            f"""
+            create temp table {name} as
+            with parsed as (
+                select *, case when {check} then json_type(line) end as doc from {name}_lines
+            ),
+            message as (
+                select *,
+                    case when doc = 'OBJECT' then json_keys(line) end as top,
+                    case when doc = 'OBJECT' then
+                        json_extract(line, ['$.type', '$.stream', '$.record', '$.time_extracted']) end as x
+                from parsed
+            ),
+            shaped as (
+                select *,
+                    case when top is null or len(top) <> len(list_distinct(top)) then null
+                         when x[1] is null or x[1]::varchar = 'null' then 'bare'
+                         when x[1]::varchar = '"RECORD"' and json_type(x[2]) = 'VARCHAR'
+                              and json_type(x[3]) = 'OBJECT' then 'record' end as shape,
+                    case when x[4] is not null and x[4]::varchar <> 'null' then x[4] end as extracted
+                from message
+            )
+            select source_file, source_line, line, stream_default,
+                case shape when 'bare' then stream_default when 'record' then json_extract_string(x[2], '$') end
+                    as stream,
+                case shape when 'bare' then json(line) when 'record' then x[3] end as record,
+                case when shape = 'record' and json_type(extracted) = 'VARCHAR' then
+                    try_cast(json_extract_string(extracted, '$') as timestamptz)::timestamp end as time_extracted,
+                case when shape = 'record' and extracted is not null then
+                    case when json_type(extracted) = 'VARCHAR' then json_extract_string(extracted, '$')
+                         else extracted::varchar end end as extracted_text,
+                case when shape is null then 'python'
+                     when extracted_text is not null and time_extracted is null then 'bad'
+                     else 'bulk' end as state
+            from shaped
+            """
+        )
+    finally:
+        con.unregister(f"{name}_lines")
+    try:
+        return _read_singer_table(con, name)
+    finally:
+        con.execute(f"drop table if exists {name}")
+
+
+def _read_singer_table(con: Any, name: str) -> SingerRead:
+    bad: list[tuple[str, int, str, str]] = [
+        (f, n, line, f"time_extracted: not a timestamp '{text[:40]}'")
+        for f, n, line, text in con.execute(
+            f"select source_file, source_line, line, extracted_text from {name} where state = 'bad'"
+        ).fetchall()
+    ]
+    records: dict[str, list[pa.Table]] = {}
+    streams = [s for (s,) in con.execute(f"select distinct stream from {name} where state = 'bulk'").fetchall()]
+    for stream in sorted(streams):
+        columns = [(n, p) for n, p in _flatten_columns(con, name, stream) if n not in _META_NAMES]
+        values = (
+            ", ".join(f"{_value_sql(f'v[{i}]')} as {quote_ident(n)}" for i, (n, _) in enumerate(columns, start=1))
+            + ", "
+            if columns
+            else ""
+        )
+        paths = "[" + ", ".join(_lit(p) for _, p in columns) + "]"
+        table = query_table(
+            con,
+            f"""select {values}source_file, source_line, line as raw_text, null::varchar as shape_error
+                from (select *{f", json_extract(record, {paths}) as v" if columns else ""} from {name}
+                      where stream = {_lit(stream)} and state = 'bulk')""",
+        )
+        records[stream] = [table]
+    raw = query_table(
+        con,
+        f"""select stream, record::varchar as record, time_extracted, source_file, source_line
+            from {name} where state = 'bulk'""",
+    )
+    # Everything SQL left: one by one, per file, in order.
+    python = SingerFile()
+    left = con.execute(
+        f"""select source_file, list(source_line order by source_line), list(line order by source_line),
+                   any_value(stream_default)
+            from {name} where state = 'python' group by source_file order by source_file"""
+    ).fetchall()
+    for path, numbers, lines, stream_default in left:
+        parse_singer_lines(list(zip(numbers, lines)), path, stream_default, con, python)
+    for stream, rows in python.records.items():
+        records.setdefault(stream, []).append(rows.to_arrow())
+    if python.raw_records:
+        streams_, texts, extracted, paths_, numbers_ = zip(*python.raw_records)
+        times = query_table(
+            con,
+            "select try_cast(t as timestamptz)::timestamp as t from (select unnest($t) as t)",
+            {"t": list(extracted)},
+        )["t"]
+        raw = pa.concat_tables(
+            [
+                raw,
+                pa.table(
+                    {
+                        "stream": pa.array(streams_, pa.string()),
+                        "record": pa.array(texts, pa.string()),
+                        "time_extracted": times.cast(raw.schema.field("time_extracted").type),
+                        "source_file": pa.array(paths_, pa.string()),
+                        "source_line": pa.array(numbers_, pa.int64()),
+                    }
+                ),
+            ]
+        )
+    lines_read = con.execute(f"select count(*) from {name}").fetchone()[0]
+    return SingerRead(
+        records={s: pa.concat_tables(t, promote_options="permissive") for s, t in records.items()},
+        raw_records=raw,
+        schemas=python.schemas,
+        states=python.states,
+        bad=bad + python.bad,
+        lines_read=lines_read,
+    )
