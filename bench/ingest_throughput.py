@@ -1,6 +1,12 @@
 """Ingest throughput: generate an enriched-TSV site of about N events, ingest it, report.
 
     python bench/ingest_throughput.py --events 5000000
+    python bench/ingest_throughput.py --site /tmp/scale/events_10000000/site --source app
+
+``--site`` ingests a site generated before (by this script or bench/pipeline_scale.py)
+instead of generating one; ``--source`` picks which of the site's sources to ingest (web:
+the Snowplow enriched TSV, the default; app: the Singer JSONL of the mobile app and the
+customers stream).
 
 Reports events/s over the whole `insights ingest` run (reading, gunzip, parsing,
 quarantine, de-duplication, Great Expectations, insert) and the peak resident memory of
@@ -11,6 +17,7 @@ the ingest process. Results are appended to bench/results/ingest.jsonl. Target o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -33,21 +40,31 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5_000_000, help="approximate web events to generate")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--workdir", help="keep data here (default: a temporary folder)")
+    parser.add_argument("--site", help="ingest this generated site instead of generating one")
+    parser.add_argument("--source", choices=["web", "app"], default="web", help="the site's source to ingest")
     args = parser.parse_args()
 
+    from insights.config import default_sources
     from insights.sample import generate
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="insights-bench-"))
-    site = work / "site"
-    users = max(10, int(args.events / (EVENTS_PER_USER_DAY * args.days)))
-    started = time.perf_counter()
-    summary = generate(site, users=users, days=args.days, seed=1, compresslevel=1)
-    gen_seconds = time.perf_counter() - started
+    work.mkdir(parents=True, exist_ok=True)
+    if args.site:
+        site, gen_seconds = Path(args.site), 0.0
+        summary = (
+            json.loads((site / "truth" / "summary.json").read_text())
+            if (site / "truth" / "summary.json").exists()
+            else {}
+        )
+    else:
+        site = work / "site"
+        users = max(10, int(args.events / (EVENTS_PER_USER_DAY * args.days)))
+        started = time.perf_counter()
+        summary = generate(site, users=users, days=args.days, seed=1, compresslevel=1)
+        gen_seconds = time.perf_counter() - started
+    source = next(s for s in default_sources(str(site)) if s["name"] == args.source)
     config = work / "insights.yml"
-    config.write_text(
-        f"warehouse: {{path: {work / 'bench.duckdb'}}}\n"
-        f"sources:\n  - {{name: web, kind: snowplow_enriched, path: {site / 'snowplow_enriched'}}}\n"
-    )
+    config.write_text(json.dumps({"warehouse": {"path": str(work / "bench.duckdb")}, "sources": [source]}))
     (work / "bench.duckdb").unlink(missing_ok=True)
     env = {**os.environ, "INSIGHTS_CONFIG": str(config)}
     started = time.perf_counter()
@@ -62,7 +79,9 @@ def main() -> None:
     result = {
         "benchmark": "ingest_throughput",
         "lines": int(lines),
-        "generated_web_events": summary["web_events"],
+        "source": args.source,
+        "site": str(site),
+        "generated_web_events": summary.get("web_events"),
         "generate_seconds": round(gen_seconds, 1),
         "ingest_seconds": round(seconds, 1),
         "events_per_second": round(lines / seconds),

@@ -38,3 +38,17 @@ def transform(tmp_path: Path, as_of: str, full_refresh: bool = False) -> dict[st
     """dbt build of the warehouse written by :func:`ingest` (same tmp_path) as of ``as_of``."""
     config = load_config(tmp_path / "insights.yml", environ={})
     return steps.transform(config, steps.parse_as_of(as_of), full_refresh=full_refresh)
+
+
+def fuzz_settings(max_examples: int) -> Any:
+    """Settings of the property tests: the same examples every run (derandomized, no
+    example database), no deadline (an example may ingest a warehouse)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )

@@ -14,21 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from insights import steps
 from insights.config import load_config
 from tests.conftest import FIXTURES, write_config
+from tests.helpers import fuzz_settings
 from tests.unit.test_mapped_sources import ORDERS, STREAM
 
-SETTINGS = settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+SETTINGS = fuzz_settings(40)
 TSV = (FIXTURES / "snowplow_enriched_tsv" / "enriched_event_sample.tsv").read_text().rstrip("\n").split("\t")
 ATOMIC = (FIXTURES / "snowplow_web" / "source" / "snowplow_web_events.csv").read_text().splitlines()
 ATOMIC_HEADER = next(csv.reader([ATOMIC[0]]))

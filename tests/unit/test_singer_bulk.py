@@ -12,18 +12,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from insights.ingest import mapped
+from tests.helpers import fuzz_settings
 
-SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+SETTINGS = fuzz_settings(300)
 
 # Mostly what real records hold (so that most lines are read in bulk), sometimes what
 # only Python reads as Python does (odd keys, numbers in exponent form, control characters).
