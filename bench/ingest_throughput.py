@@ -6,7 +6,7 @@
 ``--site`` ingests a site generated before (by this script or bench/pipeline_scale.py)
 instead of generating one; ``--source`` picks which of the site's sources to ingest (web:
 the Snowplow enriched TSV, the default; app: the Singer JSONL of the mobile app and the
-customers stream).
+customers stream; catalog: the items).
 
 Reports events/s over the whole `insights ingest` run (reading, gunzip, parsing,
 quarantine, de-duplication, Great Expectations, insert) and the peak resident memory of
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--workdir", help="keep data here (default: a temporary folder)")
     parser.add_argument("--site", help="ingest this generated site instead of generating one")
-    parser.add_argument("--source", choices=["web", "app"], default="web", help="the site's source to ingest")
+    parser.add_argument("--source", choices=["web", "app", "catalog"], default="web", help="the site's source to ingest")
     args = parser.parse_args()
 
     from insights.config import default_sources
