@@ -38,7 +38,7 @@ from insights.config import (
     SnowplowEnrichedSource,
 )
 from insights.ingest import mapped, snowplow
-from insights.ingest.textio import quote_ident, quote_literal, split_lines
+from insights.ingest.textio import gc_paused, quote_ident, quote_literal, split_lines
 from insights.ingest.validate import VALIDATION_QUERY, validate_events, warm_up
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
 from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, query_frame, transaction
@@ -640,8 +640,14 @@ class _CatalogRead:
     """A catalog batch's rows, and how many Singer messages carried no item (SCHEMA, STATE,
     records of another stream than the source's ``stream``)."""
 
-    rows: mapped.TextRows
+    tables: list[pa.Table] = field(default_factory=list)
     control: int = 0
+
+    def table(self) -> pa.Table:
+        """The rows of every file as one table (columns a file lacks are empty)."""
+        if not self.tables:
+            return mapped.TextRows().to_arrow()
+        return pa.concat_tables(self.tables, promote_options="permissive")
 
 
 def _singer_item(line: dict[str, Any], stream: str | None) -> tuple[bool, dict[str, Any] | None]:
@@ -658,19 +664,18 @@ def _singer_item(line: dict[str, Any], stream: str | None) -> tuple[bool, dict[s
 def _read_catalog(files: list[PendingFile], stream: str | None = None) -> _CatalogRead:
     """Catalog rows from CSV, Parquet or JSON lines; JSON lines may be Singer messages (a
     tap's products stream as target-jsonl writes it), whose RECORDs are the items."""
-    rows = mapped.TextRows()
-    read = _CatalogRead(rows)
+    with gc_paused():
+        return _read_catalog_files(files, stream)
+
+
+def _read_catalog_files(files: list[PendingFile], stream: str | None) -> _CatalogRead:
+    read = _CatalogRead()
     for f in files:
         data = decompress(f.data, f.ref.path)
         if data[:4] == b"PAR1" or not f.ref.path.split(".gz")[0].endswith((".jsonl", ".json", ".ndjson")):
-            table = mapped.read_table_file(data, f.ref.path)
-            for record in table.to_pylist():
-                meta = {k: record.pop(k) for k in mapped.META}
-                rows.add(record, meta["source_file"], meta["source_line"], meta["raw_text"], meta["shape_error"])
-            for name in table.column_names:
-                if name not in mapped.META:
-                    rows.columns.setdefault(name, [None] * rows.n)
+            read.tables.append(mapped.read_table_file(data, f.ref.path))
             continue
+        rows = mapped.TextRows()
         for number, line in enumerate(split_lines(data.decode("utf-8", errors="replace")), start=1):
             try:
                 record = json.loads(line)
@@ -684,6 +689,7 @@ def _read_catalog(files: list[PendingFile], stream: str | None = None) -> _Catal
                     continue
                 record = item if singer else record
             rows.add(mapped.flatten(record) if not error else {}, f.ref.path, number, line, error)
+        read.tables.append(rows.to_arrow())
     return read
 
 
@@ -695,9 +701,9 @@ def _load_catalog(
     result: LoadResult,
     now: datetime,
 ) -> dict[str, int]:
-    rows = read.rows
-    con.register("batch_catalog", rows.to_arrow())
-    available = set(rows.columns)
+    table = read.table()
+    con.register("batch_catalog", table)
+    available = {c for c in table.column_names if c not in mapped.META}
 
     def col(name: str) -> str:
         src = source.columns.get(name, name)

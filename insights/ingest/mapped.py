@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
-from insights.ingest.textio import csv_rows, json_text, parquet_text_table, quote_ident, split_lines
+from insights.ingest.textio import csv_table, gc_paused, json_text, parquet_text_table, quote_ident, split_lines
 from insights.ingest.textio import quote_literal as _lit
 from insights.warehouse import CANONICAL_EVENT_COLUMNS, query_table
 
@@ -83,19 +83,7 @@ def read_table_file(data: bytes, source_file: str) -> pa.Table:
     """A CSV (header row) or Parquet file as text columns with row origins."""
     if data[:4] == b"PAR1":
         return parquet_text_table(data, source_file)
-    rows = TextRows()
-    header, records = csv_rows(data.decode("utf-8", errors="replace"))
-    rows.columns = {name: [] for name in header}
-    for start, raw, row in records:
-        if not row:
-            rows.add({}, source_file, start, raw, "empty line")
-        elif len(row) != len(header):
-            error = f"expected {len(header)} comma-separated fields, found {len(row)}"
-            rows.add({}, source_file, start, raw, error)
-        else:
-            values = dict(zip(header, (v if v != "" else None for v in row)))
-            rows.add(values, source_file, start, raw, None)
-    return rows.to_arrow()
+    return csv_table(data, source_file)
 
 
 _CASTS = {"TIMESTAMP": "timestamp", "DOUBLE": "double"}
@@ -461,7 +449,13 @@ def parse_singer_lines(
     wrong time. This is the reference reading; :func:`read_singer` gives the same on the
     lines it reads in bulk and sends the others here.
     """
-    out = out if out is not None else SingerFile()
+    with gc_paused():
+        return _parse_singer_lines(lines, source_file, stream_default, con, out if out is not None else SingerFile())
+
+
+def _parse_singer_lines(
+    lines: list[tuple[int, str]], source_file: str, stream_default: str, con: Any, out: SingerFile
+) -> SingerFile:
     messages: list[tuple[int, str, Any]] = []
     for number, line in lines:
         out.lines_read += 1

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from insights.ingest.textio import csv_rows, parquet_text_table, quote_ident
+from insights.ingest.textio import csv_table, parquet_text_table, quote_ident
 
 ENRICHED_FIELDS: tuple[str, ...] = (
     "app_id platform etl_tstamp collector_tstamp dvce_created_tstamp event event_id txn_id "
@@ -195,24 +195,7 @@ def read_atomic(data: bytes, source_file: str) -> pa.Table:
     if data[:4] == b"PAR1":
         # Shredded contexts may be nested columns (lists of structs): they become JSON text.
         return parquet_text_table(data, source_file)
-    header, rows = csv_rows(data.decode("utf-8", errors="replace"))
-    columns: dict[str, list[str | None]] = {name: [] for name in header}
-    meta: dict[str, list] = {"source_line": [], "raw_text": [], "shape_error": []}
-    for start, raw, row in rows:
-        ok = len(row) == len(header)
-        for name, value in zip(header, row if ok else [None] * len(header)):
-            columns[name].append(value if value != "" else None)
-        meta["source_line"].append(start)
-        meta["raw_text"].append(raw)
-        meta["shape_error"].append(None if ok else f"expected {len(header)} comma-separated fields, found {len(row)}")
-    table = pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
-    n = len(meta["source_line"])
-    return (
-        table.append_column("source_file", pa.array([source_file] * n, pa.string()))
-        .append_column("source_line", pa.array(meta["source_line"], pa.int64()))
-        .append_column("raw_text", pa.array(meta["raw_text"], pa.string()))
-        .append_column("shape_error", pa.array(meta["shape_error"], pa.string()))
-    )
+    return csv_table(data, source_file)
 
 
 # A contexts column parsed once into (schema, data) pairs: the entities are then picked by
