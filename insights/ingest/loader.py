@@ -38,7 +38,7 @@ from insights.config import (
     SnowplowEnrichedSource,
 )
 from insights.ingest import mapped, snowplow
-from insights.ingest.textio import gc_paused, quote_ident, quote_literal, split_lines
+from insights.ingest.textio import gc_paused, quote_ident, quote_literal, read_table_file, split_lines
 from insights.ingest.validate import VALIDATION_QUERY, validate_events, warm_up
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
 from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, query_frame, transaction
@@ -245,8 +245,7 @@ def _parse_files(
         texts = dict(zip((f.ref.path for f in files), pool.map(lambda f: decompress(f.data, f.ref.path), files)))
         return snowplow.read_enriched(list(texts.items())), texts
     if isinstance(source, (SnowplowAtomicSource, EventsFileSource)):
-        read = snowplow.read_atomic if isinstance(source, SnowplowAtomicSource) else mapped.read_table_file
-        tables = pool.map(lambda f: read(decompress(f.data, f.ref.path), f.ref.path), files)
+        tables = pool.map(lambda f: read_table_file(decompress(f.data, f.ref.path), f.ref.path), files)
         return pa.concat_tables(list(tables), promote_options="permissive")
     if isinstance(source, SingerSource):
         # A file's bare records belong to the stream its name starts with (as target-jsonl names them).
@@ -673,7 +672,7 @@ def _read_catalog_files(files: list[PendingFile], stream: str | None) -> _Catalo
     for f in files:
         data = decompress(f.data, f.ref.path)
         if data[:4] == b"PAR1" or not f.ref.path.split(".gz")[0].endswith((".jsonl", ".json", ".ndjson")):
-            read.tables.append(mapped.read_table_file(data, f.ref.path))
+            read.tables.append(read_table_file(data, f.ref.path))
             continue
         rows = mapped.TextRows()
         for number, line in enumerate(split_lines(data.decode("utf-8", errors="replace")), start=1):

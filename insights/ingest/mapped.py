@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
-from insights.ingest.textio import csv_table, gc_paused, json_text, parquet_text_table, quote_ident, split_lines
+from insights.ingest.textio import gc_paused, json_text, quote_ident, split_lines
 from insights.ingest.textio import quote_literal as _lit
 from insights.warehouse import CANONICAL_EVENT_COLUMNS, query_table
 
@@ -77,13 +77,6 @@ class TextRows:
         arrays["raw_text"] = pa.array(self.meta["raw_text"], pa.string())
         arrays["shape_error"] = pa.array(self.meta["shape_error"], pa.string())
         return pa.table(arrays)
-
-
-def read_table_file(data: bytes, source_file: str) -> pa.Table:
-    """A CSV (header row) or Parquet file as text columns with row origins."""
-    if data[:4] == b"PAR1":
-        return parquet_text_table(data, source_file)
-    return csv_table(data, source_file)
 
 
 _CASTS = {"TIMESTAMP": "timestamp", "DOUBLE": "double"}

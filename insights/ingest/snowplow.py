@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from insights.ingest.textio import csv_table, parquet_text_table, quote_ident
+from insights.ingest.textio import quote_ident
 
 ENRICHED_FIELDS: tuple[str, ...] = (
     "app_id platform etl_tstamp collector_tstamp dvce_created_tstamp event event_id txn_id "
@@ -184,18 +184,6 @@ def raw_lines(files: dict[str, bytes], wanted: list[tuple[str, int]]) -> dict[tu
             end = int(ends[number - 1]) if number <= len(ends) else len(text)
             found[(path, number)] = text[start:end].decode("utf-8", errors="replace").rstrip("\r")
     return found
-
-
-def read_atomic(data: bytes, source_file: str) -> pa.Table:
-    """An atomic export as strings: Parquet as stored, CSV with exact line numbers.
-
-    CSV rows whose field count differs from the header keep their raw text and get a
-    shape error instead of being guessed at.
-    """
-    if data[:4] == b"PAR1":
-        # Shredded contexts may be nested columns (lists of structs): they become JSON text.
-        return parquet_text_table(data, source_file)
-    return csv_table(data, source_file)
 
 
 # A contexts column parsed once into (schema, data) pairs: the entities are then picked by

@@ -56,6 +56,15 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def read_table_file(data: bytes, source_file: str) -> pa.Table:
+    """A Parquet file (nested columns, such as an atomic export's shredded contexts, as JSON
+    text) or a CSV file (header row, exact line numbers) as text columns with each row's
+    origin (:func:`parquet_text_table`, :func:`csv_table`)."""
+    if data[:4] == b"PAR1":
+        return parquet_text_table(data, source_file)
+    return csv_table(data, source_file)
+
+
 def csv_table(data: bytes, source_file: str) -> pa.Table:
     """A CSV file (header row) as text columns, empty values as none, with each record's
     origin: file, first line number, raw text, and a shape error for an empty line or a

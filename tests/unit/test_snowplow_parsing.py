@@ -203,17 +203,15 @@ def test_csv_records_keep_their_origin_and_a_repeated_header_name_reads_its_last
     two lines stay one record under its first line, empty values are none, an empty line
     and a record of the wrong width keep their raw text with the reason, and a column name
     the header repeats (which made columns of unequal length before) reads the last one."""
-    from insights.ingest.mapped import read_table_file
-    from insights.ingest.snowplow import read_atomic
+    from insights.ingest.textio import read_table_file
 
     data = b'a,b,a\n1,,3\n"x\ny",2,z\n\n4,5\n'
-    for read in (read_atomic, read_table_file):
-        rows = sorted(read(data, "f.csv").to_pylist(), key=lambda r: r["source_line"])
-        assert [(r["source_line"], r["a"], r["b"], r["shape_error"]) for r in rows] == [
-            (2, "3", None, None),
-            (3, "z", "2", None),
-            (5, None, None, "empty line"),
-            (6, None, None, "expected 3 comma-separated fields, found 2"),
-        ]
-        assert [r["raw_text"] for r in rows] == ["1,,3", '"x\ny",2,z', "", "4,5"]
-        assert {r["source_file"] for r in rows} == {"f.csv"}
+    rows = sorted(read_table_file(data, "f.csv").to_pylist(), key=lambda r: r["source_line"])
+    assert [(r["source_line"], r["a"], r["b"], r["shape_error"]) for r in rows] == [
+        (2, "3", None, None),
+        (3, "z", "2", None),
+        (5, None, None, "empty line"),
+        (6, None, None, "expected 3 comma-separated fields, found 2"),
+    ]
+    assert [r["raw_text"] for r in rows] == ["1,,3", '"x\ny",2,z', "", "4,5"]
+    assert {r["source_file"] for r in rows} == {"f.csv"}
