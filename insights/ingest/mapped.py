@@ -13,6 +13,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
-from insights.ingest.textio import gc_paused, json_text, quote_ident, split_lines
+from insights.ingest.textio import gc_paused, json_text, quote_ident
 from insights.ingest.textio import quote_literal as _lit
 from insights.warehouse import CANONICAL_EVENT_COLUMNS, query_table
 
@@ -405,28 +406,32 @@ def event_types_table(mapping: StreamMapping) -> pa.Table:
 class SingerFile:
     """What Singer lines hold, split by message type; bad lines carry their reason.
 
-    ``raw_records`` are (stream, record as JSON text, time_extracted text or None, file,
-    line); a time_extracted that is there is a valid timestamp (see :func:`parse_singer`).
+    ``raw_records`` are (stream, record as JSON text, time_extracted as a UTC timestamp or
+    None, file, line).
     """
 
     records: dict[str, TextRows] = field(default_factory=dict)
-    raw_records: list[tuple[str, str, str | None, str, int]] = field(default_factory=list)
+    raw_records: list[tuple[str, str, datetime | None, str, int]] = field(default_factory=list)
     schemas: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     states: list[tuple[str, str, int]] = field(default_factory=list)
     bad: list[tuple[str, int, str, str]] = field(default_factory=list)
     lines_read: int = 0
 
 
-def valid_times(con: Any, texts: set[str]) -> set[str]:
-    """The texts that read as timestamps, by the cast the warehouse uses everywhere."""
+def read_times(con: Any, texts: set[str]) -> dict[str, datetime]:
+    """The texts that read as timestamps, by the cast the warehouse uses everywhere, with
+    their time (UTC: :func:`read_singer` sets the connection's time zone)."""
     if not texts:
-        return set()
+        return {}
     name = f"times_{uuid.uuid4().hex[:12]}"
     con.register(name, pa.table({"t": pa.array(sorted(texts), pa.string())}))
     try:
-        return {
-            t for (t,) in con.execute(f"select t from {name} where try_cast(t as timestamptz) is not null").fetchall()
-        }
+        return dict(
+            con.execute(
+                f"select t, try_cast(t as timestamptz)::timestamp from {name} "
+                "where try_cast(t as timestamptz) is not null"
+            ).fetchall()
+        )
     finally:
         con.unregister(name)
 
@@ -464,7 +469,7 @@ def _parse_singer_lines(
             out.bad.append((source_file, number, line, "expected a JSON object"))
             continue
         messages.append((number, line, message))
-    times = valid_times(
+    times = read_times(
         con,
         {
             m["time_extracted"]
@@ -488,7 +493,7 @@ def _parse_singer_lines(
                 out.bad.append((source_file, number, line, f"time_extracted: not a timestamp '{shown[:40]}'"))
                 continue
             out.records.setdefault(stream, TextRows()).add(flatten(record), source_file, number, line, None)
-            out.raw_records.append((stream, json_text(record), extracted, source_file, number))
+            out.raw_records.append((stream, json_text(record), times.get(extracted), source_file, number))
         elif kind == "SCHEMA":
             if not isinstance(message.get("stream"), str) or not isinstance(message.get("schema"), dict):
                 out.bad.append((source_file, number, line, "SCHEMA without a 'stream' and an object 'schema'"))
@@ -512,11 +517,6 @@ def _parse_singer_lines(
         else:
             out.bad.append((source_file, number, line, f"unknown Singer message type {kind!r}"))
     return out
-
-
-def parse_singer(text: str, source_file: str, stream_default: str, con: Any) -> SingerFile:
-    """:func:`parse_singer_lines` over a whole file's text."""
-    return parse_singer_lines(list(enumerate(split_lines(text), start=1)), source_file, stream_default, con)
 
 
 # What JSON text DuckDB (yyjson) reads or writes otherwise than Python's json: numbers
@@ -552,7 +552,7 @@ class SingerRead:
 
 
 def _lines_table(files: list[tuple[str, bytes, str]]) -> pa.Table:
-    """Every physical line of the files (as :func:`split_lines` makes them) with its file,
+    """Every physical line of the files (as :func:`insights.ingest.textio.split_lines` makes them) with its file,
     number and the file's default stream, split by Arrow rather than Python."""
     parts = []
     for path, data, stream in files:
@@ -569,10 +569,10 @@ def _lines_table(files: list[tuple[str, bytes, str]]) -> pa.Table:
         parts.append(
             pa.table(
                 {
-                    "source_file": pa.array([path], pa.string()).take(pa.array(np.zeros(n, np.int32))),
+                    "source_file": pa.repeat(pa.scalar(path, pa.string()), n),
                     "source_line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
                     "line": lines,
-                    "stream_default": pa.array([stream], pa.string()).take(pa.array(np.zeros(n, np.int32))),
+                    "stream_default": pa.repeat(pa.scalar(stream, pa.string()), n),
                 }
             )
         )
@@ -735,11 +735,6 @@ def _read_singer_table(con: Any, name: str) -> SingerRead:
         records.setdefault(stream, []).append(rows.to_arrow())
     if python.raw_records:
         streams_, texts, extracted, paths_, numbers_ = zip(*python.raw_records)
-        times = query_table(
-            con,
-            "select try_cast(t as timestamptz)::timestamp as t from (select unnest($t) as t)",
-            {"t": list(extracted)},
-        )["t"]
         raw = pa.concat_tables(
             [
                 raw,
@@ -747,7 +742,7 @@ def _read_singer_table(con: Any, name: str) -> SingerRead:
                     {
                         "stream": pa.array(streams_, pa.string()),
                         "record": pa.array(texts, pa.string()),
-                        "time_extracted": times.cast(raw.schema.field("time_extracted").type),
+                        "time_extracted": pa.array(extracted, raw.schema.field("time_extracted").type),
                         "source_file": pa.array(paths_, pa.string()),
                         "source_line": pa.array(numbers_, pa.int64()),
                     }
