@@ -321,7 +321,6 @@ def _stage_events_file(
 @dataclass
 class _SingerBatch:
     sql: str | None
-    event_lines: int
     other_records: int
     control: int
     bad: list[tuple[str, int, str, str]]
@@ -333,14 +332,13 @@ def _stage_singer(
     source: SingerSource, parsed: mapped.SingerRead, con: duckdb.DuckDBPyConnection, warnings: list[str]
 ) -> _SingerBatch:
     sqls = []
-    event_lines = other = 0
+    other = 0
     for stream in sorted(parsed.records):
         table = parsed.records[stream]
         mapping = source.streams.get(stream)
         if mapping is None:
             other += table.num_rows
             continue
-        event_lines += table.num_rows
         view = f"batch_stream_{len(sqls)}"
         con.register(view, table)
         con.register(f"{view}_types", mapped.event_types_table(mapping))
@@ -369,7 +367,7 @@ def _stage_singer(
 
     sql = " union all by name ".join(f"({s})" for s in sqls) if sqls else None
     control = len(parsed.schemas) + len(parsed.states)
-    return _SingerBatch(sql, event_lines, other, control, parsed.bad, finish, parsed.lines_read)
+    return _SingerBatch(sql, other, control, parsed.bad, finish, parsed.lines_read)
 
 
 def _insert_quarantine(
