@@ -242,8 +242,8 @@ def _parse_files(
     """The batch's files parsed into what its load stages (no warehouse access here: the
     cursor's temporary tables only)."""
     if isinstance(source, SnowplowEnrichedSource):
-        texts = dict(zip((f.ref.path for f in files), pool.map(lambda f: decompress(f.data, f.ref.path), files)))
-        return snowplow.read_enriched(list(texts.items())), texts
+        texts = zip((f.ref.path for f in files), pool.map(lambda f: decompress(f.data, f.ref.path), files))
+        return snowplow.read_enriched(list(texts))
     if isinstance(source, (SnowplowAtomicSource, EventsFileSource)):
         tables = pool.map(lambda f: read_table_file(decompress(f.data, f.ref.path), f.ref.path), files)
         return pa.concat_tables(list(tables), promote_options="permissive")
@@ -268,12 +268,8 @@ def _stage_snowplow(source: Any, parsed: Any, cursor: duckdb.DuckDBPyConnection)
     in a table of the scratch database. They need nothing from the warehouse, so a helper
     thread stages them beside the previous batch's load. Returns the table and lines read.
     """
-    if isinstance(source, SnowplowEnrichedSource):
-        table, texts = parsed
-        kind = "enriched"
-    else:
-        table, texts = parsed, {}
-        kind = "atomic"
+    enriched = parsed if isinstance(parsed, snowplow.EnrichedRead) else None
+    table, kind = (enriched.table, "enriched") if enriched else (parsed, "atomic")
     name = f"{SCRATCH}.stage_{uuid.uuid4().hex[:12]}"
     columns = [c for c in table.column_names if c not in mapped.META]
     sql = snowplow.canonical_sql("select * from batch_fields", kind, columns, source.name)
@@ -281,14 +277,14 @@ def _stage_snowplow(source: Any, parsed: Any, cursor: duckdb.DuckDBPyConnection)
     cursor.execute("set TimeZone = 'UTC'")
     cursor.register("batch_fields", table)
     cursor.execute(f"create table {name} as {sql}")
-    if texts:
+    if enriched:
         # Parsed lines keep no raw text (it would double the batch in memory); the few
         # that fail a later check get theirs back from the file contents.
         missing = cursor.execute(
             f"select source_file, source_line from {name} where reason is not null and raw_text is null"
         ).fetchall()
         if missing:
-            found = snowplow.raw_lines(texts, missing)
+            found = enriched.raw_lines(missing)
             cursor.register(
                 "found_raw",
                 pa.table(

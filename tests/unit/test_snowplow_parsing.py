@@ -105,7 +105,7 @@ def test_good_lines_around_broken_ones_keep_their_line_numbers(fixtures_dir: Pat
             newline = lines[-1] == "" or rng.random() < 0.5
             files.append((name, ("\n".join(lines) + ("\n" if newline else "")).encode()))
 
-        table = snowplow.read_enriched(files).to_pylist()
+        table = snowplow.read_enriched(files).table.to_pylist()
 
         good = [(r["source_file"], r["source_line"], r["event_id"]) for r in table if r["shape_error"] is None]
         bad = [(r["source_file"], r["source_line"]) for r in table if r["shape_error"] is not None]
