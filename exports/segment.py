@@ -425,18 +425,27 @@ def request_deletions(
     Returns counts: ``pending`` before, ``requested``, ``left`` (still pending), the
     ``regulations`` accepted and, when some are left, the ``reason``."""
     seg = config.segment
+    token = api_token(config, environ)
+    url = seg.api_url.rstrip("/") + "/regulations"
+    headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"}
+    if token:
+        _follow_regulations(seg, con, url, headers, sleep)
+    reopened = _reopen_failed(con)
     pending = [
         row[0]
         for row in con.execute(
             "select user_id from privacy.segment_deletions where regulate_id is null order by recorded_at, user_id"
         ).fetchall()
     ]
-    summary: dict[str, Any] = {"pending": len(pending), "requested": 0, "left": len(pending), "regulations": []}
-    token = api_token(config, environ)
-    url = seg.api_url.rstrip("/") + "/regulations"
-    headers = {"Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"}
+    summary: dict[str, Any] = {
+        "pending": len(pending),
+        "requested": 0,
+        "left": len(pending),
+        "regulations": [],
+        "reopened": reopened,
+    }
     if token:
-        summary["statuses"] = _follow_regulations(seg, con, url, headers, sleep)
+        summary["statuses"] = _regulation_counts(con)
     if not pending:
         return summary
     if not token:
@@ -480,6 +489,24 @@ def request_deletions(
 
 # A regulation in one of these states is still being carried out: its state is asked again.
 OPEN_REGULATION = ("INITIALIZED", "RUNNING")
+# A regulation that ended in one of these states did not delete its users everywhere: they
+# are asked for again, in a new regulation. (INVALID and NOT_SUPPORTED would get the same
+# answer again: they are shown, not repeated.)
+RETRY_REGULATION = ("FAILED", "PARTIAL_SUCCESS")
+
+
+def _reopen_failed(con: duckdb.DuckDBPyConnection) -> int:
+    """Make the users of regulations that ended FAILED or PARTIAL_SUCCESS pending again,
+    each such regulation kept in ``failed_regulations`` (``reg-1 FAILED; reg-4
+    PARTIAL_SUCCESS``); returns how many users."""
+    return con.execute(
+        "update privacy.segment_deletions set "
+        "failed_regulations = concat_ws('; ', failed_regulations, regulate_id || ' ' || regulation_status), "
+        "last_error = 'regulation ' || regulate_id || ' ended ' || regulation_status, "
+        "regulate_id = null, regulated_at = null, regulation_status = null, status_checked_at = null "
+        "where regulate_id is not null and regulation_status in (select unnest(?::varchar[]))",
+        [list(RETRY_REGULATION)],
+    ).fetchone()[0]
 
 
 def _follow_regulations(
@@ -490,9 +517,9 @@ def _follow_regulations(
     sleep: Callable[[float], None],
 ) -> dict[str, int]:
     """Ask Segment how the regulations still open are going (``GET /regulations/{id}``, one
-    call per regulation) and record each one's ``overallStatus`` on its users; returns the
-    users per status over every regulation recorded. A regulation Segment cannot be asked
-    about now keeps its last status (the next forget asks again)."""
+    call per regulation) and record each one's ``overallStatus`` on its users. A
+    regulation Segment cannot be asked about now keeps its last status (the next forget
+    asks again)."""
     open_ids = [
         row[0]
         for row in con.execute(
@@ -519,6 +546,10 @@ def _follow_regulations(
             "where regulate_id = ?",
             [str(status), regulate_id],
         )
+
+
+def _regulation_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Users per status over every regulation recorded."""
     return dict(
         con.execute(
             "select coalesce(regulation_status, 'REQUESTED'), count(*) from privacy.segment_deletions "

@@ -502,6 +502,11 @@ def _print_segment_deletion(
             + ", ".join(f"{status} {_count(users, 'user')}" for status, users in statuses.items())
             + (f" [yellow](see Segment's privacy settings for the {', '.join(failed)} ones)[/yellow]" if failed else "")
         )
+    if segment.get("reopened"):
+        console.print(
+            f"  Segment: the regulation of {_count(segment['reopened'], 'user')} ended FAILED or PARTIAL_SUCCESS: "
+            "asked for again"
+        )
     if segment.get("requested"):
         console.print(
             f"  Segment: {config.segment.regulation_type} requested for {_count(segment['requested'], 'user')} "

@@ -354,14 +354,16 @@ def erasure_records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         "privacy.segment_deletions"
         if has_table(con, "privacy", "segment_deletions")
         else "(select null::varchar as user_id, null::varchar as regulate_id, null::timestamp as regulated_at, "
-        "null::varchar as regulation_status, null::varchar as last_error where false)"
+        "null::varchar as regulation_status, null::varchar as last_error, null::varchar as failed_regulations "
+        "where false)"
     )
     cursor = con.execute(
         f"""select f.id, f.kind, f.person, f.request_id, f.recorded_at, r.finished_at,
                    d.regulate_id as segment_regulation, d.regulated_at as segment_regulated_at,
                    d.regulation_status as segment_regulation_status,
                    d.user_id is not null and d.regulate_id is null as segment_pending,
-                   d.last_error as segment_last_error
+                   d.last_error as segment_last_error,
+                   d.failed_regulations as segment_failed_regulations
             from privacy.forgotten f
             left join privacy.requests r using (request_id)
             left join {deletions} d on d.user_id = f.id

@@ -159,6 +159,8 @@ create table if not exists privacy.segment_deletions (
 -- Segment's overallStatus of each user's regulation, as last asked.
 alter table privacy.segment_deletions add column if not exists regulation_status varchar;
 alter table privacy.segment_deletions add column if not exists status_checked_at timestamp;
+-- Earlier regulations of the user that ended FAILED or PARTIAL_SUCCESS (asked for again since).
+alter table privacy.segment_deletions add column if not exists failed_regulations varchar;
 create table if not exists privacy.requests (
     request_id varchar primary key, requested_at timestamp, ids_given integer, users integer,
     cookies integer, warehouse_rows bigint, finished_at timestamp

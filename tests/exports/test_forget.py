@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 import yaml
 
@@ -173,6 +174,7 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
             "requested": 2,
             "left": 0,
             "regulations": None,
+            "reopened": 0,
             "statuses": {},
         }
         assert fake.regulations == [
@@ -186,18 +188,37 @@ def test_segment_is_asked_to_delete_the_users_it_was_sent(
         assert main([*cli, "--segment-pending"]) == 0
         out = " ".join(capsys.readouterr().out.split())
         assert "no deletion pending" in out and "Segment's deletions so far: INITIALIZED 2 users" in out
-        # Segment's progress is followed while the regulation is open, then no more.
-        fake.status["reg-1"] = "FINISHED"
-        assert steps.segment_pending(config)["statuses"] == {"FINISHED": 2}
+        # A regulation that ended PARTIAL_SUCCESS (or FAILED) did not delete them everywhere:
+        # they are asked for again in a new regulation, the old one kept on record.
+        fake.status["reg-1"] = "PARTIAL_SUCCESS"
+        assert main([*cli, "--segment-pending"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "the regulation of 2 users ended FAILED or PARTIAL_SUCCESS: asked for again" in out
+        assert "(regulation reg-2)" in out
+        assert fake.regulations[-1]["subject_ids"] == ["u001", "u002"]
+        assert rows(
+            config,
+            "select user_id, regulate_id, regulation_status, failed_regulations, last_error "
+            "from privacy.segment_deletions order by user_id",
+        ) == [
+            ("u001", "reg-2", None, "reg-1 PARTIAL_SUCCESS", None),
+            ("u002", "reg-2", None, "reg-1 PARTIAL_SUCCESS", None),
+        ]
         asked = fake.status_asked["reg-1"]
-        assert steps.segment_pending(config)["statuses"] == {"FINISHED": 2} and fake.status_asked["reg-1"] == asked
+        # Segment's progress is followed while the regulation is open, then no more.
+        fake.status["reg-2"] = "FINISHED"
+        assert steps.segment_pending(config)["statuses"] == {"FINISHED": 2}
+        assert fake.status_asked["reg-1"] == asked
+        asked = fake.status_asked["reg-2"]
+        assert steps.segment_pending(config)["statuses"] == {"FINISHED": 2} and fake.status_asked["reg-2"] == asked
         assert (
             main(["--config", str(tmp_path / "insights.yml"), "person", "u001", "--out", str(tmp_path / "p.json")]) == 0
         )
-        assert "Segment deletion: regulation reg-1" in " ".join(capsys.readouterr().out.split())
+        assert "Segment deletion: regulation reg-2" in " ".join(capsys.readouterr().out.split())
         audit = {e["id"]: e for e in steps.person(config, ["u001"], str(tmp_path / "u001.json"))["erasure"]}
         assert audit["u001"]["segment_regulation_status"] == "FINISHED"
-        assert len(fake.regulations) == 1
+        assert audit["u001"]["segment_failed_regulations"] == "reg-1 PARTIAL_SUCCESS"
+        assert len(fake.regulations) == 2
 
         # A token Segment rejects is not retried, and says which credential.
         monkeypatch.setenv("SEGMENT_API_TOKEN", "wrong")
@@ -275,3 +296,32 @@ def test_the_forget_task_fails_while_segment_waits_and_without_ids_asks_again(
         result = orchestration.forget({"params": {"ids": []}})
     assert (result["requested"], result["left"], result["regulations"]) == (1, 0, ["reg-1"])
     assert fake.deleted() == ["u001"] and "u001" not in json.dumps(result)
+
+
+def test_only_regulations_that_ended_short_of_deleting_are_asked_for_again() -> None:
+    """FAILED and PARTIAL_SUCCESS reopen their users (each time, the history kept); open,
+    finished, INVALID and NOT_SUPPORTED regulations stay as they are."""
+    con = duckdb.connect()
+    con.execute("create schema privacy")
+    con.execute(
+        "create table privacy.segment_deletions (user_id varchar, regulate_id varchar, regulated_at timestamp, "
+        "regulation_status varchar, status_checked_at timestamp, last_error varchar, failed_regulations varchar)"
+    )
+    statuses = ["FAILED", "PARTIAL_SUCCESS", "FINISHED", "INVALID", "NOT_SUPPORTED", "RUNNING", "INITIALIZED", None]
+    for i, status in enumerate(statuses):
+        con.execute(
+            "insert into privacy.segment_deletions values (?, ?, now(), ?, now(), null, ?)",
+            [f"u{i}", f"reg-{i}", status, "reg-0 FAILED" if i == 0 else None],
+        )
+    assert segment._reopen_failed(con) == 2
+    assert con.execute(
+        "select user_id, regulate_id, regulated_at, regulation_status, failed_regulations, last_error "
+        "from privacy.segment_deletions where user_id in ('u0', 'u1') order by user_id"
+    ).fetchall() == [
+        ("u0", None, None, None, "reg-0 FAILED; reg-0 FAILED", "regulation reg-0 ended FAILED"),
+        ("u1", None, None, None, "reg-1 PARTIAL_SUCCESS", "regulation reg-1 ended PARTIAL_SUCCESS"),
+    ]
+    assert con.execute(
+        "select list(regulation_status order by user_id) from privacy.segment_deletions where regulate_id is not null"
+    ).fetchone()[0] == ["FINISHED", "INVALID", "NOT_SUPPORTED", "RUNNING", "INITIALIZED", None]
+    assert segment._reopen_failed(con) == 0
