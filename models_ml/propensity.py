@@ -209,6 +209,13 @@ def fit_calibration(
     return [], [], {"method": "none", "reason": "isotonic did not beat the raw scores cross-fitted", **choice}
 
 
+# Trees a booster may grow; early stopping (50 rounds without a better held-out score)
+# usually ends it long before. At 10M events churn reaches the cap, still improving slowly
+# (held-out log loss 0.6583 at 50 trees, 0.6559 at 500, 0.6542 at 1,000); its reason says so.
+MAX_TREES = 1000
+PATIENCE = 50
+
+
 def _params(kind: str, seed: int) -> dict[str, Any]:
     common = {
         # 0.1, not 0.05: half the trees to train and score, same held-out quality at 10M events
@@ -288,16 +295,24 @@ def train_target(
     booster = lgb.train(
         _params(kind, seed),
         lgb.Dataset(x_train, train["label"].to_numpy(dtype=float), categorical_feature=list(categories)),
-        num_boost_round=1000,
+        num_boost_round=MAX_TREES,
         valid_sets=[lgb.Dataset(x_stop, stop_set["label"].to_numpy(dtype=float), categorical_feature=list(categories))],
-        callbacks=[lgb.early_stopping(50, verbose=False)],
+        callbacks=[lgb.early_stopping(PATIENCE, verbose=False)],
     )
     best = booster.best_iteration or booster.current_iteration()
+    # Early stopping ends a booster before the cap; one that grew every tree allowed was
+    # still improving on the held-out users when it had to stop.
+    capped = booster.current_iteration() >= MAX_TREES
     trained = TrainedTarget(
         name=name,
         kind=kind,
         method="lightgbm",
-        reason=f"LightGBM on {len(train):,} examples from earlier cutoffs, stopped at {best} trees",
+        reason=f"LightGBM on {len(train):,} examples from earlier cutoffs, "
+        + (
+            f"kept {best} of the {MAX_TREES:,} trees allowed (still improving slowly at the cap)"
+            if capped
+            else f"stopped at {best} trees"
+        ),
         heuristic=heuristic,
         booster=booster.model_to_string(num_iteration=best),
         features=columns,

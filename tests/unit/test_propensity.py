@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from models_ml import registry
+from models_ml import propensity, registry
 from models_ml.metrics import classification_metrics
 from models_ml.propensity import Heuristic, TrainedTarget, _isotonic, fit_calibration, train_target
 
@@ -52,6 +53,20 @@ def test_learns_a_planted_signal_and_is_calibrated_on_held_out_users() -> None:
     # The bundle round-trips through JSON exactly.
     again = type(trained).from_json(registry.jsonable(trained.to_json()))
     assert np.allclose(again.predict(fresh), scored)
+
+
+def test_the_reason_says_when_a_booster_reached_its_tree_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    train = pd.concat([_users(3000, 1, "a"), _users(3000, 2, "b")])
+    valid = _users(3000, 3, "c")
+    stopped = train_target("purchase", "binary", train, valid, min_class_examples=100, seed=0)
+    assert stopped.best_iteration < propensity.MAX_TREES
+    assert stopped.reason.endswith(f"stopped at {stopped.best_iteration} trees")
+    monkeypatch.setattr(propensity, "MAX_TREES", 5)
+    capped = train_target("purchase", "binary", train, valid, min_class_examples=100, seed=0)
+    assert capped.best_iteration <= 5
+    assert capped.reason.endswith(
+        f"kept {capped.best_iteration} of the 5 trees allowed (still improving slowly at the cap)"
+    )
 
 
 def test_too_few_positives_falls_back_to_the_rfm_cell_rate_and_says_so() -> None:
