@@ -515,7 +515,7 @@ def _follow_regulations(
     url: str,
     headers: dict[str, str],
     sleep: Callable[[float], None],
-) -> dict[str, int]:
+) -> None:
     """Ask Segment how the regulations still open are going (``GET /regulations/{id}``, one
     call per regulation) and record each one's ``overallStatus`` on its users. A
     regulation Segment cannot be asked about now keeps its last status (the next forget

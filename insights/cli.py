@@ -496,7 +496,8 @@ def _print_segment_deletion(
         return
     statuses = segment.get("statuses") or {}
     if statuses:
-        failed = {k: v for k, v in statuses.items() if k in ("FAILED", "INVALID", "NOT_SUPPORTED", "PARTIAL_SUCCESS")}
+        # (FAILED and PARTIAL_SUCCESS ones were asked for again before these were counted.)
+        failed = {k: v for k, v in statuses.items() if k in ("INVALID", "NOT_SUPPORTED")}
         console.print(
             "  Segment's deletions so far: "
             + ", ".join(f"{status} {_count(users, 'user')}" for status, users in statuses.items())

@@ -292,20 +292,20 @@ def train_target(
     x_train = design_matrix(train, columns, categories)
     x_stop = design_matrix(stop_set, columns, categories)
     x_check = design_matrix(check_set, columns, categories)
-    grown: list[int] = []
+    rounds: list[int] = []
     booster = lgb.train(
         _params(kind, seed),
         lgb.Dataset(x_train, train["label"].to_numpy(dtype=float), categorical_feature=list(categories)),
         num_boost_round=MAX_TREES,
         valid_sets=[lgb.Dataset(x_stop, stop_set["label"].to_numpy(dtype=float), categorical_feature=list(categories))],
         # (A plain function runs before early stopping's callback, on every round.)
-        callbacks=[lambda env: grown.append(env.iteration + 1), lgb.early_stopping(PATIENCE, verbose=False)],
+        callbacks=[lambda env: rounds.append(env.iteration), lgb.early_stopping(PATIENCE, verbose=False)],
     )
     best = booster.best_iteration or booster.current_iteration()
     # Early stopping ends a booster before the cap; one that grew every tree allowed was
     # still improving on the held-out users when it had to stop. (The booster returned
     # holds only its best trees, so the rounds run are counted as they go.)
-    capped = bool(grown) and grown[-1] >= MAX_TREES
+    capped = len(rounds) >= MAX_TREES
     trained = TrainedTarget(
         name=name,
         kind=kind,
