@@ -167,14 +167,22 @@ def published(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
 # The settings that define what the models predict and from what: when they differ from
 # the published version's, the two versions' metrics measure different things.
 COMPARABLE_SETTINGS = ("transform", "windows")
+# How the held-out metrics were measured (``propensity.EVALUATION``). A version recorded
+# without it held out only the latest cutoff, and checked its propensities on users they had
+# trained on: its metrics read higher than a version's that holds out users, and are not
+# compared with them.
+EVALUATION = "evaluation"
 
 
 def changed_settings(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
     """The settings (``section.key``) in which two versions' params differ; versions
-    recorded before a section was kept are not held against it."""
+    recorded before a section was kept are not held against it, except for the way they
+    were measured (``EVALUATION``)."""
     changed = []
-    for section in COMPARABLE_SETTINGS:
+    for section in (*COMPARABLE_SETTINGS, EVALUATION):
         before, after = (old or {}).get(section), new.get(section) or {}
+        if before is None and section == EVALUATION and old is not None:
+            before = {}
         if before is None:
             continue
         changed += [f"{section}.{k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]

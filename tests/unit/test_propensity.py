@@ -33,8 +33,9 @@ def _users(n: int, seed: int, cutoff: str) -> pd.DataFrame:
 
 
 def test_learns_a_planted_signal_and_is_calibrated_on_held_out_users() -> None:
-    train = pd.concat([_users(3000, 1, "a"), _users(3000, 2, "b")])
-    valid = _users(3000, 3, "c")
+    # Half the users are held out of training (a quarter checks): 6,000 users train, 1,500 check.
+    train = pd.concat([_users(6000, 1, "a"), _users(6000, 2, "b")])
+    valid = _users(6000, 3, "c")
     trained = train_target("purchase", "binary", train, valid, min_class_examples=100, seed=0)
     assert trained.method == "lightgbm"
     held = trained.metrics["held_out"]
@@ -53,6 +54,39 @@ def test_learns_a_planted_signal_and_is_calibrated_on_held_out_users() -> None:
     # The bundle round-trips through JSON exactly.
     again = type(trained).from_json(registry.jsonable(trained.to_json()))
     assert np.allclose(again.predict(fresh), scored)
+
+
+def test_held_out_users_never_train_so_recognising_a_user_scores_nothing() -> None:
+    """Each user's outcome is a trait of the user (the same at every cutoff) that no feature
+    explains, and one feature is a per-user constant a booster can recognise the user by.
+    Checked on users whose earlier examples it trained on, it would look nearly perfect;
+    on users it never saw, it knows nothing, and the held-out metrics must say so."""
+    rng = np.random.default_rng(8)
+    n = 4000
+    fingerprint = rng.random(n)
+    trait = (rng.random(n) < 0.4).astype(float)
+
+    def cutoff(name: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "user_id": [f"u{i}" for i in range(n)],
+                "recency_days": rng.exponential(15, n),
+                "orders_lifetime": rng.poisson(1.0, n),
+                "avg_order_value": fingerprint,
+                "label": trait,
+                "cutoff": name,
+            }
+        )
+
+    train = pd.concat([cutoff("a"), cutoff("b"), cutoff("c")])
+    trained = train_target("purchase", "binary", train, cutoff("d"), min_class_examples=100, seed=0)
+    assert trained.method == "lightgbm"
+    assert "of the users not held out" in trained.reason
+    assert 0.45 < trained.metrics["held_out"]["roc_auc"] < 0.55
+    # The parts are the users': every cutoff of a user falls in the same one.
+    parts = propensity.user_parts(train["user_id"], "purchase")
+    assert (parts.reshape(3, n) == parts[:n]).all()
+    assert 0.4 < (parts[:n] == propensity.TRAIN).mean() < 0.6
 
 
 def test_the_reason_says_when_a_booster_reached_its_tree_cap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,6 +155,14 @@ def test_publication_gate() -> None:
     assert ok and "settings differ from the published version's (transform.conversion_event)" in reason
     # A version recorded before its settings were kept is not held against a new one.
     assert registry.changed_settings({"transform": {"a": 1}}, {"windows": {}}) == []
+    # Except how it was measured: before users were held out of the propensities' training,
+    # their held-out metrics were read on users they had trained on.
+    measured = {"evaluation": propensity.EVALUATION}
+    assert registry.changed_settings(measured, {"windows": {}}) == [
+        "evaluation.holdout_share",
+        "evaluation.propensity_holdout",
+    ]
+    assert registry.changed_settings(measured, measured) == []
 
 
 def test_calibration_repairs_skewed_scores_without_claiming_certainty() -> None:
