@@ -2,17 +2,18 @@
 and predicted revenue, with LightGBM.
 
 Training examples come from several past cutoffs (features as of the cutoff, labels from
-the window after it). The latest cutoff is held out, and so are its users: a share of the
-users (by a hash of their id) never trains, at any cutoff; one half of them stops the
-boosting early and fits an isotonic calibration (Zadrozny & Elkan 2002), the other half
-checks both. Holding out only the cutoff would not do: the cutoffs are a week apart and
-the windows longer, so a user's earlier examples carry labels from the very days the
-held-out label counts, and a booster learns to recognise the user. The calibration's blocks are shrunk towards the base rate, and it is kept
-only when cross-fitting on its own half shows it beats the booster's raw scores: fitted
-on a hundred users, plain isotonic blocks say 0% and 100%, and scored worse than no
-calibration at all. With too few positives or negatives to learn from, a transparent heuristic
-takes over: the observed rate of the user's RFM cell (recency band x order count band) at
-the training cutoffs, which is also the baseline every model must beat.
+the window after it). The latest cutoff is held out, and so is half the users (by a hash of
+their id), at every cutoff: the other half trains. One half of the held-out users stops
+the boosting early and fits an isotonic calibration (Zadrozny & Elkan 2002), the other
+half checks both. Holding out only the cutoff would not do: the cutoffs are a week apart
+and the windows longer, so a user's earlier examples carry labels from the very days the
+held-out label counts, and a booster learns to recognise the user. The calibration's
+blocks are shrunk towards the base rate, and it is kept only when cross-fitting on its own
+half shows it beats the booster's raw scores: fitted on a hundred users, plain isotonic
+blocks say 0% and 100%, and scored worse than no calibration at all. With too few
+positives or negatives to learn from, a transparent heuristic takes over: the observed
+rate of the user's RFM cell (recency band x order count band) at the training cutoffs,
+which is also the baseline every model must beat.
 """
 
 from __future__ import annotations
