@@ -83,6 +83,13 @@ def main() -> None:
             "als_params": trained["als"]["params"],
             "als_ndcg_at_10": round(trained["als"].get("ndcg_at_10", float("nan")), 4),
             "purchase_auc": round(trained["propensities"]["purchase"].get("roc_auc", float("nan")), 4),
+            # Each propensity measured on held-out users (the method kept: LightGBM, or the
+            # RFM-cell rate where that did better), with its RFM-cell baseline.
+            "propensities": {
+                name: {"method": p["method"]} | {k: round(v, 4) for k, v in p.items() if isinstance(v, float)}
+                for name, p in trained["propensities"].items()
+                if "roc_auc" in p or "mae" in p
+            },
             "backtest_hr_at_10": {k: round(v["hr_at_10"], 4) for k, v in recs.items() if "hr_at_10" in v},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "peak_child_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),

@@ -370,6 +370,8 @@ def _probability_kind(entry: dict[str, Any] | None) -> str:
     """What the purchase histogram shows, in the words of its lead."""
     if not entry or "held_out" not in entry:
         return "rule-based scores, no model yet"
+    if "held_out_lightgbm" in entry:
+        return "RFM-cell rates (they did better than the model)"
     method = (entry.get("calibrator") or {}).get("method")
     if method == "isotonic":
         return "calibrated probabilities"
@@ -384,28 +386,31 @@ def _propensity_block(name: str, entry: dict[str, Any], window: str) -> str:
             f"{escape(entry.get('reason') or '')}. No held-out curves until a model is trained.</p></div>"
         )
     model, base = entry["held_out"], entry.get("held_out_baseline", {})
+    ours, rules = "model", "RFM rules"
+    if "held_out_lightgbm" in entry:
+        # The rules did better on the users that stopped the boosting: they score, and the
+        # booster is shown beside them.
+        model, ours, rules = entry["held_out_lightgbm"], "LightGBM (not used)", "RFM rules (used)"
     if "calibration" not in model:
-        rows = [
-            [label, _metric(m.get("mae")), _metric(m.get("rmse"))] for label, m in (("model", model), ("rules", base))
-        ]
+        rows = [[label, _metric(m.get("mae")), _metric(m.get("rmse"))] for label, m in ((ours, model), (rules, base))]
         bars = charts.columns(
             ["mean absolute error"],
-            {"model": [_finite(model.get("mae"))], "RFM rules": [_finite(base.get("mae"))]},
+            {ours: [_finite(model.get("mae"))], rules: [_finite(base.get("mae"))]},
             f"{title}: error against the rules",
             width=320,
         )
         return f"<div><h3>{title} {window}</h3>{bars}{_table(['', 'MAE', 'RMSE'], rows)}</div>"
-    curves = {"model": [(c["predicted"], c["observed"]) for c in model["calibration"]]}
+    curves = {ours: [(c["predicted"], c["observed"]) for c in model["calibration"]]}
     if base.get("calibration"):
-        curves["RFM rules"] = [(c["predicted"], c["observed"]) for c in base["calibration"]]
+        curves[rules] = [(c["predicted"], c["observed"]) for c in base["calibration"]]
     rate = model.get("base_rate") or 0
     lift = {
-        "model": [c["observed"] / rate if rate else None for c in reversed(model["calibration"])],
-        "RFM rules": [c["observed"] / rate if rate else None for c in reversed(base.get("calibration", []))],
+        ours: [c["observed"] / rate if rate else None for c in reversed(model["calibration"])],
+        rules: [c["observed"] / rate if rate else None for c in reversed(base.get("calibration", []))],
     }
     deciles = [f"{10 * (i + 1)}%" for i in range(len(model["calibration"]))]
-    if len(lift["RFM rules"]) != len(deciles):
-        lift.pop("RFM rules")
+    if len(lift[rules]) != len(deciles):
+        lift.pop(rules)
     table = _table(
         ["", "ROC AUC", "PR AUC", "Brier", "top-10% lift"],
         [
@@ -416,7 +421,7 @@ def _propensity_block(name: str, entry: dict[str, Any], window: str) -> str:
                 _metric(m.get("brier")),
                 _metric(m.get("lift_top_decile")),
             ]
-            for label, m in (("model", model), ("RFM rules", base))
+            for label, m in ((ours, model), (rules, base))
             if m
         ],
     )

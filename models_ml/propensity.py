@@ -374,4 +374,45 @@ def train_target(
             "held_out": regression_metrics(y_check, np.clip(raw_check, 0, None)),
             "held_out_baseline": regression_metrics(y_check, heuristic.predict(check_set)),
         }
-    return trained
+    return _better_of(trained, stop_set, raw_stop)
+
+
+def _better_of(trained: TrainedTarget, stop_set: pd.DataFrame, raw_stop: np.ndarray) -> TrainedTarget:
+    """The booster, or its baseline (the RFM-cell rate) when that did better on the users
+    that stopped the boosting: ROC AUC for a probability, mean absolute error for revenue.
+    The choice is made on them, so the checking users stay unseen by every choice and
+    their metrics say how the one kept does. The booster's own are kept beside them."""
+    label = stop_set["label"].to_numpy(dtype=float)
+    rules = trained.heuristic.predict(stop_set)
+    if trained.kind == "binary":
+        metric = "ROC AUC"
+        model_score = classification_metrics(label, raw_stop)["roc_auc"]
+        rules_score = classification_metrics(label, rules)["roc_auc"]
+        rules_win = rules_score > model_score
+    else:
+        metric = "MAE"
+        model_score = float(np.mean(np.abs(label - np.clip(raw_stop, 0, None))))
+        rules_score = float(np.mean(np.abs(label - rules)))
+        rules_win = rules_score < model_score
+    choice = {"metric": metric, "lightgbm": model_score, "rfm_rules": rules_score, "examples": int(len(label))}
+    if not rules_win:
+        trained.metrics["chosen_on_stopping_users"] = {**choice, "kept": "lightgbm"}
+        return trained
+    reason = (
+        f"the RFM-cell rate did better than LightGBM on the held-out users that stopped the boosting "
+        f"({metric} {rules_score:.3f} against {model_score:.3f}); using the rate ({trained.reason})"
+    )
+    log.warning("%s: %s", trained.name, reason)
+    return TrainedTarget(
+        name=trained.name,
+        kind=trained.kind,
+        method="heuristic",
+        reason=reason,
+        heuristic=trained.heuristic,
+        metrics={
+            "held_out": trained.metrics["held_out_baseline"],
+            "held_out_baseline": trained.metrics["held_out_baseline"],
+            "held_out_lightgbm": trained.metrics["held_out"],
+            "chosen_on_stopping_users": {**choice, "kept": "rfm_rules"},
+        },
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,6 +88,42 @@ def test_held_out_users_never_train_so_recognising_a_user_scores_nothing() -> No
     parts = propensity.user_parts(train["user_id"], "purchase")
     assert (parts.reshape(3, n) == parts[:n]).all()
     assert 0.4 < (parts[:n] == propensity.TRAIN).mean() < 0.6
+
+
+def test_the_rfm_rate_is_kept_when_it_beats_the_booster_on_the_stopping_users(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A booster that learned nothing (its labels shuffled) loses to its baseline on the
+    users that stopped it; the baseline is then what scores, and the checking users'
+    metrics are the baseline's, with the booster's beside them."""
+    train = pd.concat([_users(6000, 1, "a"), _users(6000, 2, "b")])
+    valid = _users(6000, 3, "c")
+    learned = train_target("purchase", "binary", train, valid, min_class_examples=100, seed=0)
+    assert learned.method == "lightgbm"
+    assert learned.metrics["chosen_on_stopping_users"]["kept"] == "lightgbm"
+
+    real = propensity.lgb.train
+
+    def shuffled(params: dict, data: lgb.Dataset, **kwargs: object) -> lgb.Booster:
+        label = np.random.default_rng(0).permutation(np.asarray(data.label))
+        return real(params, lgb.Dataset(data.data, label, categorical_feature=data.categorical_feature), **kwargs)
+
+    monkeypatch.setattr(propensity.lgb, "train", shuffled)
+    for kind in ("binary", "regression"):
+        trained = train_target("purchase", kind, train, valid, min_class_examples=100, seed=0)
+        assert trained.method == "heuristic" and trained.booster is None
+        assert trained.reason.startswith("the RFM-cell rate did better than LightGBM")
+        chosen = trained.metrics["chosen_on_stopping_users"]
+        assert chosen["kept"] == "rfm_rules"
+        metric = "roc_auc" if kind == "binary" else "mae"
+        assert trained.metrics["held_out"] == trained.metrics["held_out_baseline"]
+        if kind == "binary":
+            assert chosen["rfm_rules"] > 0.8 > 0.6 > chosen["lightgbm"]
+            assert trained.metrics["held_out"][metric] > trained.metrics["held_out_lightgbm"][metric]
+        else:
+            assert chosen["rfm_rules"] < chosen["lightgbm"]
+            assert trained.metrics["held_out"][metric] < trained.metrics["held_out_lightgbm"][metric]
+        assert np.array_equal(trained.predict(valid), trained.heuristic.predict(valid))
 
 
 def test_the_reason_says_when_a_booster_reached_its_tree_cap(monkeypatch: pytest.MonkeyPatch) -> None:

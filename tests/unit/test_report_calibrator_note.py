@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from exports.report import _calibrator_note, _probability_kind
 
 
@@ -44,3 +46,34 @@ def test_purchase_histogram_calls_only_calibrated_probabilities_calibrated() -> 
     heuristic = {"method": "heuristic", "reason": "no cutoff with a complete label window yet"}
     assert _probability_kind(heuristic) == "rule-based scores, no model yet"
     assert _probability_kind(None) == "rule-based scores, no model yet"
+    beaten = {"method": "heuristic", "held_out": held_out, "held_out_lightgbm": {"roc_auc": 0.61}}
+    assert _probability_kind(beaten) == "RFM-cell rates (they did better than the model)"
+
+
+def test_a_propensity_whose_rules_beat_the_booster_shows_both_and_says_which_scores() -> None:
+    import numpy as np
+
+    from exports import charts
+    from exports.report import _propensity_block
+    from models_ml.metrics import classification_metrics
+
+    rng = np.random.default_rng(3)
+    label = (rng.random(2000) < 0.3).astype(float)
+    rules = classification_metrics(label, np.clip(0.3 + 0.3 * (label - 0.3) + rng.normal(0, 0.2, 2000), 0, 1))
+    booster = classification_metrics(label, rng.random(2000))
+    entry = {
+        "method": "heuristic",
+        "reason": "the RFM-cell rate did better than LightGBM",
+        "held_out": rules,
+        "held_out_baseline": rules,
+        "held_out_lightgbm": booster,
+    }
+    html = _propensity_block("churn", entry, "within 30 days")
+    assert "LightGBM (not used)" in html and "RFM rules (used)" in html
+    shown = re.findall(r'<td class="t">([^<]+)</td><td>([^<]+)</td>', html)
+    assert shown == [
+        ("LightGBM (not used)", charts.fmt(booster["roc_auc"])),
+        ("RFM rules (used)", charts.fmt(rules["roc_auc"])),
+    ]
+    assert charts.fmt(booster["roc_auc"]) != charts.fmt(rules["roc_auc"])
+    assert ">model<" not in html
