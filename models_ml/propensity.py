@@ -184,7 +184,8 @@ def user_parts(user_ids: pd.Series, salt: str) -> np.ndarray:
 
 
 def holdout_half(user_ids: pd.Series, salt: str) -> np.ndarray:
-    """A deterministic half of the users (hash of id and salt): True for the checking half."""
+    """A deterministic half of the users (hash of id and salt): True for one half (the
+    calibration's cross-fitting folds)."""
     return np.array([hashlib.sha256(f"{salt}:{u}".encode()).digest()[0] % 2 == 1 for u in user_ids], dtype=bool)
 
 
@@ -303,7 +304,6 @@ def train_target(
     learn = train[parts[: len(train)] == TRAIN]
     stop_set = valid[parts[len(train) :] == STOP]
     check_set = valid[parts[len(train) :] == CHECK]
-    heuristic = Heuristic.fit(learn, learn["label"].to_numpy())
     positives = int((everything["label"] > 0).sum())
     negatives = int((everything["label"] <= 0).sum())
     if min(positives, negatives) < min_class_examples or min(len(learn), len(stop_set), len(check_set)) == 0:
@@ -318,6 +318,7 @@ def train_target(
         heuristic = Heuristic.fit(everything, everything["label"].to_numpy())
         return TrainedTarget(name=name, kind=kind, method="heuristic", reason=reason, heuristic=heuristic)
 
+    heuristic = Heuristic.fit(learn, learn["label"].to_numpy())
     columns = feature_columns(train)
     # unique() before sorting: a Python set over every example's value took 3 s at 10M events.
     categories = {
