@@ -19,11 +19,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from itertools import product
 from multiprocessing import get_context
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 from implicit.cpu.als import AlternatingLeastSquares  # noqa: E402
 from scipy import sparse  # noqa: E402
 
@@ -53,12 +55,35 @@ class ALSParams:
     history_weight: float = 0.0
 
 
+def positions(index: dict[Any, int], values: Any) -> np.ndarray:
+    """Each value's position in ``index``, -1 for a value not in it (or missing). Arrow
+    looks the values up in one hash table: a Python dict lookup per value cost 0.4 s for
+    the 1.2M interactions of the 10M-event site, this 0.05 s."""
+    count = len(values)
+    if not index or not count:
+        return np.full(count, -1, dtype=np.int64)
+    keys = pa.array(list(index))
+    found = pc.index_in(pa.array(values, type=keys.type, from_pandas=True), value_set=keys)
+    where = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    values_at = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+    return np.where(where >= 0, values_at[np.maximum(where, 0)], -1)
+
+
+def sorted_unique(*columns: Any) -> list[Any]:
+    """The distinct non-missing values of the columns, sorted (as ``sorted(set(...))``,
+    without a Python object per row: 0.05 s instead of 0.7 s for 1.2M interactions)."""
+    distinct: set[Any] = set()
+    for column in columns:
+        distinct.update(pc.unique(pa.array(column, from_pandas=True)).drop_null().to_pylist())
+    return sorted(distinct)
+
+
 def interaction_matrix(
     user_index: dict[str, int], item_index: dict[str, int], users: np.ndarray, items: np.ndarray, weights: np.ndarray
 ) -> sparse.csr_matrix:
     """(users, items) CSR matrix of weights; pairs with an unknown user or item are skipped."""
-    rows = pd.Series(users, dtype=object).map(user_index).fillna(-1).to_numpy(dtype=np.int64)
-    cols = pd.Series(items, dtype=object).map(item_index).fillna(-1).to_numpy(dtype=np.int64)
+    rows = positions(user_index, users)
+    cols = positions(item_index, items)
     ok = (rows >= 0) & (cols >= 0) & (np.asarray(weights, dtype=float) > 0)
     return sparse.csr_matrix(
         (np.asarray(weights, dtype=np.float32)[ok], (rows[ok], cols[ok])),

@@ -195,8 +195,24 @@ def _examples(
     target: str,
     cache: dict[tuple[Any, ...], pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """Features at each cutoff with the label from the window after it. ``cache`` keeps the
-    features of a cutoff and the labels of a window for the next target that needs them."""
+    """Features at each cutoff with the label from the window after it, in one frame."""
+    frames = _examples_by_cutoff(con, config, schemas, cutoffs, target, cache)
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "cutoff", "label"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _examples_by_cutoff(
+    con: duckdb.DuckDBPyConnection,
+    config: Config,
+    schemas: dict[datetime, str],
+    cutoffs: list[datetime],
+    target: str,
+    cache: dict[tuple[Any, ...], pd.DataFrame] | None = None,
+) -> list[pd.DataFrame]:
+    """Features at each cutoff with the label from the window after it, one frame per
+    cutoff (in the order of ``cutoffs``). ``cache`` keeps the features of a cutoff and the
+    labels of a window for the next target that needs them."""
     window = window_days(config)[target.removesuffix("_inactive")]
     cache = {} if cache is None else cache
     frames = []
@@ -218,9 +234,7 @@ def _examples(
             frame["label"] = frame["revenue"].fillna(0.0).astype(float)
         frame["cutoff"] = cutoff
         frames.append(frame.drop(columns=["active", "converted", "revenue"]))
-    if not frames:
-        return pd.DataFrame(columns=["user_id", "cutoff", "label"])
-    return pd.concat(frames, ignore_index=True)
+    return frames
 
 
 def _train_propensities(
@@ -230,9 +244,14 @@ def _train_propensities(
     cache: dict[tuple[Any, ...], pd.DataFrame] = {}
     for name, kind in (("purchase", "binary"), ("churn", "binary"), ("value", "regression")):
         cutoffs = plan.cutoffs[name]
-        examples = _examples(con, config, schemas, cutoffs, name, cache)
-        valid = examples[examples["cutoff"] == cutoffs[0]] if cutoffs else examples.iloc[0:0]
-        train = examples[examples["cutoff"] != cutoffs[0]] if cutoffs else examples
+        # The latest cutoff's examples stop and check, the earlier ones train (kept apart
+        # from the start: filtering one joined frame twice copied every example, 1.1 s).
+        # Numbered as in one frame, the latest cutoff's rows first.
+        frames = _examples_by_cutoff(con, config, schemas, cutoffs, name, cache)
+        empty = pd.DataFrame(columns=["user_id", "cutoff", "label"])
+        valid = frames[0].set_axis(pd.RangeIndex(len(frames[0]))) if frames else empty
+        train = pd.concat(frames[1:], ignore_index=True) if len(frames) > 1 else valid.iloc[0:0]
+        train = train.set_axis(pd.RangeIndex(len(valid), len(valid) + len(train)))
         if len(cutoffs) < 2:
             log.warning("%s: %d training cutoff(s) with a complete label window", name, len(cutoffs))
         rule = {"purchase": "recent_order", "churn": "recency", "value": "run_rate"}[name]
@@ -285,14 +304,14 @@ def _train_als(
     now_schema = schemas[plan.as_of]
     catalog = data.items(con, now_schema)
     now = data.interactions(con, now_schema)
-    item_ids = sorted(set(catalog["item_id"]) | set(now["item_id"]))
+    item_ids = als.sorted_unique(catalog["item_id"], now["item_id"])
     item_index = _indexed(item_ids)
     grid = als.grid(ml.als_factors, ml.als_regularization, ml.als_alpha, ml.als_iterations)
 
     # Choose the parameters on a time split: fit on what was known at the split, score on
     # what the users did between the split and the anchor.
     before = data.interactions(con, schemas[plan.als_split])
-    split_users = sorted(set(before["user_id"]))
+    split_users = als.sorted_unique(before["user_id"])
     split_index = _indexed(split_users)
     train_matrix = als.interaction_matrix(
         split_index, item_index, before["user_id"].to_numpy(), before["item_id"].to_numpy(), before["weight"].to_numpy()
@@ -332,7 +351,7 @@ def _train_als(
         best, trials, validation = grid[len(grid) // 2], [], {"note": "no interactions after the split"}
     report = {"params": best.__dict__, "validation": validation, "trials": trials, "split_at": plan.als_split}
 
-    user_ids = sorted(set(now["user_id"]))
+    user_ids = als.sorted_unique(now["user_id"])
     matrix = als.interaction_matrix(
         _indexed(user_ids), item_index, now["user_id"].to_numpy(), now["item_id"].to_numpy(), now["weight"].to_numpy()
     )

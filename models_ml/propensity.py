@@ -286,8 +286,10 @@ def train_target(
     class has fewer than ``min_class_examples`` examples (binary) or fewer than that many
     users spent anything (regression), and says so in ``reason``.
     """
-    everything = pd.concat([train, valid])
-    if len(everything) == 0:
+    # The two frames are not joined into one (a copy of every example, 1 s at 10M events):
+    # only their ids and labels are needed together, and the whole only when falling back.
+    labels = np.concatenate([train["label"].to_numpy(dtype=float), valid["label"].to_numpy(dtype=float)])
+    if len(labels) == 0:
         reason = (
             "no cutoff with a complete label window yet (the data is shorter than the window plus a week); "
             f"using the rule {RULES.get(rule or '', 'overall rate')}"
@@ -300,12 +302,12 @@ def train_target(
             reason=reason,
             heuristic=Heuristic(rule=rule, window_days=window_days),
         )
-    parts = user_parts(everything["user_id"], name)
+    parts = user_parts(pd.concat([train["user_id"], valid["user_id"]], ignore_index=True), name)
     learn = train[parts[: len(train)] == TRAIN]
     stop_set = valid[parts[len(train) :] == STOP]
     check_set = valid[parts[len(train) :] == CHECK]
-    positives = int((everything["label"] > 0).sum())
-    negatives = int((everything["label"] <= 0).sum())
+    positives = int((labels > 0).sum())
+    negatives = int((labels <= 0).sum())
     if min(positives, negatives) < min_class_examples or min(len(learn), len(stop_set), len(check_set)) == 0:
         reason = (
             f"too little data to learn: {positives} positive and {negatives} negative examples "
@@ -315,6 +317,7 @@ def train_target(
             f"the boosting and {len(check_set)} to check it; using the RFM-cell rate"
         )
         log.warning("%s: %s", name, reason)
+        everything = pd.concat([train, valid])
         heuristic = Heuristic.fit(everything, everything["label"].to_numpy())
         return TrainedTarget(name=name, kind=kind, method="heuristic", reason=reason, heuristic=heuristic)
 
@@ -322,7 +325,14 @@ def train_target(
     columns = feature_columns(train)
     # unique() before sorting: a Python set over every example's value took 3 s at 10M events.
     categories = {
-        c: sorted(everything[c].astype("string").fillna("unknown").unique()) for c in CATEGORICAL if c in columns
+        c: sorted(
+            pd.concat([f[c] for f in (train, valid) if c in f], ignore_index=True)
+            .astype("string")
+            .fillna("unknown")
+            .unique()
+        )
+        for c in CATEGORICAL
+        if c in columns
     }
     x_train = design_matrix(learn, columns, categories)
     x_stop = design_matrix(stop_set, columns, categories)

@@ -155,3 +155,25 @@ def test_growing_factors_stops_once_more_factors_do_no_better(monkeypatch):
         train, later, exclude, als.grid([2, 8], [0.1], [1.0], 6), [0.0], 3, 2, finalists=1, grow_factors=True
     )
     assert sorted({t["params"]["factors"] for t in grown if t["stage"] == "screen"}) == [2, 8]
+
+
+def test_matrix_positions_are_the_dict_lookups_of_every_id():
+    rng = np.random.default_rng(3)
+    known = [f"u{i}" for i in rng.permutation(500)]
+    # Any positions, not only 0..n-1 in order, as a caller's dict may hold.
+    index = {name: int(p) for name, p in zip(known, rng.permutation(1000)[:500])}
+    asked = np.array(
+        [*rng.choice(known, 2000), "stranger", None, float("nan"), "", "U1", "u1 "],
+        dtype=object,
+    )
+    expected = np.array([index.get(v, -1) if isinstance(v, str) else -1 for v in asked])
+    assert np.array_equal(als.positions(index, asked), expected)
+    assert np.array_equal(als.positions({}, asked), np.full(len(asked), -1))
+    assert als.sorted_unique(asked[:2000], np.array(["zz", None, "a"], dtype=object)) == sorted(
+        set(asked[:2000]) | {"zz", "a"}
+    )
+
+    users, items = np.array(["b", "a", "b", "c"], dtype=object), np.array(["x", "y", "y", "x"], dtype=object)
+    matrix = als.interaction_matrix({"a": 0, "b": 1}, {"x": 0, "y": 1}, users, items, np.array([1.0, 2.0, 0.0, 4.0]))
+    # c is unknown and the zero weight is no interaction.
+    assert matrix.toarray().tolist() == [[0.0, 2.0], [1.0, 0.0]]
