@@ -652,7 +652,7 @@ def _model_recommendations(
     fresh_vectors = np.zeros((0, factors), dtype=np.float32)
     if len(todo):
         user_index = _indexed(list(todo))
-        mine = interactions[interactions["user_id"].isin(user_index)]
+        mine = interactions[als.positions(user_index, interactions["user_id"]) >= 0]
         fresh_vectors = als.fold_in(
             bundle.item_factors,
             bundle.als_params,
