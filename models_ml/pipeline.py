@@ -194,21 +194,6 @@ def _examples(
     cutoffs: list[datetime],
     target: str,
     cache: dict[tuple[Any, ...], pd.DataFrame] | None = None,
-) -> pd.DataFrame:
-    """Features at each cutoff with the label from the window after it, in one frame."""
-    frames = _examples_by_cutoff(con, config, schemas, cutoffs, target, cache)
-    if not frames:
-        return pd.DataFrame(columns=["user_id", "cutoff", "label"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def _examples_by_cutoff(
-    con: duckdb.DuckDBPyConnection,
-    config: Config,
-    schemas: dict[datetime, str],
-    cutoffs: list[datetime],
-    target: str,
-    cache: dict[tuple[Any, ...], pd.DataFrame] | None = None,
 ) -> list[pd.DataFrame]:
     """Features at each cutoff with the label from the window after it, one frame per
     cutoff (in the order of ``cutoffs``). ``cache`` keeps the features of a cutoff and the
@@ -247,7 +232,7 @@ def _train_propensities(
         # The latest cutoff's examples stop and check, the earlier ones train (kept apart
         # from the start: filtering one joined frame twice copied every example, 1.1 s).
         # Numbered as in one frame, the latest cutoff's rows first.
-        frames = _examples_by_cutoff(con, config, schemas, cutoffs, name, cache)
+        frames = _examples(con, config, schemas, cutoffs, name, cache)
         empty = pd.DataFrame(columns=["user_id", "cutoff", "label"])
         valid = frames[0].set_axis(pd.RangeIndex(len(frames[0]))) if frames else empty
         train = pd.concat(frames[1:], ignore_index=True) if len(frames) > 1 else valid.iloc[0:0]
@@ -267,7 +252,8 @@ def _train_propensities(
         )
     # Users already inactive for a whole churn window are outside the churn model's
     # population; their churn probability is the observed rate of their RFM cell.
-    everyone = _examples(con, config, schemas, plan.cutoffs["churn"], "churn_inactive", cache)
+    inactive_frames = _examples(con, config, schemas, plan.cutoffs["churn"], "churn_inactive", cache)
+    everyone = pd.concat(inactive_frames, ignore_index=True) if inactive_frames else pd.DataFrame()
     inactive = (
         propensity.Heuristic.fit(everyone, everyone["label"].to_numpy())
         if len(everyone)
