@@ -21,9 +21,9 @@ from dataclasses import dataclass
 # Polars' allocator (its own jemalloc) gives freed pages back to the kernel within seconds.
 # A load frees a batch's parsed columns and allocates the next batch's a few seconds later,
 # and the kernel faulting those pages in again was a fifth of ingestion's CPU time (sys 13.5
-# of 69 CPU-s for 3M enriched lines). Kept 30 s, they are reused: 10M lines load in 103 s
-# instead of 116, with about 300 MB more at the peak. Read when polars loads, so it is set
-# before the import; a value in the environment wins.
+# of 69 CPU-s for 3M enriched lines). Kept 30 s, they are reused: 10M lines load in 111 s
+# instead of 125 (back to back), with 230-450 MB more at the peak. Read when polars loads,
+# so it is set before the import; a value in the environment wins (empty: polars' own).
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:30000,muzzy_decay_ms:0")
 
 import numpy as np  # noqa: E402
