@@ -172,21 +172,27 @@ TRAIN, STOP, CHECK = 0, 1, 2
 EVALUATION = {"propensity_holdout": "users", "holdout_share": HOLDOUT_SHARE}
 
 
+def _user_bytes(user_ids: pd.Series, salt: str) -> np.ndarray:
+    """The first two bytes of sha256("salt:user") of each example's user, hashed once per
+    distinct user: a deterministic draw that keeps a user's examples together."""
+    codes, users = pd.factorize(pd.Series(user_ids, dtype=object).astype(str))
+    digests = np.array([hashlib.sha256(f"{salt}:{u}".encode()).digest()[:2] for u in users], dtype="S2")
+    return digests.view(np.uint8).reshape(-1, 2)[codes] if len(users) else np.zeros((len(codes), 2), np.uint8)
+
+
 def user_parts(user_ids: pd.Series, salt: str) -> np.ndarray:
     """Each example's part, by its user (TRAIN, STOP or CHECK): a deterministic hash of the
     user id and ``salt``, so a user's examples at every cutoff fall in the same part."""
-    codes, users = pd.factorize(pd.Series(user_ids, dtype=object).astype(str))
-    digests = [hashlib.sha256(f"{salt}:{u}".encode()).digest() for u in users]
-    held = np.array([d[0] < 256 * HOLDOUT_SHARE for d in digests], dtype=bool)
-    check = np.array([d[1] % 2 == 1 for d in digests], dtype=bool)
-    parts = np.where(held, np.where(check, CHECK, STOP), TRAIN)
-    return parts[codes]
+    first_two = _user_bytes(user_ids, salt)
+    held = first_two[:, 0] < 256 * HOLDOUT_SHARE
+    check = first_two[:, 1] % 2 == 1
+    return np.where(held, np.where(check, CHECK, STOP), TRAIN)
 
 
 def holdout_half(user_ids: pd.Series, salt: str) -> np.ndarray:
     """A deterministic half of the users (hash of id and salt): True for one half (the
     calibration's cross-fitting folds)."""
-    return np.array([hashlib.sha256(f"{salt}:{u}".encode()).digest()[0] % 2 == 1 for u in user_ids], dtype=bool)
+    return _user_bytes(user_ids, salt)[:, 0] % 2 == 1
 
 
 def _isotonic(raw: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -402,8 +408,8 @@ def _better_of(trained: TrainedTarget, stop_set: pd.DataFrame, raw_stop: np.ndar
         rules_win = rules_score > model_score
     else:
         metric = "MAE"
-        model_score = float(np.mean(np.abs(label - np.clip(raw_stop, 0, None))))
-        rules_score = float(np.mean(np.abs(label - rules)))
+        model_score = regression_metrics(label, np.clip(raw_stop, 0, None))["mae"]
+        rules_score = regression_metrics(label, rules)["mae"]
         rules_win = rules_score < model_score
     choice = {"metric": metric, "lightgbm": model_score, "rfm_rules": rules_score, "examples": int(len(label))}
     if not rules_win:
