@@ -7,6 +7,8 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from insights.ingest import snowplow
 from tests.helpers import ingest, query
 
@@ -83,10 +85,15 @@ def test_broken_enriched_lines_are_quarantined_with_reasons(tmp_path: Path, fixt
     assert "contexts: invalid JSON" in quarantined[3][1]
 
 
-def test_good_lines_around_broken_ones_keep_their_line_numbers(fixtures_dir: Path) -> None:
+@pytest.mark.parametrize("count_chunk", [snowplow._COUNT_CHUNK, 4000, 700])
+def test_good_lines_around_broken_ones_keep_their_line_numbers(
+    fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch, count_chunk: int
+) -> None:
     """Files mixing good and broken lines in every arrangement (broken first, last, in
     runs, the last line without its newline): each good line is parsed once, under its own
-    number, and each broken one is reported under its own."""
+    number, and each broken one is reported under its own. Fields are counted over runs of
+    lines: with runs of a few lines and runs shorter than one line too."""
+    monkeypatch.setattr(snowplow, "_COUNT_CHUNK", count_chunk)
     fields = (fixtures_dir / "snowplow_enriched_tsv" / "enriched_event_sample.tsv").read_text().rstrip("\n").split("\t")
     rng = random.Random(7)
     for _ in range(40):
