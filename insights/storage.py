@@ -165,10 +165,11 @@ def _gunzip(data: bytes) -> bytes:
         if not inflater.eof:
             raise EOFError("compressed file ended before the end-of-stream marker was reached")
         data = inflater.unused_data
-        if not data.strip(b"\0"):
-            return members[0] if len(members) == 1 else b"".join(members)
-        if data[:2] != b"\x1f\x8b":
+        if data[:2] == b"\x1f\x8b":
+            continue
+        if data.strip(b"\0"):
             raise OSError(f"{len(data)} bytes after the end of the gzip stream are not gzip data")
+        return members[0] if len(members) == 1 else b"".join(members)
 
 
 def replace_text(path: Path, text: str) -> None:
