@@ -258,7 +258,8 @@ class MLConfig(_Strict):
     als_grow_factors: bool = Field(
         True,
         description="When screening, factor counts are screened smallest first, and larger ones only while each "
-        "count's best screened NDCG@10 (then HR@10) beats the count before it; false screens the whole grid.",
+        "count's best screened NDCG@10 (then HR@10) beats the count before it, each with only the regularization "
+        "and alpha of the count before it's `als_finalists` best; false screens the whole grid.",
     )
     als_processes: int = Field(
         2,

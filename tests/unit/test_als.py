@@ -157,6 +157,45 @@ def test_growing_factors_stops_once_more_factors_do_no_better(monkeypatch):
     assert sorted({t["params"]["factors"] for t in grown if t["stage"] == "screen"}) == [2, 8]
 
 
+def test_a_larger_factor_count_is_screened_with_the_best_settings_of_the_count_before(monkeypatch):
+    """Coarse to fine: with four (regularization, alpha) settings and two finalists, the
+    8-factor screen fits only the two settings that screened best at 2 factors."""
+    train, later = _planted()
+    exclude = sparse.csr_matrix(train.shape, dtype=np.float32)
+    real_fit = als.fit
+    fits: list[tuple[int, float, float]] = []
+
+    def counted_fit(matrix, params, seed, model=None):
+        fits.append((params.factors, params.regularization, params.alpha))
+        return real_fit(matrix, params, seed, model)
+
+    monkeypatch.setattr(als, "fit", counted_fit)
+    grid = als.grid([2, 8], [0.1], [0.5, 2.0, 10.0, 40.0], iterations=6)
+    screening = {"screen_iterations": 2, "finalists": 2}
+    _, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, grow_factors=True, **screening)
+
+    def screened_at(factors: int) -> dict[tuple[float, float], tuple[float, float]]:
+        best: dict[tuple[float, float], tuple[float, float]] = {}
+        for t in trials:
+            p = t["params"]
+            if t["stage"] == "screen" and p["factors"] == factors:
+                setting = (p["regularization"], p["alpha"])
+                best[setting] = max(best.get(setting, (-1.0, -1.0)), (t["ndcg_at_10"], t["hr_at_10"]))
+        return best
+
+    at_2 = screened_at(2)
+    assert len(at_2) == 4
+    # The two best at 2 factors (ties go to the earlier setting in the grid).
+    order = {(p.regularization, p.alpha): i for i, p in enumerate(grid[:4])}
+    top = sorted(at_2, key=lambda s: (at_2[s], -order[s]), reverse=True)[:2]
+    assert set(screened_at(8)) == set(top)
+    assert [f for f in fits[:6] if f[0] == 8] == [(8, *s) for s in sorted(top, key=order.get)]
+    # Without growing, every setting is screened at every count.
+    fits.clear()
+    _, whole = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, **screening)
+    assert len({(t["params"]["factors"], t["params"]["alpha"]) for t in whole if t["stage"] == "screen"}) == 8
+
+
 def test_matrix_positions_are_the_dict_lookups_of_every_id():
     rng = np.random.default_rng(3)
     known = [f"u{i}" for i in rng.permutation(500)]
