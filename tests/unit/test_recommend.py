@@ -103,6 +103,33 @@ def test_blends_sharing_one_selection_equal_one_at_a_time_with_ties_and_few_item
         assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val), weight
 
 
+def test_blends_scale_by_the_best_score_wherever_it_is() -> None:
+    """The blend divides by the user's best score over every item: here it is an excluded
+    item, a history item, or neither; one user has every item excluded, one no history."""
+    rng = np.random.default_rng(11)
+    users = rng.standard_normal((40, 4)).astype(np.float32)
+    items = rng.standard_normal((50, 4)).astype(np.float32)
+    raw = users @ items.T
+    top = raw.argmax(axis=1)
+    exclude = sparse.lil_matrix((40, 50), dtype=np.float32)
+    history = sparse.lil_matrix((40, 50), dtype=np.float32)
+    for u in range(2, 40):
+        history[u, rng.choice(50, 5, replace=False)] = rng.random(5).astype(np.float32) + 0.1
+    exclude[0, :] = 1.0  # nothing left to recommend
+    history[1, :] = 0.0  # no history at all
+    for u in range(2, 14):
+        exclude[u, top[u]] = 1.0  # the best item is excluded
+    for u in range(14, 26):
+        history[u, top[u]] = 0.5  # the best item is in the history
+    exclude, history = exclude.tocsr(), history.tocsr()
+    history.eliminate_zeros()
+    weights = [0.0, 0.3, 0.8]
+    blends = top_k_blends(users, items, 6, weights, exclude=exclude, history=history)
+    for weight, (idx, val) in zip(weights, blends):
+        one_idx, one_val = top_k(users, items, 6, exclude=exclude, history=history, history_weight=weight)
+        assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val), weight
+
+
 def test_category_cap_keeps_the_best_of_each_group() -> None:
     idx = np.array([[0, 1, 2, 3, 4, 5]])
     val = np.array([[6, 5, 4, 3, 2, 1]], dtype=np.float32)
