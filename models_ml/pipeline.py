@@ -207,19 +207,47 @@ def _examples(
         end = cutoff + timedelta(days=window)
         if ("labels", cutoff, end) not in cache:
             cache["labels", cutoff, end] = data.labels(con, cutoff, end, config.transform.conversion_event)
-        feats, outcome = cache["features", cutoff], cache["labels", cutoff, end]
-        frame = feats.merge(outcome, on="user_id", how="left")
-        if target == "purchase":
-            frame["label"] = frame["converted"].fillna(False).astype(float)
-        elif target.startswith("churn"):
-            frame["label"] = (~frame["active"].fillna(False).astype(bool)).astype(float)
-            if target == "churn":
-                frame = frame[frame["recency_days"] <= config.windows.churn_days]
-        else:
-            frame["label"] = frame["revenue"].fillna(0.0).astype(float)
-        frame["cutoff"] = cutoff
-        frames.append(frame.drop(columns=["active", "converted", "revenue"]))
+        if ("outcomes", cutoff, end) not in cache:
+            cache["outcomes", cutoff, end] = _outcomes(cache["features", cutoff], cache["labels", cutoff, end])
+        outcome = cache["outcomes", cutoff, end]
+        label = {"purchase": "converted", "value": "revenue"}.get(target, "inactive")
+        frame = cache["features", cutoff].assign(label=outcome[label], cutoff=cutoff)
+        if target == "churn":
+            frame = frame[frame["recency_days"] <= config.windows.churn_days]
+        frames.append(frame)
     return frames
+
+
+def _outcomes(feats: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Each feature row's outcome as a label, in the rows' order: ``converted`` and
+    ``inactive`` (1.0 or 0.0) and ``revenue``; a user without a row in ``labels`` did
+    nothing. The labels are looked up by position through Arrow, not merged: a merge
+    copied every feature column at every cutoff for every target (2.4 s of a training
+    run at 10M events)."""
+    at = (
+        pc.index_in(
+            pa.array(feats["user_id"], type=pa.string(), from_pandas=True),
+            value_set=pa.array(labels["user_id"], type=pa.string(), from_pandas=True),
+        )
+        .fill_null(-1)
+        .to_numpy(zero_copy_only=False)
+    )
+    found = at >= 0
+    rows = labels.iloc[np.where(found, at, 0)] if len(labels) else None
+
+    def column(name: str, missing: Any) -> pd.Series:
+        if rows is None:
+            return pd.Series(missing, index=feats.index)
+        return rows[name].set_axis(feats.index).where(found, missing).fillna(missing)
+
+    return pd.DataFrame(
+        {
+            "converted": column("converted", False).astype(float),
+            "revenue": column("revenue", 0.0).astype(float),
+            "inactive": (~column("active", False).astype(bool)).astype(float),
+        },
+        index=feats.index,
+    )
 
 
 def _train_propensities(

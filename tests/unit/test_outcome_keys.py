@@ -76,3 +76,34 @@ def test_relevant_items_follow_the_same_keys(con: duckdb.DuckDBPyConnection) -> 
         ("u9", "i1"),
         ("u9", "i2"),
     ]
+
+
+def test_outcomes_line_up_with_the_feature_rows_as_a_left_merge_would() -> None:
+    """Labels are looked up per feature row: a user without an outcome row did nothing (not
+    converted, no revenue, inactive), a null conversion counts as none, and the rows keep
+    the features' order and index."""
+    import pandas as pd
+
+    from models_ml.pipeline import _outcomes
+
+    feats = pd.DataFrame(
+        {"user_id": pd.array(["u3", "u1", "u2", "u4"], dtype="str"), "recency_days": [1.0, 2.0, 3.0, 4.0]},
+        index=[10, 11, 12, 13],
+    )
+    labels = pd.DataFrame(
+        {
+            "user_id": pd.array(["u1", "u4", "u9", "u3"], dtype="str"),
+            "active": [True, True, True, True],
+            "converted": pd.array([True, None, True, False], dtype="boolean"),
+            "revenue": [12.5, None, 3.0, 0.0],
+        }
+    )
+    merged = feats.merge(labels, on="user_id", how="left").set_axis(feats.index)
+    out = _outcomes(feats, labels)
+    assert list(out.index) == [10, 11, 12, 13]
+    assert out["converted"].tolist() == merged["converted"].fillna(False).astype(float).tolist() == [0, 1, 0, 0]
+    assert out["revenue"].tolist() == merged["revenue"].fillna(0.0).astype(float).tolist() == [0.0, 12.5, 0.0, 0.0]
+    assert out["inactive"].tolist() == [0.0, 0.0, 1.0, 0.0]
+    nothing = _outcomes(feats, labels.iloc[0:0])
+    assert nothing["converted"].tolist() == [0.0] * 4 and nothing["inactive"].tolist() == [1.0] * 4
+    assert nothing["revenue"].tolist() == [0.0] * 4
