@@ -235,3 +235,13 @@ def test_a_calibration_that_does_not_help_out_of_sample_is_not_used() -> None:
     assert choice["isotonic_log_loss"] >= choice["raw_log_loss"]
     one_fold = fit_calibration(truth, label, np.ones(60, dtype=bool))
     assert one_fold[2]["method"] == "none" and "too few" in one_fold[2]["reason"]
+
+
+def test_user_bytes_are_the_first_two_bytes_of_each_users_salted_sha256() -> None:
+    import hashlib
+
+    ids = ["u1", "u2", "u1", "ü-3", "u2", "u1"]
+    expected = np.array([list(hashlib.sha256(f"s:{u}".encode()).digest()[:2]) for u in ids], dtype=np.uint8)
+    for series in (pd.Series(ids, dtype=object), pd.Series(pd.array(ids, dtype="str"))):
+        assert np.array_equal(propensity._user_bytes(series, "s"), expected)
+    assert propensity._user_bytes(pd.Series([], dtype=object), "s").shape == (0, 2)
