@@ -272,15 +272,21 @@ def cap_per_group(
     index -1 and score -inf.
     """
     n, c = indices.shape
-    groups = item_groups[indices]
-    earlier = np.tril(np.ones((c, c), dtype=bool), k=-1)
     kept_rows_idx = np.full((n, k), -1, dtype=np.int32)
     kept_rows_scores = np.full((n, k), NEG_INF, dtype=np.float32)
-    step = max(1, 2_000_000 // (c * c))
+    position = np.arange(c)
+    step = max(1, 4_000_000 // max(c, 1))
     for start in range(0, n, step):
-        g = groups[start : start + step]
-        same = (g[:, :, None] == g[:, None, :]) & earlier[None, :, :]
-        before = same.sum(axis=2)
+        # How many earlier candidates of its row share each candidate's group: sorted by
+        # (group, position), a candidate's rank within its group's run. (Comparing every
+        # pair of a row's candidates took 3.7 s for 263k users of 100 candidates; this 1 s.)
+        keys = item_groups[indices[start : start + step]].astype(np.int64) * c + position
+        keys.sort(axis=1)
+        first = np.ones(keys.shape, dtype=bool)
+        first[:, 1:] = keys[:, 1:] // c != keys[:, :-1] // c
+        run_start = np.maximum.accumulate(np.where(first, position, 0), axis=1)
+        before = np.empty(keys.shape, dtype=np.int64)
+        np.put_along_axis(before, keys % c, position - run_start, axis=1)
         keep = (before < cap) & np.isfinite(scores[start : start + step])
         # Kept candidates first, each side in its original (best-first) order.
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]

@@ -130,6 +130,25 @@ def test_blends_scale_by_the_best_score_wherever_it_is() -> None:
         assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val), weight
 
 
+def test_category_cap_equals_a_row_by_row_count() -> None:
+    """Random candidates (some rows cut short by -inf) against the rule read literally:
+    walk each row best first, keep a candidate while fewer than ``cap`` of its group are kept."""
+    rng = np.random.default_rng(5)
+    groups = rng.integers(0, 6, 40)
+    idx = np.stack([rng.permutation(40)[:15] for _ in range(300)]).astype(np.int32)
+    val = -np.sort(-rng.random((300, 15)).astype(np.float32), axis=1)
+    val[::7, 9:] = -np.inf
+    for cap, k in ((1, 5), (2, 8), (3, 15), (4, 20)):
+        kept, scores = cap_per_group(idx, val, groups, cap=cap, k=k)
+        for row in range(300):
+            taken: list[int] = []
+            for i, v in zip(idx[row], val[row]):
+                if np.isfinite(v) and sum(groups[t] == groups[i] for t in taken) < cap and len(taken) < k:
+                    taken.append(int(i))
+            assert kept[row].tolist() == taken + [-1] * (k - len(taken)), (cap, k, row)
+            assert np.isneginf(scores[row, len(taken) :]).all()
+
+
 def test_category_cap_keeps_the_best_of_each_group() -> None:
     idx = np.array([[0, 1, 2, 3, 4, 5]])
     val = np.array([[6, 5, 4, 3, 2, 1]], dtype=np.float32)
