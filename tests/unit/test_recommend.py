@@ -51,6 +51,30 @@ def test_first_k_per_row_orders_by_value_then_column_in_both_sorts() -> None:
             assert val[row].tolist() == [-v for v, _ in mine]
 
 
+def _blended_directly(users, items, k, exclude, history, weight, block_size=64):
+    """The blend read literally, block by block as top_k computes the scores: every score of a
+    row scaled by (1 - weight) / (its best score), the history added, the excluded items
+    removed, then the k best (recommend._block_top_k)."""
+    users = np.ascontiguousarray(users, dtype=np.float32)
+    items_t = np.ascontiguousarray(np.asarray(items, dtype=np.float32).T)
+    exclude = sparse.csr_matrix(exclude) if exclude is not None else None
+    history = sparse.csr_matrix(history, dtype=np.float32)
+    history.sum_duplicates()
+    parts = []
+    for start in range(0, len(users), block_size):
+        stop = min(start + block_size, len(users))
+        parts.append(
+            recommend._block_top_k(
+                np.matmul(users[start:stop], items_t),
+                min(k, items_t.shape[1]),
+                exclude[start:stop] if exclude is not None else None,
+                history[start:stop],
+                weight,
+            )
+        )
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def test_history_weight_lifts_items_the_user_came_back_to() -> None:
     users, items = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.9, 0.0], [0.1, 0.0]])
     history = sparse.csr_matrix(np.array([[0.0, 0.0, 1.0]]))
@@ -58,6 +82,17 @@ def test_history_weight_lifts_items_the_user_came_back_to() -> None:
     blended, _ = top_k(users, items, 3, history=history, history_weight=0.9)
     assert plain[0].tolist() == [0, 1, 2]
     assert blended[0][0] == 2
+
+
+def test_one_blend_equals_the_blend_read_literally() -> None:
+    rng = np.random.default_rng(9)
+    users, items = rng.normal(size=(300, 5)), rng.normal(size=(120, 5))
+    exclude = sparse.random(300, 120, density=0.05, random_state=7, format="csr")
+    history = sparse.random(300, 120, density=0.1, random_state=8, format="csr", dtype=np.float32)
+    for weight in (0.25, 0.75):
+        idx, val = top_k(users, items, 9, exclude=exclude, history=history, history_weight=weight)
+        one_idx, one_val = _blended_directly(users, items, 9, exclude, history, weight)
+        assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val), weight
 
 
 def test_several_history_weights_at_once_equal_one_at_a_time() -> None:
@@ -68,9 +103,7 @@ def test_several_history_weights_at_once_equal_one_at_a_time() -> None:
     weights = [0.0, 0.5, 0.9]
     blends = top_k_blends(users, items, 7, weights, exclude=exclude, block_size=32, threads=2, history=history)
     for weight, (idx, val) in zip(weights, blends):
-        one_idx, one_val = top_k(
-            users, items, 7, exclude=exclude, block_size=32, history=history, history_weight=weight
-        )
+        one_idx, one_val = _blended_directly(users, items, 7, exclude, history, weight, block_size=32)
         assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val)
     assert not np.array_equal(blends[0][0], blends[2][0])
 
@@ -99,7 +132,7 @@ def test_blends_sharing_one_selection_equal_one_at_a_time_with_ties_and_few_item
     assert recomputed, "no row needed recomputing: the test lost its ties"
     monkeypatch.setattr(recommend, "_block_top_k", plain)
     for weight, (idx, val) in zip(weights, blends):
-        one_idx, one_val = top_k(users, items, 7, exclude=exclude.tocsr(), history=history, history_weight=weight)
+        one_idx, one_val = _blended_directly(users, items, 7, exclude.tocsr(), history, weight)
         assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val), weight
 
 
@@ -126,7 +159,7 @@ def test_blends_scale_by_the_best_score_wherever_it_is() -> None:
     weights = [0.0, 0.3, 0.8]
     blends = top_k_blends(users, items, 6, weights, exclude=exclude, history=history)
     for weight, (idx, val) in zip(weights, blends):
-        one_idx, one_val = top_k(users, items, 6, exclude=exclude, history=history, history_weight=weight)
+        one_idx, one_val = _blended_directly(users, items, 6, exclude, history, weight)
         assert np.array_equal(idx, one_idx) and np.array_equal(val, one_val), weight
 
 
