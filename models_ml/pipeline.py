@@ -328,11 +328,11 @@ def _train_als(
     split_users = als.sorted_unique(before["user_id"])
     split_index = _indexed(split_users)
     train_matrix = als.interaction_matrix(
-        split_index, item_index, before["user_id"].to_numpy(), before["item_id"].to_numpy(), before["weight"].to_numpy()
+        split_index, item_index, before["user_id"], before["item_id"], before["weight"].to_numpy()
     )
     bought = before[before["purchases"] > 0] if ml.exclude_purchased else before.iloc[0:0]
     exclude = als.interaction_matrix(
-        split_index, item_index, bought["user_id"].to_numpy(), bought["item_id"].to_numpy(), np.ones(len(bought))
+        split_index, item_index, bought["user_id"], bought["item_id"], np.ones(len(bought))
     )
     relevant: dict[int, set[int]] = {}
     for row in data.relevant_items(con, plan.als_split, plan.anchor).itertuples(index=False):
@@ -367,7 +367,7 @@ def _train_als(
 
     user_ids = als.sorted_unique(now["user_id"])
     matrix = als.interaction_matrix(
-        _indexed(user_ids), item_index, now["user_id"].to_numpy(), now["item_id"].to_numpy(), now["weight"].to_numpy()
+        _indexed(user_ids), item_index, now["user_id"], now["item_id"], now["weight"].to_numpy()
     )
     # The final fit runs beside the catalog encoder and the propensities (see als.fit_aside).
     aside = als.worker_processes(ml.als_processes, matrix) > 1
@@ -673,8 +673,8 @@ def _model_recommendations(
             als.interaction_matrix(
                 user_index,
                 _indexed(bundle.item_ids),
-                mine["user_id"].to_numpy(),
-                mine["item_id"].to_numpy(),
+                mine["user_id"],
+                mine["item_id"],
                 mine["weight"].to_numpy(),
             ),
         )
@@ -684,15 +684,15 @@ def _model_recommendations(
         exclude = als.interaction_matrix(
             user_index,
             allowed_index,
-            bought["user_id"].to_numpy(),
-            bought["item_id"].to_numpy(),
+            bought["user_id"],
+            bought["item_id"],
             np.ones(len(bought)),
         )
         seen = als.interaction_matrix(
             user_index,
             allowed_index,
-            mine["user_id"].to_numpy(),
-            mine["item_id"].to_numpy(),
+            mine["user_id"],
+            mine["item_id"],
             mine["weight"].to_numpy(),
         )
         k = ml.recommendations
