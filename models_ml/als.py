@@ -63,10 +63,7 @@ def positions(index: dict[Any, int], values: Any) -> np.ndarray:
     if not index or not count:
         return np.full(count, -1, dtype=np.int64)
     keys = pa.array(list(index))
-    looked_up = pa.array(values, type=keys.type, from_pandas=True)
-    if isinstance(looked_up, pa.ChunkedArray):
-        looked_up = looked_up.combine_chunks()
-    found = pc.index_in(looked_up, value_set=keys)
+    found = pc.index_in(pa.array(values, type=keys.type, from_pandas=True), value_set=keys)
     where = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     values_at = np.fromiter(index.values(), dtype=np.int64, count=len(index))
     return np.where(where >= 0, values_at[np.maximum(where, 0)], -1)
@@ -301,16 +298,16 @@ def tune(
                 if not group:
                     continue
                 shorts = [replace(base, iterations=min(screen_iterations, base.iterations)) for _, base in group]
-                level_best: tuple[float, float] | None = None
                 ranked: list[tuple[tuple[float, float, int], int, ALSParams]] = []
                 for (order, base), short, model in zip(group, shorts, fitted([(short, None) for short in shorts])):
                     key, _ = evaluate(model, short, "screen", history_weights)
-                    level_best = key[:2] if level_best is None else max(level_best, key[:2])
                     ranked.append((key, -order, base))
                     screened.append((key, -order, base, model))
                     # Keep only the finalists' models in memory.
                     screened = sorted(screened, key=lambda s: (s[0], s[1]), reverse=True)[:finalists]
-                if level is not None and previous is not None and level_best is not None and level_best <= previous:
+                ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
+                level_best = ranked[0][0][:2]  # this count's best screened (NDCG@10, HR@10)
+                if level is not None and previous is not None and level_best <= previous:
                     larger = sorted({p.factors for p in grid if p.factors > level})
                     if larger:
                         log.info(
@@ -321,7 +318,6 @@ def tune(
                         )
                     break
                 previous = level_best
-                ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
                 settings = {(base.regularization, base.alpha) for _, _, base in ranked[:finalists]}
             candidates = [(base, model) for _, _, base, model in screened]
         best: tuple[tuple[float, float, int], ALSParams] | None = None

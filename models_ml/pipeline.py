@@ -197,7 +197,7 @@ def _examples(
 ) -> list[pd.DataFrame]:
     """Features at each cutoff with the label from the window after it, one frame per
     cutoff (in the order of ``cutoffs``). ``cache`` keeps the features of a cutoff and the
-    labels of a window for the next target that needs them."""
+    outcomes of a window for the next target that needs them."""
     window = window_days(config)[target.removesuffix("_inactive")]
     cache = {} if cache is None else cache
     frames = []
@@ -205,10 +205,9 @@ def _examples(
         if ("features", cutoff) not in cache:
             cache["features", cutoff] = data.features(con, schemas[cutoff])
         end = cutoff + timedelta(days=window)
-        if ("labels", cutoff, end) not in cache:
-            cache["labels", cutoff, end] = data.labels(con, cutoff, end, config.transform.conversion_event)
         if ("outcomes", cutoff, end) not in cache:
-            cache["outcomes", cutoff, end] = _outcomes(cache["features", cutoff], cache["labels", cutoff, end])
+            labels = data.labels(con, cutoff, end, config.transform.conversion_event)
+            cache["outcomes", cutoff, end] = _outcomes(cache["features", cutoff], labels)
         outcome = cache["outcomes", cutoff, end]
         label = {"purchase": "converted", "value": "revenue"}.get(target, "inactive")
         frame = cache["features", cutoff].assign(label=outcome[label], cutoff=cutoff)
