@@ -41,12 +41,20 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_LINE = 2048
 
 
+def _remove_leftovers(path: Path) -> None:
+    """Delete the files of builds killed before their swap: a publication's (hundreds of MB at
+    10M users) or a forget's copy (which names the people being forgotten). Whatever writes
+    the table holds the warehouse (export, forget), so no such file is another's live build."""
+    for leftover in path.parent.glob(f".{path.name}.*.building"):
+        leftover.unlink(missing_ok=True)
+
+
 def publish_table(config: Config, con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """Build the SQLite table from the warehouse and swap it in atomically."""
     path = Path(config.resolve(config.serving.path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     building = path.with_name(f".{path.name}.{run_id}.{os.getpid()}.building")
-    building.unlink(missing_ok=True)
     lists = {
         "recs": """select user_id as key, to_json(list({'item_id': item_id, 'score': round(score, 6),
                        'reason': reason} order by rank))::varchar from main.recommendations group by user_id""",
@@ -361,8 +369,7 @@ def forget(config: Config, ids: list[str], dry_run: bool = False) -> dict[str, i
     path = Path(config.resolve(config.serving.path))
     if not path.is_file():
         return {}
-    for leftover in path.parent.glob(f".{path.name}.forget.*.building"):
-        leftover.unlink(missing_ok=True)  # a copy of a forget that was killed: it names them
+    _remove_leftovers(path)
     building = path.with_name(f".{path.name}.forget.{os.getpid()}.building")
     shutil.copyfile(path, building)
     db = sqlite3.connect(building)

@@ -160,3 +160,15 @@ def test_a_failed_export_says_export_failed(small: Config, capsys: pytest.Captur
     code = main(["--config", str(config_file), "export", "--as-of", "2026-11-01"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith(f"insights: export failed: publishing to {blocked}")
+
+
+def test_a_recommendation_table_that_cannot_be_built_fails_the_export(small: Config) -> None:
+    """The table is built beside the other deliveries; its failure is not lost, and they are
+    still delivered."""
+    blocked = Path(small.source_file).parent / "blocked"
+    blocked.write_text("a file where the recommendation table's folder should be")
+    small.serving.path = str(blocked / "recommendations.sqlite")
+    with pytest.raises(OSError, match="blocked"):
+        steps.export(small)
+    assert latest(open_store(small), "user_insights")["dt"] == "2026-11-01"
+    assert Path(small.cohorts.out_dir, "ready_to_buy.csv").exists()

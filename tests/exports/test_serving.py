@@ -6,6 +6,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -243,6 +244,21 @@ def test_no_errors_or_partial_lists_while_publishing(api: tuple[str, Config]) ->
     for w in workers:
         w.join()
     assert errors == [] and answered[0] > 20
+
+
+def test_a_publication_removes_the_files_of_builds_killed_before_their_swap(small: Config) -> None:
+    live = _publish(small)
+    folder = Path(live["path"]).parent
+    name = Path(live["path"]).name
+    killed = [folder / f".{name}.r0.4242.building", folder / f".{name}.forget.4343.building"]
+    for path in killed:
+        path.write_bytes(b"half a table")
+    unrelated = folder / f".{name}.notes"
+    unrelated.write_text("kept")
+    _publish(small, "r2")
+    assert [p for p in killed if p.exists()] == []
+    assert unrelated.exists() and sorted(p.name for p in folder.glob("*.building")) == []
+    assert recs(small, "u002", 3)["items"]
 
 
 def test_serve_names_the_address_it_cannot_listen_on(small: Config, capsys: pytest.CaptureFixture[str]) -> None:
