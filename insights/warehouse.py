@@ -263,18 +263,23 @@ def query_table(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) ->
     return con.sql(sql, params=params).to_arrow_table()
 
 
-def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
+def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None, categorical: tuple[str, ...] = ()) -> Any:
     """A query's result as a pandas frame, through Arrow.
 
     ``.df()`` builds one Python object per string value, which pandas then converts back
     into an Arrow-backed column: about 1.5 s for 2.3M rows of three strings, against 0.3 s
-    through Arrow, for an equal frame. Decimals become floats, as ``.df()`` makes them."""
+    through Arrow, for an equal frame. Decimals become floats, as ``.df()`` makes them.
+    The ``categorical`` columns are dictionary-encoded on the way: pandas categoricals, for
+    columns of few distinct values that are copied often."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     table = query_table(con, sql, params)
     for i, column in enumerate(table.schema):
         if pa.types.is_decimal(column.type):
             table = table.set_column(i, column.name, table.column(i).cast(pa.float64()))
+        elif column.name in categorical:
+            table = table.set_column(i, column.name, pc.dictionary_encode(table.column(i)))
     return table.to_pandas()
 
 

@@ -39,9 +39,9 @@ from insights.config import (
 )
 from insights.ingest import mapped, snowplow
 from insights.ingest.textio import gc_paused, quote_ident, quote_literal, read_table_file, split_lines
-from insights.ingest.validate import VALIDATION_QUERY, validate_events, warm_up
+from insights.ingest.validate import validate_events, validation_frame, warm_up
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
-from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, query_frame, transaction
+from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, transaction
 
 log = logging.getLogger(__name__)
 
@@ -599,7 +599,7 @@ def _load_events(
             # Great Expectations checks the batch on a helper thread while the insert runs
             # (it is Python and pandas; the insert is DuckDB's and releases the GIL). A
             # failed error-level check raises before the batch commits, which undoes it.
-            frame = query_frame(con, VALIDATION_QUERY.format(relation="fresh"))
+            frame = validation_frame(con, "fresh")
             validation = validator.submit(validate_events, frame, config.validation)
         present = {row[0] for row in con.execute("describe fresh").fetchall()}
         columns = ", ".join(EVENT_INSERT_COLUMNS)
