@@ -3,12 +3,13 @@ SIGKILL when it reaches that point (after the delay, if given), as an out-of-mem
 a lost worker would, with no chance to clean up. Unset, a point costs one dictionary lookup.
 
 Points: ``ingest.batch`` (a load batch committed, more to come), ``transform.dbt`` (dbt
-started; use a delay to land inside the build), ``export.cohorts`` (cohort CSVs written,
-nothing published), ``publish.data`` (data files uploaded, no manifest yet),
-``publish.manifests`` (manifests written, no ``_latest`` moved yet), ``segment.batch`` (a
-batch accepted by Segment, not yet recorded), ``forget.recorded`` (the ids recorded,
-nothing removed yet), ``forget.warehouse`` (the warehouse done, no output yet),
-``segment.regulation`` (a deletion request accepted by Segment, not yet recorded).
+started; use a delay to land inside the build), ``export.cohorts`` (cohort CSVs written, the
+datastore not yet published; the Segment sync and the recommendation table run beside it),
+``publish.data`` (data files uploaded, no manifest yet), ``publish.manifests`` (manifests
+written, no ``_latest`` moved yet), ``segment.batch`` (a batch accepted by Segment, not yet
+recorded), ``forget.recorded`` (the ids recorded, nothing removed yet), ``forget.warehouse``
+(the warehouse done, no output yet), ``segment.regulation`` (a deletion request accepted by
+Segment, not yet recorded).
 """
 
 from __future__ import annotations

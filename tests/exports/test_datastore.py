@@ -172,3 +172,16 @@ def test_a_recommendation_table_that_cannot_be_built_fails_the_export(small: Con
         steps.export(small)
     assert latest(open_store(small), "user_insights")["dt"] == "2026-11-01"
     assert Path(small.cohorts.out_dir, "ready_to_buy.csv").exists()
+
+
+def test_a_segment_sync_that_cannot_start_fails_the_export(small: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync runs beside the cohorts and the datastore; its error is raised after they
+    were delivered."""
+    from exports.segment import SegmentError
+
+    small.segment.dry_run = False
+    monkeypatch.delenv(small.segment.write_key_env, raising=False)
+    with pytest.raises(SegmentError, match="no write key"):
+        steps.export(small)
+    assert latest(open_store(small), "user_insights")["dt"] == "2026-11-01"
+    assert Path(small.cohorts.out_dir, "ready_to_buy.csv").exists()
