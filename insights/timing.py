@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -15,3 +18,9 @@ def timed(seconds: dict[str, float], part: str) -> Iterator[None]:
         yield
     finally:
         seconds[part] = round(seconds.get(part, 0.0) + time.perf_counter() - started, 2)
+
+
+def timed_call(seconds: dict[str, float], part: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` timed as ``part`` (for work handed to another thread)."""
+    with timed(seconds, part):
+        return fn(*args)

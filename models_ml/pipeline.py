@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from insights.config import Config, cutoff_steps
-from insights.timing import timed
+from insights.timing import timed, timed_call
 from insights.transform import (
     FEATURE_MODELS,
     INTERACTION_MODELS,
@@ -818,53 +819,58 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
             affinities = data.affinities(con, schema)
         ml = config.ml
 
-        with timed(seconds, "recommendations"):
-            vectors, reasons = _item_vectors(bundle, catalog)
-            model_recs, warm_users, user_vectors, pick_cache = _model_recommendations(
-                config, bundle, interactions, catalog, vectors, reasons, reuse=(con, as_of) if write else None
-            )
-        with timed(seconds, "similar_trending"):
-            trending = _trending(catalog, ml.trending_items)
-            similar_key = _similar_key(vectors, catalog, ml.similar_items)
-            similar = _stored_similar(con, similar_key) if write else None
-            similar_reused = similar is not None
-            if similar is None:
-                similar = _similar(vectors, catalog, ml.similar_items)
-
-        # Everyone gets a full list: model picks first, then trending items of the user's
-        # strongest categories, then global trending; purchases and out-of-stock excluded.
-        with timed(seconds, "fill"):
-            bought = (
-                interactions[interactions["purchases"] > 0][["user_id", "item_id"]]
-                if ml.exclude_purchased
-                else interactions.iloc[0:0][["user_id", "item_id"]]
-            )
-            top_l1 = affinities[(affinities["dimension"] == "category_l1") & (affinities["rank"] <= 2)]
-            local = duckdb.connect()
-            try:
-                local.register("model_recs", model_recs)
-                local.register("trending", trending)
-                local.register("users", feats[["user_id"]])
-                local.register("user_categories", top_l1[["user_id", "value", "rank"]])
-                local.register("catalog", catalog[catalog["in_stock"].fillna(False)][["item_id", "category"]])
-                local.register("bought", bought)
-                recs = query_frame(local, _FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations})
-            finally:
-                local.close()
-
-        with timed(seconds, "propensities"):
-            users = _propensities(config, bundle, feats)
-        with timed(seconds, "interests"):
-            warm_item = np.array([r == "collaborative" for r in reasons], dtype=bool)
-            embedded = interests.embedding_strengths(
+        # A helper thread takes the propensities (they need only the features) while the
+        # lists are ranked, then the interests while the lists are filled: each pair is
+        # mostly numpy or LightGBM beside DuckDB or numpy, which release the GIL.
+        with ThreadPoolExecutor(1) as helper:
+            users_made = helper.submit(timed_call, seconds, "propensities", _propensities, config, bundle, feats)
+            with timed(seconds, "recommendations"):
+                vectors, reasons = _item_vectors(bundle, catalog)
+                model_recs, warm_users, user_vectors, pick_cache = _model_recommendations(
+                    config, bundle, interactions, catalog, vectors, reasons, reuse=(con, as_of) if write else None
+                )
+            interests_made = helper.submit(
+                timed_call,
+                seconds,
+                "interests",
+                _interests,
+                config,
+                catalog,
+                affinities,
+                vectors,
+                reasons,
                 warm_users,
                 user_vectors,
-                vectors[warm_item],
-                catalog["category"].fillna("").to_numpy()[warm_item],
-                limit=ml.interests,
-                behaviour=affinities,
             )
-            user_interests = interests.top_interests(affinities, embedded, ml.interests)
+            with timed(seconds, "similar_trending"):
+                trending = _trending(catalog, ml.trending_items)
+                similar_key = _similar_key(vectors, catalog, ml.similar_items)
+                similar = _stored_similar(con, similar_key) if write else None
+                similar_reused = similar is not None
+                if similar is None:
+                    similar = _similar(vectors, catalog, ml.similar_items)
+
+            # Everyone gets a full list: model picks first, then trending items of the user's
+            # strongest categories, then global trending; purchases and out-of-stock excluded.
+            with timed(seconds, "fill"):
+                bought = (
+                    interactions[interactions["purchases"] > 0][["user_id", "item_id"]]
+                    if ml.exclude_purchased
+                    else interactions.iloc[0:0][["user_id", "item_id"]]
+                )
+                top_l1 = affinities[(affinities["dimension"] == "category_l1") & (affinities["rank"] <= 2)]
+                local = duckdb.connect()
+                try:
+                    local.register("model_recs", model_recs)
+                    local.register("trending", trending)
+                    local.register("users", feats[["user_id"]])
+                    local.register("user_categories", top_l1[["user_id", "value", "rank"]])
+                    local.register("catalog", catalog[catalog["in_stock"].fillna(False)][["item_id", "category"]])
+                    local.register("bought", bought)
+                    recs = query_frame(local, _FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations})
+                finally:
+                    local.close()
+        users, user_interests = users_made.result(), interests_made.result()
         result = Scores(
             as_of=as_of,
             model_version=bundle.version,
@@ -889,8 +895,32 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
                     picks.save(con, pick_cache)
     finally:
         con.close()
-    log.info("scored %d users as of %s (seconds: %s)", len(result.users), as_of, seconds)
+    parts = ("features", "read", "recommendations", "similar_trending", "fill", "propensities", "interests", "write")
+    result.seconds = {part: seconds[part] for part in parts if part in seconds}
+    log.info("scored %d users as of %s (seconds: %s)", len(result.users), as_of, result.seconds)
     return result
+
+
+def _interests(
+    config: Config,
+    catalog: pd.DataFrame,
+    affinities: pd.DataFrame,
+    vectors: np.ndarray,
+    reasons: np.ndarray,
+    warm_users: np.ndarray,
+    user_vectors: np.ndarray,
+) -> pd.DataFrame:
+    """Each user's top interests: behaviour's affinities with the embedding's strengths."""
+    warm_item = np.array([r == "collaborative" for r in reasons], dtype=bool)
+    embedded = interests.embedding_strengths(
+        warm_users,
+        user_vectors,
+        vectors[warm_item],
+        catalog["category"].fillna("").to_numpy()[warm_item],
+        limit=config.ml.interests,
+        behaviour=affinities,
+    )
+    return interests.top_interests(affinities, embedded, config.ml.interests)
 
 
 def _score_warnings(
