@@ -821,7 +821,8 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
 
         # A helper thread takes the propensities (they need only the features) while the
         # lists are ranked, then the interests while the lists are filled: each pair is
-        # mostly numpy or LightGBM beside DuckDB or numpy, which release the GIL.
+        # mostly numpy or LightGBM beside DuckDB or numpy, which release the GIL (score at
+        # 10M events, back to back: 26.1-26.7 -> 22.5-25.0 s, the same tables).
         with ThreadPoolExecutor(1) as helper:
             users_made = helper.submit(timed_call, seconds, "propensities", _propensities, config, bundle, feats)
             with timed(seconds, "recommendations"):
