@@ -15,6 +15,7 @@ go to their positions.
 
 from __future__ import annotations
 
+import glob
 import hmac
 import json
 import logging
@@ -45,7 +46,9 @@ def _remove_leftovers(path: Path) -> None:
     """Delete the files of builds killed before their swap: a publication's (hundreds of MB at
     10M users) or a forget's copy (which names the people being forgotten). Whatever writes
     the table holds the warehouse (export, forget), so no such file is another's live build."""
-    for leftover in path.parent.glob(f".{path.name}.*.building"):
+    # The name is escaped: brackets or stars in it are characters, not a pattern that
+    # could match another table's files.
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.building"):
         leftover.unlink(missing_ok=True)
 
 

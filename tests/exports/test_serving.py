@@ -261,6 +261,17 @@ def test_a_publication_removes_the_files_of_builds_killed_before_their_swap(smal
     assert recs(small, "u002", 3)["items"]
 
 
+def test_a_table_name_with_pattern_characters_removes_only_its_own_leftovers(small: Config) -> None:
+    small.serving.path = str(Path(small.serving.path).with_name("recs[1]*.sqlite"))
+    live = Path(_publish(small)["path"])
+    own = live.with_name(f".{live.name}.r0.4242.building")
+    other = live.with_name(".recs1x.sqlite.r0.4242.building")  # what the name matches as a pattern
+    own.write_bytes(b"half a table")
+    other.write_bytes(b"another table's build")
+    _publish(small, "r2")
+    assert not own.exists() and other.exists()
+
+
 def test_serve_names_the_address_it_cannot_listen_on(small: Config, capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 
