@@ -175,17 +175,16 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
                 aside = helper.submit(_sync_and_serve, config, cursor, as_of, run_id, timings)
                 # Leaving this block waits for the helper, whether or not the rest failed.
                 published = _cohorts_and_datastore(config, con, as_of, run_id, versions, timings)
-            delivered = {**published, **aside.result()}
+            delivered = {**published, **aside.result()}  # cohorts, datastore, segment, serving
         finally:
             cursor.close()
     finally:
         con.close()
-    parts = ("cohorts", "datastore", "segment", "serving")
     return {
         "as_of": str(as_of),
         "run_id": run_id,
-        **{part: delivered[part] for part in parts},
-        "seconds": {part: timings[part] for part in parts if part in timings},
+        **delivered,
+        "seconds": {part: timings[part] for part in delivered if part in timings},
     }
 
 
