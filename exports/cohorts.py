@@ -87,12 +87,19 @@ DEFAULT_COHORTS = [
     },
 ]
 
-# The cohort view: user_insights plus percentiles a filter can use.
+# The cohort view: user_insights plus percentiles a filter can use. The percentiles' windows
+# sort a narrow projection that joins back by row: sorting the wide rows (lists of
+# recommendations and interests) took 2.1-2.2 s at 263k users, against 0.44-0.48 s, for the
+# same rows (every cohort's order ends with user_id, so the rows' order here never shows).
 VIEW_SQL = """
-    select *,
-        round(100 * cume_dist() over (order by predicted_revenue), 2) as value_percentile,
-        round(100 * cume_dist() over (order by churn_probability), 2) as churn_percentile
-    from main.user_insights
+    select u.*, p.value_percentile, p.churn_percentile
+    from main.user_insights as u
+    join (
+        select rowid as row_id,
+            round(100 * cume_dist() over (order by predicted_revenue), 2) as value_percentile,
+            round(100 * cume_dist() over (order by churn_probability), 2) as churn_percentile
+        from main.user_insights
+    ) as p on p.row_id = u.rowid
 """
 
 
