@@ -882,7 +882,6 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
             similar_reused=similar_reused,
             trending=trending,
             interests=user_interests,
-            seconds=seconds,
             picks_reused=0 if pick_cache is None else pick_cache.reused,
             picks_computed=len(warm_users) - (0 if pick_cache is None else pick_cache.reused),
         )
@@ -896,6 +895,7 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
                     picks.save(con, pick_cache)
     finally:
         con.close()
+    # In the step's order: the helper's parts may finish before the ones they ran beside.
     parts = ("features", "read", "recommendations", "similar_trending", "fill", "propensities", "interests", "write")
     result.seconds = {part: seconds[part] for part in parts if part in seconds}
     log.info("scored %d users as of %s (seconds: %s)", len(result.users), as_of, result.seconds)
