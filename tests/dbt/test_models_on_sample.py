@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -102,6 +103,7 @@ def test_incremental_run_equals_full_refresh(sample_warehouse: Path, tmp_path_fa
     )
     transform(sample_warehouse, "2026-11-01")
     incremental = _snapshot(sample_warehouse, EVENT_TABLES)
+    assert _uncompressed(sample_warehouse) == UNCOMPRESSED
 
     transform(sample_warehouse, "2026-11-01")
     assert _snapshot(sample_warehouse, EVENT_TABLES) == incremental, "a second run changed something"
@@ -111,6 +113,32 @@ def test_incremental_run_equals_full_refresh(sample_warehouse: Path, tmp_path_fa
     for table in EVENT_TABLES:
         assert len(incremental[table]) == len(full[table]), table
         assert incremental[table] == full[table], f"{table}: incremental differs from full refresh"
+    assert _uncompressed(sample_warehouse) == UNCOMPRESSED
+
+
+# The random ids stored without compression (macros/storage.sql, insights.warehouse).
+UNCOMPRESSED = {
+    "raw.events": ["event_id"],
+    "main.fct_events": ["event_id"],
+    "main.fct_page_views": ["page_view_id", "event_id"],
+    "main.fct_sessions": [],
+}
+
+
+def _uncompressed(folder: Path) -> dict[str, list[str]]:
+    """Per table, the columns its DDL stores without compression."""
+    con = duckdb.connect(str(folder / "wh.duckdb"), read_only=True)
+    try:
+        found = {}
+        for table in UNCOMPRESSED:
+            schema, name = table.split(".")
+            (ddl,) = con.execute(
+                "select sql from duckdb_tables() where schema_name = ? and table_name = ?", [schema, name]
+            ).fetchone()
+            found[table] = re.findall(r"(\w+) VARCHAR USING COMPRESSION Uncompressed", ddl)
+        return found
+    finally:
+        con.close()
 
 
 def _truth() -> list[dict]:

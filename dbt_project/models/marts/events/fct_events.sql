@@ -1,4 +1,4 @@
-{{ config(unique_key='scope_key') }}
+{{ config(unique_key='scope_key', uncompressed_columns=['event_id']) }}
 -- Clean events: app filter, bots, late arrivals and runaway sessions removed, duplicates
 -- collapsed, every event in a session. An incremental run recomputes each scope (tracker
 -- session, or visitor history when the source has no sessions) that received an event

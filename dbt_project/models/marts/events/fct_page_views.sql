@@ -1,4 +1,4 @@
-{{ config(unique_key='scope_key') }}
+{{ config(unique_key='scope_key', uncompressed_columns=['event_id', 'page_view_id']) }}
 -- Page views with engaged time from page pings (Snowplow's heartbeat definition),
 -- de-duplicated on the page view id (the first page_view event of an id wins).
 
