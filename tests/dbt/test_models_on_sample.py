@@ -127,18 +127,8 @@ UNCOMPRESSED = {
 
 def _uncompressed(folder: Path) -> dict[str, list[str]]:
     """Per table, the columns its DDL stores without compression."""
-    con = duckdb.connect(str(folder / "wh.duckdb"), read_only=True)
-    try:
-        found = {}
-        for table in UNCOMPRESSED:
-            schema, name = table.split(".")
-            (ddl,) = con.execute(
-                "select sql from duckdb_tables() where schema_name = ? and table_name = ?", [schema, name]
-            ).fetchone()
-            found[table] = re.findall(r"(\w+) VARCHAR USING COMPRESSION Uncompressed", ddl)
-        return found
-    finally:
-        con.close()
+    ddl = dict(query(folder, "select schema_name || '.' || table_name, sql from duckdb_tables()"))
+    return {table: re.findall(r"(\w+) VARCHAR USING COMPRESSION Uncompressed", ddl[table]) for table in UNCOMPRESSED}
 
 
 def _truth() -> list[dict]:
