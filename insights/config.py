@@ -211,9 +211,15 @@ class TransformConfig(_Strict):
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     trending_recent_days: int = Field(3, ge=1)
     trending_baseline_days: int = Field(28, ge=2)
+    unit_tests: bool = Field(
+        False,
+        description="Also run the dbt project's unit tests (fixed fixtures that check the models' SQL, not the "
+        "data) in every build. They are for development and CI (`make test` runs them); a scheduled build skips "
+        "them, as dbt advises. Not a dbt var.",
+    )
 
     def dbt_vars(self) -> dict[str, Any]:
-        return {f"insights__{name}": value for name, value in self.model_dump().items()}
+        return {f"insights__{name}": value for name, value in self.model_dump(exclude={"unit_tests"}).items()}
 
 
 class WindowsConfig(_Strict):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
 from insights.config import load_config
 from insights.steps import parse_as_of
@@ -374,6 +375,62 @@ def test_uniqueness_tests_check_each_load_against_every_row(sample_warehouse: Pa
     assert run_dbt(config, as_of, "test", select=["fct_events"]).tests  # the hourly test passes
     with pytest.raises(TransformError, match="unique_since_last_build_fct_events_event_id"):
         run_dbt(config, as_of, "test", select=["fct_events"], extra_vars={"insights__test_all_rows": True})
+
+
+def test_view_columns_are_tested_for_nulls_in_each_load(sample_warehouse: Path) -> None:
+    """The staging view's computed columns are tested on the rows not yet taken into
+    fct_events; an old row is tested when every row is (and by every full refresh)."""
+    transform(sample_warehouse, AS_OF)
+    no_visitor = """
+        insert into raw.events
+            select * replace ('{event_id}' as event_id, null as anonymous_id, null as user_id,
+                null as session_id, {loaded_at} as loaded_at)
+            from raw.events
+            where event_id = (select min(event_id) from raw.events where occurred_at < '2026-10-01')
+    """
+    _execute(sample_warehouse, no_visitor.format(event_id="new-1", loaded_at="now()::timestamp + interval 1 hour"))
+    with pytest.raises(TransformError, match="not_null_since_last_build_stg_insights__events_visitor_id") as failed:
+        transform(sample_warehouse, AS_OF)
+    assert "scope_key" in str(failed.value)
+
+    # The same row loaded long ago: the hourly test leaves it, a test of every row finds it.
+    _execute(
+        sample_warehouse,
+        "delete from raw.events where event_id = 'new-1';"
+        + no_visitor.format(event_id="old-1", loaded_at="(select min(loaded_at) from raw.events) - interval 1 day"),
+    )
+    config = load_config(sample_warehouse / "insights.yml", environ={})
+    as_of = parse_as_of(AS_OF)
+    assert run_dbt(config, as_of, "test", select=["stg_insights__events"]).tests
+    with pytest.raises(TransformError, match="not_null_since_last_build_stg_insights__events_visitor_id"):
+        run_dbt(config, as_of, "test", select=["stg_insights__events"], extra_vars={"insights__test_all_rows": True})
+
+
+def test_unit_tests_run_when_asked_and_pass(sample_warehouse: Path) -> None:
+    """A build leaves the dbt project's unit tests out (fixed fixtures: they check the SQL,
+    not the data); ``transform.unit_tests`` or the argument runs them, and all pass."""
+    defined = {
+        f"{test['model']}.{test['name']}"
+        for path in (ROOT / "dbt_project" / "models").rglob("*.yml")
+        for test in (yaml.safe_load(path.read_text()) or {}).get("unit_tests", [])
+    }
+    assert len(defined) >= 9
+    built = transform(sample_warehouse, AS_OF)
+    assert built["tests"]["total"] > 40
+    results = json.loads((sample_warehouse / "dbt" / "target" / "run_results.json").read_text())["results"]
+    assert not [r for r in results if r["unique_id"].startswith("unit_test.")]
+
+    as_of = parse_as_of(AS_OF)
+    config = load_config(sample_warehouse / "insights.yml", environ={})
+    assert run_dbt(config, as_of, "test", select=["test_type:unit"]).nodes == []
+    asked = load_config(sample_warehouse / "insights.yml", environ={"INSIGHTS__TRANSFORM__UNIT_TESTS": "true"})
+    for result in (
+        run_dbt(asked, as_of, "test", select=["test_type:unit"]),
+        run_dbt(config, as_of, "test", select=["test_type:unit"], unit_tests=True),
+    ):
+        unit = [n for n in result.nodes if n.kind == "unit_test"]
+        assert {n.name for n in unit} == defined
+        assert {n.status for n in unit} == {"pass"}
 
 
 def test_snapshots_built_in_one_child_each_see_their_own_instant(sample_warehouse: Path) -> None:
