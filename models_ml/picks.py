@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from insights.warehouse import query_frame
 
@@ -118,14 +120,21 @@ class PickCache:
         vectors = np.empty((len(users), self.vectors.shape[1]), dtype=np.float32)
         vectors[~kept] = fresh_vectors
         vectors[kept] = self.vectors[where[kept]]
-        reused = self.picks[self.picks["user_id"].isin(set(users[kept]))]
+        # Arrow's hash lookup: pandas' isin with a set of 190k ids took 1.8 s at 10M events.
+        stored_users = pa.array(self.picks["user_id"])
+        keep = pc.is_in(stored_users, value_set=pa.array(users[kept], type=stored_users.type))
+        reused = self.picks[keep.to_numpy(zero_copy_only=False)]
         computed = np.full(len(users), np.datetime64(as_of, "us"))
         computed[kept] = self._computed()[where[kept]]
+        if len(reused):
+            # The few fresh rows take the stored rows' types: concatenated with plain Python
+            # strings, the 1.9M stored ones were converted (0.6 s).
+            fresh_picks = pd.concat([reused, fresh_picks.astype(reused.dtypes.to_dict())], ignore_index=True)
         return PickCache(
             self.key,
             pd.DataFrame({"user_id": users, "fingerprint": prints, "computed_as_of": computed}),
             vectors,
-            pd.concat([reused, fresh_picks], ignore_index=True) if len(reused) else fresh_picks,
+            fresh_picks,
             reused=int(kept.sum()),
         )
 
