@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from exports.cohorts import VIEW_SQL, CohortError, known_names, run_cohorts
+from exports.cohorts import DEFAULT_COLUMNS, VIEW_SQL, CohortError, known_names, run_cohorts
 from exports.filters import FilterError, column_types, compile_filter
 from insights.config import Config
 from insights.warehouse import connect
@@ -287,8 +287,10 @@ def test_every_cell_reads_back_as_a_marketer_expects(small: Config) -> None:
         "recommended_items", "cohorts", "first_seen_at", "is_identified", "value_percentile", "predicted_revenue",
     ]  # fmt: skip
     definition = {"name": "All", "where": "recency_days >= 0", "columns": columns, "sort": "user_id"}
+    # The default columns: their lines are formatted once per run (prepare_view), not per cohort.
+    default = {"name": "All by default", "where": "recency_days >= 0", "sort": "user_id"}
     config = small.model_copy(
-        update={"cohorts": small.cohorts.model_copy(update={"definitions": [definition], "defaults": False})}
+        update={"cohorts": small.cohorts.model_copy(update={"definitions": [definition, default], "defaults": False})}
     )
     con = connect(config, read_only=True)
     try:
@@ -299,12 +301,21 @@ def test_every_cell_reads_back_as_a_marketer_expects(small: Config) -> None:
             "from main.user_insights order by user_id"
         )
         names = [d[0] for d in cursor.description]
-        expected = [[_expected_cell(c, dict(zip(names, row))[c], titles) for c in columns] for row in cursor.fetchall()]
+        rows = [dict(zip(names, row)) for row in cursor.fetchall()]
     finally:
         con.close()
+    expected = [[_expected_cell(c, row[c], titles) for c in columns] for row in rows]
     with open(Path(config.cohorts.out_dir) / "all.csv", encoding="utf-8", newline="") as fh:
         body = [row[:-1] for row in list(csv.reader(fh))[1:]]
     assert body == expected
+    with open(Path(config.cohorts.out_dir) / "all_by_default.csv", encoding="utf-8", newline="") as fh:
+        by_default = list(csv.reader(fh))
+    assert len(by_default[0]) == len(DEFAULT_COLUMNS) + 1 and by_default[0][-1] == "Group"
+    assert [r[:-1] for r in by_default[1:]] == [
+        [_expected_cell(c, row[c], titles) for c in DEFAULT_COLUMNS] for row in rows
+    ]
+    assert {r[-1] for r in by_default[1:]} == {"target"}
+    assert any(r[0] == 'u,001 "x"' for r in by_default[1:])
     odd = next(r for r in body if r[0] == 'u,001 "x"')
     assert odd[columns.index("churn_probability")] == "" and odd[columns.index("avg_order_value")] != ""
     assert any('Tent, "Pro"\n2-person (i002)' in r[columns.index("recommended_items")] for r in body)
