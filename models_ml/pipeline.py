@@ -752,25 +752,47 @@ short_users as (
     from user_codes as uc
     anti join full_users using (user_id)
 ),
+-- A short user without model picks or purchases gets the list of anyone with the same top
+-- categories (their list is trending items of those categories, then global ones): it is
+-- made once per set of categories, for its first user, and copied to the others ($share;
+-- false makes every list itself, as tests compare). At 10M events 62k of the 72k cold users
+-- share 7 sets: 4.3M candidate rows fewer in the windows, fill 5.1-5.7 -> 3.8-3.9 s.
+plain_profiles as (
+    select su.u, list(a.rank::varchar || chr(31) || a.value order by a.rank, a.value) as profile
+    from short_users as su
+    left join user_categories as a using (user_id)
+    where $share
+        and su.user_id not in (select user_id from model_recs)
+        and su.user_id not in (select user_id from bought)
+    group by su.u
+),
+shared as (
+    select u, min(u) over (partition by profile) as first_u from plain_profiles
+),
+made as (
+    select su.user_id, su.u from short_users as su anti join plain_profiles using (u)
+    union all
+    select uc.user_id, uc.u from user_codes as uc semi join (select first_u as u from shared) using (u)
+),
 bought_coded as (
     select su.u, ic.i
     from bought
-    join short_users as su using (user_id)
+    join made as su using (user_id)
     join item_codes as ic using (item_id)
 ),
 candidates as (
     select su.u, ic.i, ic.c, m.score, m.reason, 0 as priority, m.position
     from model_recs as m
-    join short_users as su using (user_id)
+    join made as su using (user_id)
     join item_codes as ic using (item_id)
     union all
     select su.u, t.i, t.c, t.score, 'trending', 1, a.rank * 1000 + t.rank
     from user_categories as a
-    join short_users as su using (user_id)
+    join made as su using (user_id)
     join trending_coded as t on t.scope = a.value
     union all
     select su.u, t.i, t.c, t.score, 'trending', 2, t.rank
-    from short_users as su cross join trending_coded as t
+    from made as su cross join trending_coded as t
     where t.scope = 'global'
 ),
 allowed as (
@@ -792,6 +814,13 @@ filled as (
     from lists as l
     join user_codes as uc using (u)
     join item_codes as ic using (i)
+    union all
+    select uc.user_id, l.rank, ic.item_id, l.score, l.reason
+    from shared as s
+    join lists as l on l.u = s.first_u
+    join user_codes as uc on uc.u = s.u
+    join item_codes as ic using (i)
+    where s.u <> s.first_u
 ),
 whole as (
     select m.user_id, row_number() over (partition by m.user_id order by m.position, m.item_id) as rank,
@@ -872,7 +901,9 @@ def score(config: Config, as_of: datetime, bundle: registry.ModelBundle | None =
                     local.register("user_categories", top_l1[["user_id", "value", "rank"]])
                     local.register("catalog", catalog[catalog["in_stock"].fillna(False)][["item_id", "category"]])
                     local.register("bought", bought)
-                    recs = query_frame(local, _FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations})
+                    recs = query_frame(
+                        local, _FILL_SQL, {"cap": ml.max_per_category, "k": ml.recommendations, "share": True}
+                    )
                 finally:
                     local.close()
         users, user_interests = users_made.result(), interests_made.result()
