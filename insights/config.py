@@ -218,8 +218,13 @@ class TransformConfig(_Strict):
         "them, as dbt advises. Not a dbt var.",
     )
 
+    def model_settings(self) -> dict[str, Any]:
+        """The settings that shape the models' data (all but ``unit_tests``): the dbt vars,
+        and part of a trained model's version."""
+        return self.model_dump(exclude={"unit_tests"})
+
     def dbt_vars(self) -> dict[str, Any]:
-        return {f"insights__{name}": value for name, value in self.model_dump(exclude={"unit_tests"}).items()}
+        return {f"insights__{name}": value for name, value in self.model_settings().items()}
 
 
 class WindowsConfig(_Strict):

@@ -426,7 +426,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         # conversion event, say) give a new one, which must pass the publish gate.
         params = {
             "data": data_print,
-            "transform": config.transform.model_dump(),
+            "transform": config.transform.model_settings(),
             "windows": config.windows.model_dump(),
             "evaluation": propensity.EVALUATION,
             "ml": config.ml.model_dump(exclude={"model_dir", "report_dir"}),

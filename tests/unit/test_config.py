@@ -141,3 +141,13 @@ def test_dbt_project_var_defaults_match_the_config_defaults() -> None:
         if name in declared:
             assert declared[name] == value, name
     assert "insights__bot_useragent_pattern" in declared
+
+
+def test_running_unit_tests_is_no_model_setting() -> None:
+    """transform.unit_tests says what a build runs, not what the models hold: it is neither a
+    dbt var (which would make dbt parse again) nor part of a trained model's version."""
+    config = load_config(environ={"INSIGHTS__TRANSFORM__UNIT_TESTS": "true"})
+    assert config.transform.unit_tests is True
+    assert config.transform.model_settings() == load_config(environ={}).transform.model_settings()
+    assert "unit_tests" not in config.transform.model_settings()
+    assert not any("unit_tests" in name for name in config.transform.dbt_vars())
