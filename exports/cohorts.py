@@ -250,10 +250,9 @@ def select(
         )
     limit = f"limit {int(definition.limit)}" if definition.limit else ""
     n = len(compiled.params)
-    if columns == DEFAULT_COLUMNS and _default_line(described):
-        line = f'"{DEFAULT_LINE}" || \',\' || "group"'  # formatted once in prepare_view
-    else:
-        line = " || ',' || ".join(_csv_cell(c, everything.get(c, "VARCHAR")) for c in columns) + " || ',' || \"group\""
+    # The default columns' line was formatted once per user by prepare_view.
+    line = f'"{DEFAULT_LINE}"' if columns == DEFAULT_COLUMNS else _line_sql(columns, everything)
+    line += " || ',' || \"group\""
     table = query_table(
         con,
         f"""
@@ -310,19 +309,23 @@ PERCENT_COLUMNS = {"purchase_probability", "churn_probability"}
 
 
 def _cell_sql(column: str, duck_type: str) -> str:
-    """SQL for one CSV cell of ``column`` as text: missing values are empty; probabilities
+    """SQL for one CSV field of ``column``: missing values are empty; probabilities
     are percentages with one decimal; percentiles whole numbers; yes/no; times to the
     second; amounts (and any fraction) two decimals; lists joined with '; '; top interests
-    as 'label (strength)'; the first five recommended items as 'title (id)'."""
+    as 'label (strength)'; the first five recommended items as 'title (id)'.
+
+    Text and lists are quoted where they need it (:func:`_quoted`). Numbers, yes/no and
+    times never hold a comma, a quote or a line break, so they are not searched for one
+    (the search was most of a cohort's query: 3.5 -> 1.9 s for the 11 shipped cohorts at
+    10M events)."""
     ref = f'"{column}"'
     upper = duck_type.upper()
-    if column == "top_interests":
-        return f'"{TEXT_PREFIX}top_interests"'
-    if column == "recommended_items":
-        return f'"{TEXT_PREFIX}recommended_items"'
+    if column in ("top_interests", "recommended_items"):
+        return _quoted(f'"{TEXT_PREFIX}{column}"')
     if upper.endswith("]") or upper.startswith(("MAP", "STRUCT")):
         text = f"array_to_string({ref}, '; ')" if upper.endswith("]") else f"{ref}::varchar"
-    elif upper == "BOOLEAN":
+        return _quoted(f"coalesce({text}, '')")
+    if upper == "BOOLEAN":
         text = f"case when {ref} then 'yes' else 'no' end"
     elif upper.startswith(("TIMESTAMP", "DATE")):
         text = f"strftime({ref}::timestamp, '%Y-%m-%d %H:%M:%S')"
@@ -342,24 +345,13 @@ def _cell_sql(column: str, duck_type: str) -> str:
             )
         text = f"case when isnan({number}) then null else {text} end"
     else:
-        text = f"{ref}::varchar"
-    return f"coalesce({text}, '')"
+        return _quoted(f"coalesce({ref}::varchar, '')")
+    return f"coalesce({text}, '')"  # numbers, yes/no and times: nothing to quote
 
 
-def _csv_cell(column: str, duck_type: str) -> str:
-    """SQL for the CSV field of ``column``: :func:`_cell_sql`, quoted where the text may need
-    it. Numbers, yes/no and times never hold a comma, a quote or a line break, so only text
-    and lists are searched for one (the search was most of a cohort's query: 3.5 -> 1.9 s
-    for the 11 shipped cohorts at 10M events)."""
-    cell = _cell_sql(column, duck_type)
-    upper = duck_type.upper()
-    plain = not upper.endswith("]") and not upper.startswith(("MAP", "STRUCT"))
-    safe = upper == "BOOLEAN" or upper.startswith(
-        ("TIMESTAMP", "DATE", "DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC")
-    )
-    if plain and (safe or upper in INTEGER_TYPES) and column not in ("top_interests", "recommended_items"):
-        return cell
-    return _quoted(cell)
+def _line_sql(columns: list[str], types: dict[str, str]) -> str:
+    """SQL for a CSV line of ``columns`` (DuckDB types by name, VARCHAR when unknown)."""
+    return " || ',' || ".join(_cell_sql(c, types.get(c, "VARCHAR")) for c in columns)
 
 
 def _quoted(text: str) -> str:
@@ -418,7 +410,7 @@ def _default_line(described: list[tuple[Any, ...]]) -> str | None:
     types = {row[0]: row[1] for row in described}
     if any(c not in types for c in DEFAULT_COLUMNS):
         return None
-    return " || ',' || ".join(_csv_cell(c, types[c]) for c in DEFAULT_COLUMNS)
+    return _line_sql(DEFAULT_COLUMNS, types)
 
 
 def write_csv(path: Path, pull: Pull, config: Config) -> None:
