@@ -15,6 +15,11 @@ run reuses an entry when
 
 Scoring the same instant twice therefore gives the same lists, and ``reuse_picks_hours: 0``
 recomputes everyone every run.
+
+A run that reused stored entries stores only what changed: the entries of users it did not
+reuse are deleted and its fresh ones inserted, instead of rewriting every entry (1.9M picks
+of 190k users at 10M events, 1.5 CPU-s an hour). The tables then hold the rows a rewrite
+gives, in another order; DuckDB reclaims the deleted rows' space when it checkpoints.
 """
 
 from __future__ import annotations
@@ -83,6 +88,13 @@ class PickCache:
     vectors: np.ndarray
     picks: pd.DataFrame
     reused: int = 0  # of a run's cache: how many of its users were taken from the previous one
+    # Set by ``load``: the entries are the warehouse's rows under ``key``, as stored.
+    stored: bool = False
+    # Set by ``next_run`` on a stored cache: which users' entries are the stored ones (row-
+    # aligned with ``users``) and the picks computed for the others, so ``save`` can store
+    # only those.
+    kept: np.ndarray | None = None
+    fresh_picks: pd.DataFrame | None = None
 
     @classmethod
     def empty(cls, key: str, factors: int) -> PickCache:
@@ -126,16 +138,20 @@ class PickCache:
         reused = self.picks[keep.to_numpy(zero_copy_only=False)]
         computed = np.full(len(users), np.datetime64(as_of, "us"))
         computed[kept] = self._computed()[where[kept]]
+        fresh_only = fresh_picks
         if len(reused):
             # The few fresh rows take the stored rows' types: concatenated with plain Python
             # strings, the 1.9M stored ones were converted (0.6 s).
-            fresh_picks = pd.concat([reused, fresh_picks.astype(reused.dtypes.to_dict())], ignore_index=True)
+            fresh_only = fresh_picks.astype(reused.dtypes.to_dict())
+            fresh_picks = pd.concat([reused, fresh_only], ignore_index=True)
         return PickCache(
             self.key,
             pd.DataFrame({"user_id": users, "fingerprint": prints, "computed_as_of": computed}),
             vectors,
             fresh_picks,
             reused=int(kept.sum()),
+            kept=kept if self.stored else None,
+            fresh_picks=fresh_only if self.stored else None,
         )
 
     def _computed(self) -> np.ndarray:
@@ -159,36 +175,54 @@ def load(con: duckdb.DuckDBPyConnection, key: str, factors: int) -> PickCache:
         return PickCache.empty(key, factors)
     vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), factors)
     picks = query_frame(con, f"select {', '.join(PICK_COLUMNS)} from ml.pick_cache_items")
-    return PickCache(key, users, vectors, picks)
+    return PickCache(key, users, vectors, picks, stored=True)
 
 
 def save(con: duckdb.DuckDBPyConnection, cache: PickCache) -> None:
-    """Replace the stored entries (call inside the scoring run's transaction)."""
+    """Store the entries (call inside the scoring run's transaction): only the changed ones
+    when the cache was made from the stored entries, else all of them."""
     con.execute(_DDL)
-    users = cache.users[["user_id", "fingerprint", "computed_as_of"]].copy()
-    vectors = np.ascontiguousarray(cache.vectors, dtype=np.float32)
-    users["vector"] = [row.tobytes() for row in vectors]
-    con.register("pick_users_frame", users)
-    con.register("pick_items_frame", cache.picks[PICK_COLUMNS])
-    try:
+    stored = [row[0] for row in con.execute("select key from ml.pick_cache_key").fetchall()]
+    if cache.kept is not None and cache.fresh_picks is not None and cache.kept.any() and stored == [cache.key]:
+        _store(con, cache.users[~cache.kept], cache.vectors[~cache.kept], cache.fresh_picks, cache.users[cache.kept])
+    else:
         con.execute("delete from ml.pick_cache_key")
         con.execute("insert into ml.pick_cache_key values ($key)", {"key": cache.key})
-        con.execute(
-            """
-            create or replace table ml.pick_cache_users as
-            select user_id::varchar as user_id, fingerprint::ubigint as fingerprint,
-                computed_as_of::timestamp as computed_as_of, vector::blob as vector
-            from pick_users_frame
-            """
-        )
-        con.execute(
-            """
-            create or replace table ml.pick_cache_items as
-            select user_id::varchar as user_id, item_id::varchar as item_id, score::double as score,
-                reason::varchar as reason, position::integer as position
-            from pick_items_frame
-            """
-        )
+        _store(con, cache.users, cache.vectors, cache.picks, None)
+
+
+def _store(
+    con: duckdb.DuckDBPyConnection,
+    users: pd.DataFrame,
+    vectors: np.ndarray,
+    picks: pd.DataFrame,
+    kept: pd.DataFrame | None,
+) -> None:
+    """Write the given users' entries and picks: in place of every stored one, or (with
+    ``kept``, the users whose stored entries stay) in place of the others'."""
+    users = users[["user_id", "fingerprint", "computed_as_of"]].copy()
+    users["vector"] = [row.tobytes() for row in np.ascontiguousarray(vectors, dtype=np.float32)]
+    con.register("pick_users_frame", users)
+    con.register("pick_items_frame", picks[PICK_COLUMNS])
+    if kept is not None:
+        con.register("pick_kept_frame", pa.table({"user_id": pa.array(kept["user_id"], type=pa.string())}))
+    # A rewrite makes the tables anew (cheaper than deleting every row); an update deletes
+    # the entries not kept and adds the fresh ones.
+    into = {
+        "ml.pick_cache_users": """select user_id::varchar as user_id, fingerprint::ubigint as fingerprint,
+            computed_as_of::timestamp as computed_as_of, vector::blob as vector from pick_users_frame""",
+        "ml.pick_cache_items": """select user_id::varchar as user_id, item_id::varchar as item_id,
+            score::double as score, reason::varchar as reason, position::integer as position from pick_items_frame""",
+    }
+    try:
+        for table, rows in into.items():
+            if kept is None:
+                con.execute(f"create or replace table {table} as {rows}")
+            else:
+                con.execute(f"delete from {table} where user_id not in (select user_id from pick_kept_frame)")
+                con.execute(f"insert into {table} {rows}")
     finally:
         con.unregister("pick_users_frame")
         con.unregister("pick_items_frame")
+        if kept is not None:
+            con.unregister("pick_kept_frame")

@@ -344,10 +344,19 @@ def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: 
     con.close()
     changed = pipeline.score(config, as_of)
     assert (changed.picks_reused, changed.picks_computed) == (warm - 1, 1)
+    # That run stored only the changed user's entry; the cache holds what storing every
+    # entry anew (the recompute below) holds.
+    cache_sql = {
+        "users": "select * from ml.pick_cache_users order by user_id",
+        "items": "select * from ml.pick_cache_items order by user_id, position",
+    }
+    updated = {name: _query(tmp_path, sql) for name, sql in cache_sql.items()}
     full = pipeline.score(
         load_config(tmp_path / "insights.yml", environ={"INSIGHTS__ML__REUSE_PICKS_HOURS": "0"}), as_of
     )
     pd.testing.assert_frame_equal(changed.recommendations, full.recommendations)
+    for name, sql in cache_sql.items():
+        pd.testing.assert_frame_equal(updated[name], _query(tmp_path, sql), obj=name)
     assert item not in set(changed.recommendations.loc[changed.recommendations["user_id"] == user, "item_id"])
 
 
