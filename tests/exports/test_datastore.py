@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import datetime
 from pathlib import Path
@@ -144,6 +145,7 @@ def test_export_step_delivers_everything(small: Config) -> None:
     assert summary["segment"]["dry_run"] and summary["segment"]["would_send"] == 40  # identified users only
     assert summary["serving"]["users"] == 60
     assert Path(small.cohorts.out_dir, "ready_to_buy.csv").exists()
+    assert gc.isenabled()  # paused while the export builds its rows, then given back
     with pytest.raises(RuntimeError, match="scored as of 2026-11-01"):
         steps.export(small, datetime(2026, 11, 2))
 
@@ -160,6 +162,7 @@ def test_a_failed_export_says_export_failed(small: Config, capsys: pytest.Captur
     code = main(["--config", str(config_file), "export", "--as-of", "2026-11-01"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith(f"insights: export failed: publishing to {blocked}")
+    assert gc.isenabled()  # the cycle collector, paused during the export, is back on
 
 
 def test_a_recommendation_table_that_cannot_be_built_fails_the_export(small: Config) -> None:
@@ -170,6 +173,7 @@ def test_a_recommendation_table_that_cannot_be_built_fails_the_export(small: Con
     small.serving.path = str(blocked / "recommendations.sqlite")
     with pytest.raises(OSError, match="blocked"):
         steps.export(small)
+    assert gc.isenabled()
     assert latest(open_store(small), "user_insights")["dt"] == "2026-11-01"
     assert Path(small.cohorts.out_dir, "ready_to_buy.csv").exists()
 
