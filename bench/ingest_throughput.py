@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _record import record  # noqa: E402  (bench/ is the script's folder)
+from _record import machine_cpu, machine_load, record  # noqa: E402  (bench/ is the script's folder)
 
 # Events per simulated user-day of the generator, measured on its defaults.
 EVENTS_PER_USER_DAY = 2.5
@@ -107,10 +107,13 @@ def main() -> None:
     config.write_text(json.dumps({"warehouse": {"path": str(work / "bench.duckdb")}, "sources": [source]}))
     (work / "bench.duckdb").unlink(missing_ok=True)
     env = {**os.environ, "INSIGHTS_CONFIG": str(config)}
+    before = machine_cpu()
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "insights.cli", "ingest"], check=True, env=env, cwd=work)
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_mb = children.ru_maxrss / 1024
+    cpu = children.ru_utime + children.ru_stime
     import duckdb
 
     con = duckdb.connect(str(work / "bench.duckdb"), read_only=True)
@@ -126,6 +129,8 @@ def main() -> None:
         "ingest_seconds": round(seconds, 1),
         "events_per_second": round(lines / seconds),
         "peak_rss_mb": round(peak_mb),
+        "cpu_seconds": round(cpu, 1),
+        **machine_load(before, machine_cpu(), cpu),
         "target_events_per_second": 200_000,
     }
     record("ingest", result)

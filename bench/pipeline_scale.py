@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _record import record, run_child  # noqa: E402  (bench/ is the script's folder)
+from _record import machine_cpu, machine_load, record, run_child  # noqa: E402  (bench/ is the script's folder)
 
 EVENTS_PER_USER = 20
 # Visit-rate scale of the generator that gives about EVENTS_PER_USER over 90 days.
@@ -62,6 +62,9 @@ def run_stage(stage: str, as_of: str) -> None:
 def _stage(stage: str, as_of: str, env: dict[str, str], cwd: Path) -> dict:
     # wait4: this stage's own peak memory and CPU time, its children's (dbt, ALS workers)
     # included: CPU seconds over wall seconds says how much of the two cores a stage used.
+    # The machine's CPU time around it: a stage slowed by the host (steal) or by another
+    # process is told apart from one slowed by the code.
+    before = machine_cpu()
     code, out, err, usage, seconds = run_child(
         [sys.executable, __file__, "--stage", stage, "--as-of", as_of], env=env, cwd=cwd
     )
@@ -74,10 +77,14 @@ def _stage(stage: str, as_of: str, env: dict[str, str], cwd: Path) -> dict:
         "seconds": round(seconds, 1),
         "cpu_seconds": round(cpu, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        **machine_load(before, machine_cpu(), cpu),
     }
     result.update(json.loads(line[len("STAGE") :]))
+    load = (
+        f"  steal {result['steal_pct']}%, others {result['others_cpu_seconds']} CPU-s" if "steal_pct" in result else ""
+    )
     print(
-        f"  {stage:<9} {seconds:7.1f}s  {cpu:7.1f} CPU-s  {result['peak_rss_mb']:6,} MB  {result.get('headline', '')}",
+        f"  {stage:<9} {seconds:7.1f}s  {cpu:7.1f} CPU-s  {result['peak_rss_mb']:6,} MB{load}  {result.get('headline', '')}",
         flush=True,
     )
     return result
