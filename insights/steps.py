@@ -7,13 +7,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from insights import faults
 from insights.config import Config
-from insights.ingest import LoadResult, run_ingest
 from insights.timing import timed
 from insights.warehouse import connect, exclusive, scored_as_of, warehouse_file
+
+if TYPE_CHECKING:
+    from insights.ingest import LoadResult
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ def parse_as_of(value: str | datetime | None) -> datetime:
 @holds_warehouse
 def ingest(config: Config, sources: list[str] | None = None) -> dict[str, Any]:
     """Load new and changed input files into the warehouse; returns per-load counts."""
+    # Imported here: the parsers' libraries (pandas, polars, Great Expectations' setup) cost
+    # the other steps, the Airflow DAG files among them, about a second to import.
+    from insights.ingest import run_ingest
     from insights.privacy import expire
 
     con = connect(config, create=True)
