@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from insights import faults
 from insights.config import Config
-from insights.timing import timed
+from insights.timing import gc_paused, timed
 from insights.warehouse import connect, exclusive, scored_as_of, warehouse_file
 
 if TYPE_CHECKING:
@@ -168,8 +168,6 @@ def export(config: Config, as_of: datetime | None = None, run_id: str | None = N
     """
     import uuid
     from concurrent.futures import ThreadPoolExecutor
-
-    from insights.ingest.textio import gc_paused
 
     con = connect(config)
     try:

@@ -38,9 +38,10 @@ from insights.config import (
     SnowplowEnrichedSource,
 )
 from insights.ingest import mapped, snowplow
-from insights.ingest.textio import gc_paused, quote_ident, quote_literal, read_table_file, split_lines
+from insights.ingest.textio import quote_ident, quote_literal, read_table_file, split_lines
 from insights.ingest.validate import validate_events, validation_frame, warm_up
 from insights.storage import FileRef, checksum, decompress, list_files, read_bytes
+from insights.timing import gc_paused
 from insights.warehouse import CATALOG_COLUMNS, EVENT_COLUMNS, insert_rows, transaction
 
 log = logging.getLogger(__name__)

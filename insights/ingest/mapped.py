@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from insights.config import CANONICAL_EVENT_TYPES, StreamMapping
-from insights.ingest.textio import gc_paused, json_text, quote_ident
+from insights.ingest.textio import json_text, quote_ident
 from insights.ingest.textio import quote_literal as _lit
+from insights.timing import gc_paused
 from insights.warehouse import CANONICAL_EVENT_COLUMNS, query_table
 
 META = ("source_file", "source_line", "raw_text", "shape_error")

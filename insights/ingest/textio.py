@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, time
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from insights.timing import gc_paused
 
 
 def split_lines(text: str) -> list[str]:
@@ -40,20 +40,6 @@ def csv_rows(text: str) -> tuple[list[str], Iterator[tuple[int, str, list[str]]]
             yield start, "\n".join(physical[start - 1 : last]), row
 
     return header, rows()
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Python's cycle collector off while a parse builds millions of small objects (none in
-    cycles): each collection walks every object made so far, which tripled the time of
-    a 500k-row CSV (3.2 -> 1.1 s)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def read_table_file(data: bytes, source_file: str) -> pa.Table:
