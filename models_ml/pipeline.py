@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -123,10 +124,7 @@ def _feature_schemas(config: Config, needs: dict[datetime, frozenset[str]]) -> d
     con = connect(config)
     try:
         con.execute(_SNAPSHOTS_DDL)
-        try:
-            main_as_of = data.feature_as_of(con, "main")
-        except duckdb.Error:
-            main_as_of = None
+        main_as_of = _main_as_of(con)
         vars_hash = _vars_hash(config)
         events_loaded, catalog_loaded = con.execute(
             "select (select max(loaded_at) from main.fct_events), (select max(loaded_at) from raw.catalog_items)"
@@ -383,6 +381,42 @@ def model_dir(config: Config) -> Path:
     return Path(config.resolve(config.ml.model_dir))
 
 
+@dataclass
+class _Encoded:
+    """The catalog encoder fitted on ``catalog``, the text vectors of its items in item id
+    order (the order of the model's item ids) and the seconds both took."""
+
+    catalog: pd.DataFrame
+    encoder: CatalogEncoder
+    text: np.ndarray
+    seconds: float
+
+
+def _encode_catalog(config: Config, catalog: pd.DataFrame) -> _Encoded:
+    started = time.perf_counter()
+    encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
+    ordered = catalog.set_index("item_id").loc[als.sorted_unique(catalog["item_id"])].reset_index()
+    return _Encoded(catalog, encoder, encoder.transform(ordered), round(time.perf_counter() - started, 2))
+
+
+def _encode_aside(config: Config, catalog: pd.DataFrame) -> Future[_Encoded]:
+    """:func:`_encode_catalog` on a thread of its own (sklearn's text features hold the GIL,
+    which the snapshots' build, a child process, leaves free)."""
+    helper = ThreadPoolExecutor(1, thread_name_prefix="catalog-encoder")
+    try:
+        return helper.submit(_encode_catalog, config, catalog)
+    finally:
+        helper.shutdown(wait=False)  # the thread ends when the encoder is done
+
+
+def _main_as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """The instant the warehouse's own (main) user models are as of; none before a transform."""
+    try:
+        return data.feature_as_of(con, "main")
+    except duckdb.Error:
+        return None
+
+
 def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, Any]:
     """Fit ALS, the catalog encoder and the propensities as of ``as_of``; version them and
     publish them unless they are worse than the published version (backtests never publish)."""
@@ -394,12 +428,19 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
             raise MLError(f"no events before {as_of:%Y-%m-%d %H:%M:%S}: run `insights ingest` and `insights transform`")
         data_print = data.fingerprint(con, as_of)
         warnings = [w for w in [data.conversion_warning(con, config, as_of)] if w]
+        # Trained right after a transform, the warehouse's own models are as of this
+        # instant: the catalog the encoder learns is known before the snapshots are built.
+        early_catalog = data.items(con, "main") if _main_as_of(con) == as_of else None
     finally:
         con.close()
     for _, message in warnings:
         log.warning("%s", message)
     plan = make_plan(config, as_of, first_event, last_event)
     timings: dict[str, float] = {}
+    # The encoder is fitted beside the snapshots' dbt child, which keeps one core busy for
+    # its first seconds (its start and parse), instead of beside the final ALS fit and the
+    # propensities, which keep both busy.
+    early = _encode_aside(config, early_catalog) if early_catalog is not None else None
     with timed(timings, "feature_snapshots"):
         schemas = _feature_schemas(config, _needs(plan))
     con = connect(config)
@@ -409,9 +450,12 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids], dtype=bool)
         in_catalog = catalog.set_index("item_id")
         catalog_rows = np.array([i in in_catalog.index for i in item_ids], dtype=bool)
-        with timed(timings, "catalog_encoder"):
-            encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
-            text = encoder.transform(in_catalog.loc[[i for i, c in zip(item_ids, catalog_rows) if c]].reset_index())
+        with timed(timings, "catalog_encoder_wait"):
+            encoded = early.result() if early is not None else None
+        if encoded is None or not encoded.catalog.equals(catalog):
+            encoded = _encode_catalog(config, catalog)
+        encoder, text = encoded.encoder, encoded.text
+        timings["catalog_encoder"] = encoded.seconds
         with timed(timings, "propensities"):
             targets = _train_propensities(con, config, schemas, plan)
         with timed(timings, "als_fit_wait"):

@@ -9,7 +9,9 @@ from html import escape
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pytest
 
 from insights import steps
 from insights.config import Config, load_config
@@ -306,6 +308,42 @@ def test_other_settings_or_data_make_another_version(learned: dict, tmp_path: Pa
     con.close()
     steps.transform(config, as_of)
     assert pipeline.train(config, as_of)["model_version"] not in (same["model_version"], other["model_version"])
+
+
+def test_the_encoder_fitted_beside_the_snapshots_is_the_one_fitted_after_them(
+    learned: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained right after a transform, the catalog encoder is fitted on a thread while the
+    snapshots are built. Fitted in line after the ALS search instead (as it is at an instant
+    the warehouse's models are not as of), it gives the same text vectors, the same mapping
+    to item vectors and the same model version."""
+    config = _private_copy(learned, tmp_path)
+    as_of = learned["as_of"]
+
+    def trained(folder: str) -> tuple[dict, registry.ModelBundle]:
+        ml = config.ml.model_copy(update={"model_dir": str(tmp_path / folder)})
+        result = pipeline.train(config.model_copy(update={"ml": ml}), as_of)
+        return result, registry.ModelBundle.load(Path(result["path"]))
+
+    aside: list[int] = []
+    encode_aside = pipeline._encode_aside
+    monkeypatch.setattr(
+        pipeline, "_encode_aside", lambda c, catalog: aside.append(len(catalog)) or encode_aside(c, catalog)
+    )
+    early, early_bundle = trained("early")
+    assert aside and aside[0] > 0  # the encoder was fitted beside the snapshots
+    monkeypatch.setattr(pipeline, "_encode_aside", lambda c, catalog: None)
+    inline, inline_bundle = trained("inline")
+
+    assert early["model_version"] == inline["model_version"]
+    con = connect(config, read_only=True)
+    try:
+        catalog = pipeline.data.items(con, "main")
+    finally:
+        con.close()
+    np.testing.assert_array_equal(early_bundle.encoder.transform(catalog), inline_bundle.encoder.transform(catalog))
+    np.testing.assert_array_equal(early_bundle.mapping.coef_, inline_bundle.mapping.coef_)
+    np.testing.assert_array_equal(early_bundle.item_factors, inline_bundle.item_factors)
 
 
 def test_scoring_again_recomputes_only_the_users_whose_history_changed(learned: dict, tmp_path: Path) -> None:
