@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import sparse
 
 from models_ml import als, recommend
@@ -228,6 +229,44 @@ def test_ranking_metrics_on_a_known_answer() -> None:
     assert abs(m["ndcg_at_10"] - 0.5 * (1 / np.log2(3))) < 1e-9
     assert m["recall_at_20"] == 0.5
     assert m["coverage"] == 0.75
+
+
+def test_ranking_metrics_of_lists_agree_with_a_plain_loop() -> None:
+    """Random lists (pads, repeats, items out of range of anyone's truth) and truths (empty
+    rows, duplicate entries) scored by the vectorised metrics and by the definitions."""
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        n_users, n_items, width = int(rng.integers(1, 40)), int(rng.integers(1, 30)), int(rng.integers(1, 25))
+        lists = rng.integers(-1, n_items, size=(n_users, width))
+        entries = int(rng.integers(0, 3 * n_users))
+        truth = sparse.csr_matrix(
+            (np.ones(entries), (rng.integers(0, n_users, entries), rng.integers(0, n_items, entries))),
+            shape=(n_users, n_items),
+        )
+        got = ranking_metrics_of_lists(lists, truth, catalog_size=n_items)
+        hr, ndcg, recall = [], [], []
+        for row in range(n_users):
+            relevant = set(truth[row].indices)
+            if not relevant:
+                continue
+            seen: list[int] = []
+            for item in lists[row, :20]:
+                if item >= 0 and item not in seen:
+                    seen.append(int(item))
+                else:
+                    seen.append(-1)  # a pad or a repeat holds its rank and hits nothing
+            hits = [item in relevant for item in seen]
+            hr.append(any(hits[:10]))
+            dcg = sum(1 / np.log2(rank + 2) for rank, hit in enumerate(hits[:10]) if hit)
+            ndcg.append(dcg / sum(1 / np.log2(rank + 2) for rank in range(min(len(relevant), 10))))
+            recall.append(sum(hits) / len(relevant))
+        shown = {int(i) for i in lists[:, :10].ravel() if i >= 0}
+        assert got["users"] == len(hr), trial
+        assert got["coverage"] == len(shown) / n_items, trial
+        if hr:
+            assert got["hr_at_10"] == pytest.approx(np.mean(hr)), trial
+            assert got["ndcg_at_10"] == pytest.approx(np.mean(ndcg)), trial
+            assert got["recall_at_20"] == pytest.approx(np.mean(recall)), trial
 
 
 def test_ranking_metrics_of_lists_pads_and_counts_a_repeated_item_once() -> None:
