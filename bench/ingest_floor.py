@@ -36,7 +36,7 @@ import duckdb  # noqa: E402
 from _record import machine_cpu, machine_load, record  # noqa: E402  (bench/ is the script's folder)
 
 # polars as the load has it (snowplow sets its allocator's settings before importing it).
-from insights.ingest.snowplow import ENRICHED_FIELDS, NEEDED_FIELDS, pl  # noqa: E402
+from insights.ingest.snowplow import NEEDED_FIELDS, needed_fields, pl  # noqa: E402
 from insights.storage import checksum, decompress  # noqa: E402
 from insights.warehouse import DDL, EVENT_COLUMNS  # noqa: E402
 
@@ -103,22 +103,7 @@ def insert_sql() -> str:
 
 def _parse(texts: list[bytes]) -> Any:
     """The needed fields of every line, as the load reads them (Arrow string views)."""
-    return (
-        pl.scan_csv(
-            texts,
-            separator="\t",
-            quote_char=None,
-            has_header=False,
-            schema=dict.fromkeys(ENRICHED_FIELDS, pl.String),
-            truncate_ragged_lines=True,
-            missing_columns="insert",
-            extra_columns="ignore",
-            encoding="utf8-lossy",
-        )
-        .select(NEEDED_FIELDS)
-        .collect()
-        .to_arrow(compat_level=pl.CompatLevel.newest())
-    )
+    return needed_fields(texts).to_arrow(compat_level=pl.CompatLevel.newest())
 
 
 def measure(batch: list[Path], repeats: int) -> tuple[int, dict[str, tuple[float, float]]]:

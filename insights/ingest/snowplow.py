@@ -148,6 +148,26 @@ def _line_fields(text: bytes) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ends_parts), np.concatenate(field_parts)
 
 
+def needed_fields(texts: list[bytes]) -> pl.DataFrame:
+    """The needed fields of every line of the texts (whole enriched TSV files), one row per
+    line whatever its field count: a short line gives nulls, a long one is cut."""
+    return (
+        pl.scan_csv(
+            texts,
+            separator="\t",
+            quote_char=None,
+            has_header=False,
+            schema=dict.fromkeys(ENRICHED_FIELDS, pl.String),
+            truncate_ragged_lines=True,
+            missing_columns="insert",
+            extra_columns="ignore",
+            encoding="utf8-lossy",
+        )
+        .select(NEEDED_FIELDS)
+        .collect()
+    )
+
+
 def read_enriched(files: list[tuple[str, bytes]]) -> EnrichedRead:
     """Parse enriched TSV files into the needed atomic fields, one row per line.
 
@@ -191,21 +211,7 @@ def read_enriched(files: list[tuple[str, bytes]]) -> EnrichedRead:
         line_files.append(np.full(int(good.sum()), len(names) - 1, dtype=np.int64))
         line_numbers.append(numbers[good])
     if pieces:
-        frame = (
-            pl.scan_csv(
-                pieces,
-                separator="\t",
-                quote_char=None,
-                has_header=False,
-                schema=dict.fromkeys(ENRICHED_FIELDS, pl.String),
-                truncate_ragged_lines=True,
-                missing_columns="insert",
-                extra_columns="ignore",
-                encoding="utf8-lossy",
-            )
-            .select(NEEDED_FIELDS)
-            .collect()
-        )
+        frame = needed_fields(pieces)
         keep = np.concatenate(kept)
         if frame.height != len(keep):
             # Every line is a row, whatever its fields; if not, rows and line numbers
