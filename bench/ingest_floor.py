@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 import duckdb  # noqa: E402
 from _record import machine_cpu, machine_load, record  # noqa: E402  (bench/ is the script's folder)
 
-# polars as the load has it (snowplow sets its allocator's settings before importing it).
+# polars as the load has it (insights.ingest.snowplow sets its allocator before importing it).
+from insights.ingest.loader import file_batches  # noqa: E402
 from insights.ingest.snowplow import NEEDED_FIELDS, needed_fields, pl  # noqa: E402
-from insights.storage import checksum, decompress  # noqa: E402
+from insights.storage import FileRef, checksum, decompress  # noqa: E402
 from insights.warehouse import DDL, EVENT_COLUMNS  # noqa: E402
 
 # raw.events columns filled straight from an enriched field, cast to the column's type;
@@ -73,18 +74,12 @@ TARGET_EVENTS_PER_SECOND = 200_000
 
 def batch_files(site: Path, batch_bytes: int, skip: int) -> list[Path]:
     """The first batch of the site's enriched TSV files from file ``skip`` on, cut as the
-    load cuts its batches (whole files while their stored bytes fit ``batch_bytes``)."""
+    load cuts its batches (:func:`file_batches`)."""
     files = sorted((site / "snowplow_enriched").rglob("*.gz"))[skip:]
     if not files:
         raise SystemExit(f"no enriched TSV files (*.gz) under {site / 'snowplow_enriched'} after the first {skip}")
-    batch: list[Path] = []
-    size = 0
-    for path in files:
-        if batch and size + path.stat().st_size > batch_bytes:
-            break
-        batch.append(path)
-        size += path.stat().st_size
-    return batch
+    first = file_batches([FileRef(str(p), p.stat().st_size, 0.0) for p in files], batch_bytes)[0]
+    return [Path(ref.path) for ref in first]
 
 
 def insert_sql() -> str:

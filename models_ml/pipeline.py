@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -311,10 +310,15 @@ def _train_als(
     schemas: dict[datetime, str],
     plan: Plan,
     timings: dict[str, float],
+    catalog: pd.DataFrame | None = None,
 ) -> tuple[als.ALSParams, dict[str, Any], pd.DataFrame, pd.DataFrame, list[str], list[str], Any]:
+    """Choose the ALS parameters on the time split and start the final fit (see
+    :func:`als.fit_aside`). ``catalog``: the items as of the plan's instant, when the caller
+    has read them already."""
     ml = config.ml
     now_schema = schemas[plan.as_of]
-    catalog = data.items(con, now_schema)
+    if catalog is None:
+        catalog = data.items(con, now_schema)
     now = data.interactions(con, now_schema)
     item_ids = als.sorted_unique(catalog["item_id"], now["item_id"])
     item_index = _indexed(item_ids)
@@ -381,30 +385,22 @@ def model_dir(config: Config) -> Path:
     return Path(config.resolve(config.ml.model_dir))
 
 
-@dataclass
-class _Encoded:
-    """The catalog encoder fitted on ``catalog``, the text vectors of its items in item id
-    order (the order of the model's item ids) and the seconds both took."""
-
-    catalog: pd.DataFrame
-    encoder: CatalogEncoder
-    text: np.ndarray
-    seconds: float
-
-
-def _encode_catalog(config: Config, catalog: pd.DataFrame) -> _Encoded:
-    started = time.perf_counter()
+def _encode_catalog(config: Config, catalog: pd.DataFrame) -> tuple[CatalogEncoder, np.ndarray]:
+    """The catalog encoder fitted on ``catalog`` and the text vectors of its items in item
+    id order (the order of the model's item ids)."""
     encoder = CatalogEncoder(config.ml.text_dimensions, config.ml.seed).fit(catalog)
     ordered = catalog.set_index("item_id").loc[als.sorted_unique(catalog["item_id"])].reset_index()
-    return _Encoded(catalog, encoder, encoder.transform(ordered), round(time.perf_counter() - started, 2))
+    return encoder, encoder.transform(ordered)
 
 
-def _encode_aside(config: Config, catalog: pd.DataFrame) -> Future[_Encoded]:
+def _encode_aside(
+    config: Config, catalog: pd.DataFrame, timings: dict[str, float]
+) -> Future[tuple[CatalogEncoder, np.ndarray]]:
     """:func:`_encode_catalog` on a thread of its own (sklearn's text features hold the GIL,
-    which the snapshots' build, a child process, leaves free)."""
+    which the snapshots' build, a child process, leaves free), timed as ``catalog_encoder``."""
     helper = ThreadPoolExecutor(1, thread_name_prefix="catalog-encoder")
     try:
-        return helper.submit(_encode_catalog, config, catalog)
+        return helper.submit(timed_call, timings, "catalog_encoder", _encode_catalog, config, catalog)
     finally:
         helper.shutdown(wait=False)  # the thread ends when the encoder is done
 
@@ -440,22 +436,25 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
     # The encoder is fitted beside the snapshots' dbt child, which keeps one core busy for
     # its first seconds (its start and parse), instead of beside the final ALS fit and the
     # propensities, which keep both busy.
-    early = _encode_aside(config, early_catalog) if early_catalog is not None else None
+    early = _encode_aside(config, early_catalog, timings) if early_catalog is not None else None
     with timed(timings, "feature_snapshots"):
         schemas = _feature_schemas(config, _needs(plan))
     con = connect(config)
     try:
-        best, als_report, catalog, now, user_ids, item_ids, final_fit = _train_als(con, config, schemas, plan, timings)
+        best, als_report, catalog, now, user_ids, item_ids, final_fit = _train_als(
+            con, config, schemas, plan, timings, early_catalog
+        )
         users_per_item = now.groupby("item_id")["user_id"].nunique()
         warm = np.array([users_per_item.get(i, 0) >= config.ml.min_item_users for i in item_ids], dtype=bool)
         in_catalog = catalog.set_index("item_id")
         catalog_rows = np.array([i in in_catalog.index for i in item_ids], dtype=bool)
-        with timed(timings, "catalog_encoder_wait"):
-            encoded = early.result() if early is not None else None
-        if encoded is None or not encoded.catalog.equals(catalog):
-            encoded = _encode_catalog(config, catalog)
-        encoder, text = encoded.encoder, encoded.text
-        timings["catalog_encoder"] = encoded.seconds
+        if early is not None:
+            # Fitted beside the snapshots on this very catalog (main is as of this instant,
+            # so the snapshots took main for it: see _feature_schemas).
+            with timed(timings, "catalog_encoder_wait"):
+                encoder, text = early.result()
+        else:
+            encoder, text = timed_call(timings, "catalog_encoder", _encode_catalog, config, catalog)
         with timed(timings, "propensities"):
             targets = _train_propensities(con, config, schemas, plan)
         with timed(timings, "als_fit_wait"):

@@ -117,7 +117,9 @@ def _read(ref: FileRef, known: dict[str, str], config: Config) -> PendingFile | 
     return PendingFile(ref, data, digest, ref.path in known)
 
 
-def _batches(refs: list[FileRef], limit: int) -> list[list[FileRef]]:
+def file_batches(refs: list[FileRef], limit: int) -> list[list[FileRef]]:
+    """The files in order, cut into batches of whole files whose stored bytes fit ``limit``
+    (a larger file is a batch of its own)."""
     batches: list[list[FileRef]] = []
     current: list[FileRef] = []
     size = 0
@@ -185,7 +187,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: Any, config: Config) -
 
     results = []
     unchanged: list[FileRef] = []
-    batches = _batches(refs, config.ingest.batch_bytes)
+    batches = file_batches(refs, config.ingest.batch_bytes)
     depth = config.ingest.batches_ahead
     with ThreadPoolExecutor(config.ingest.parse_threads) as pool, ThreadPoolExecutor(depth) as ahead:
         upcoming = deque(ahead.submit(prepare, b, pool, con.cursor()) for b in batches[:depth])

@@ -328,11 +328,13 @@ def test_the_encoder_fitted_beside_the_snapshots_is_the_one_fitted_after_them(
     aside: list[int] = []
     encode_aside = pipeline._encode_aside
     monkeypatch.setattr(
-        pipeline, "_encode_aside", lambda c, catalog: aside.append(len(catalog)) or encode_aside(c, catalog)
+        pipeline,
+        "_encode_aside",
+        lambda c, catalog, timings: aside.append(len(catalog)) or encode_aside(c, catalog, timings),
     )
     early, early_bundle = trained("early")
     assert aside and aside[0] > 0  # the encoder was fitted beside the snapshots
-    monkeypatch.setattr(pipeline, "_encode_aside", lambda c, catalog: None)
+    monkeypatch.setattr(pipeline, "_encode_aside", lambda c, catalog, timings: None)
     inline, inline_bundle = trained("inline")
 
     assert early["model_version"] == inline["model_version"]
