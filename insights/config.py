@@ -272,6 +272,13 @@ class MLConfig(_Strict):
         "count's best screened NDCG@10 (then HR@10) beats the count before it, each with only the regularization "
         "and alpha of the count before it's `als_finalists` best; false screens the whole grid.",
     )
+    als_warm_iterations: int = Field(
+        5,
+        ge=0,
+        description="The final fit on every interaction starts from the item vectors of the candidate the time "
+        "split chose (its users solved exactly for them) and runs this many iterations; 0 fits from scratch to "
+        "`als_iterations`. At 10M events 5 scored as well as 15 from scratch a week later, in a third of the time.",
+    )
     als_processes: int = Field(
         2,
         ge=1,

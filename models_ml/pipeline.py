@@ -346,7 +346,7 @@ def _train_als(
     relevant = sample_users(relevant, ml.validation_max_users, ml.seed)
     if relevant and train_matrix.nnz:
         with timed(timings, "als_tuning"):
-            best, trials = als.tune(
+            best, trials, chosen_model = als.tune(
                 train_matrix,
                 relevant,
                 exclude,
@@ -363,17 +363,30 @@ def _train_als(
         chosen = next(t for t in trials if t["params"] == best.__dict__ and t["stage"] == "final")
         validation = {k: v for k, v in chosen.items() if k != "params"}
         validation["popularity_baseline"] = als.popularity_baseline(train_matrix, relevant, exclude)
+        start = chosen_model.item_factors if ml.als_warm_iterations else None
     else:
         best, trials, validation = grid[len(grid) // 2], [], {"note": "no interactions after the split"}
-    report = {"params": best.__dict__, "validation": validation, "trials": trials, "split_at": plan.als_split}
+        start = None
+    report = {
+        "params": best.__dict__,
+        "validation": validation,
+        "trials": trials,
+        "split_at": plan.als_split,
+        "final_fit": f"{ml.als_warm_iterations} iterations from the chosen candidate's item vectors"
+        if start is not None
+        else f"{best.iterations} iterations from scratch",
+    }
 
     user_ids = als.sorted_unique(now["user_id"])
     matrix = als.interaction_matrix(
         _indexed(user_ids), item_index, now["user_id"], now["item_id"], now["weight"].to_numpy()
     )
-    # The final fit runs beside the catalog encoder and the propensities (see als.fit_aside).
+    # The final fit runs beside the catalog encoder and the propensities (see als.fit_aside),
+    # from the chosen candidate's item vectors (see als.fit_warm): the items are the same
+    # columns on the split and now.
     aside = als.worker_processes(ml.als_processes, matrix) > 1
-    return best, report, catalog, now, user_ids, item_ids, als.fit_aside(matrix, best, ml.seed, aside)
+    final_fit = als.fit_aside(matrix, best, ml.seed, aside, start, ml.als_warm_iterations)
+    return best, report, catalog, now, user_ids, item_ids, final_fit
 
 
 def _version(as_of: datetime, params: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ def test_screening_trains_only_the_finalists_to_full_iterations():
     train, later = _planted()
     exclude = sparse.csr_matrix(train.shape, dtype=np.float32)
     grid = als.grid([4, 8], [0.01, 0.1], [1.0, 10.0], iterations=9)
-    best, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, screen_iterations=3, finalists=2)
+    best, trials, chosen = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, screen_iterations=3, finalists=2)
     screen = [t for t in trials if t["stage"] == "screen"]
     final = [t for t in trials if t["stage"] == "final"]
     # Screened as the finals are scored: every candidate with every history weight.
@@ -64,6 +64,9 @@ def test_screening_trains_only_the_finalists_to_full_iterations():
     assert {candidate(t) for t in final} == finalists
     winner = max(final, key=lambda t: (t["ndcg_at_10"], t["hr_at_10"], -t["params"]["factors"]))
     assert winner["params"] == best.__dict__
+    # The winner's own model comes back (the final fit starts from its item vectors): the
+    # fit from scratch with its parameters.
+    np.testing.assert_array_equal(chosen.item_factors, als.fit(train, best, seed=3).item_factors)
     # The planted tastes are learnable: the winner beats chance (HR@10 of 10 random items
     # among 120, three of them relevant, is about 0.23) by far.
     assert winner["hr_at_10"] > 0.6
@@ -76,7 +79,8 @@ def test_worker_processes_give_the_same_search_as_one_process():
     for screening in ({"screen_iterations": 2, "finalists": 2}, {}):
         alone = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, **screening)
         workers = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, processes=2, **screening)
-        assert workers == alone
+        assert workers[:2] == alone[:2]
+        np.testing.assert_array_equal(workers[2].item_factors, alone[2].item_factors)
         assert len(alone[1]) == (2 * len(grid) + 2 * 2 if screening else 2 * len(grid))
 
 
@@ -84,7 +88,7 @@ def test_without_screening_every_candidate_is_trained_fully():
     train, later = _planted()
     exclude = sparse.csr_matrix(train.shape, dtype=np.float32)
     grid = als.grid([4, 8], [0.1], [5.0], iterations=6)
-    _, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3)
+    _, trials, _ = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3)
     assert len(trials) == 4 and {t["stage"] for t in trials} == {"final"}
 
 
@@ -110,6 +114,47 @@ def test_a_fit_aside_in_its_own_process_equals_one_here():
         np.testing.assert_array_equal(model.item_factors, here.item_factors)
 
 
+def test_a_warm_fit_aside_equals_one_here_and_starts_from_the_given_items():
+    train, _ = _planted(seed=2)
+    params = als.ALSParams(8, 0.1, 5.0, 6)
+    start = als.fit(train, params, seed=4).item_factors
+    here = als.fit_warm(train, params, 3, start, 2)
+    for aside in (True, False):
+        model, _ = als.fit_aside(train, params, 3, aside, start, 2).result(timeout=120)
+        np.testing.assert_array_equal(model.user_factors, here.user_factors)
+        np.testing.assert_array_equal(model.item_factors, here.item_factors)
+    # No iteration: the given items, the users solved exactly for them.
+    still = als.fit_warm(train, params, 3, start, 0)
+    np.testing.assert_array_equal(still.item_factors, start)
+    np.testing.assert_allclose(still.user_factors, als.fold_in(start, params, train), rtol=1e-5, atol=1e-6)
+    # Iterations move them; no start (or no warm iterations) is the fit from scratch.
+    assert not np.allclose(here.item_factors, start)
+    for start_, iterations in ((None, 2), (start, 0)):
+        scratch, _ = als.fit_aside(train, params, 3, False, start_, iterations).result()
+        np.testing.assert_array_equal(scratch.item_factors, als.fit(train, params, seed=3).item_factors)
+
+
+def test_a_warm_fit_from_the_earlier_items_learns_the_later_data_as_well_as_one_from_scratch():
+    """The final fit: items fitted on the earlier interactions, then a few iterations on all
+    of them (more users, more of each user's items). On planted tastes it ranks the held-back
+    items as well as the full fit from scratch, and far better than chance."""
+    full, later = _planted(seed=5, users=800)
+    earlier = sparse.csr_matrix(full[:500])
+    params = als.ALSParams(8, 0.1, 5.0, 12)
+    start = als.fit(earlier, params, seed=3).item_factors
+    warm = als.fit_warm(full, params, 3, start, 3)
+    scratch = als.fit(full, params, seed=3)
+
+    def hit_rate(model) -> float:
+        scores = model.user_factors @ model.item_factors.T
+        scores[full.nonzero()] = -np.inf
+        top = np.argsort(-scores, axis=1)[:, :10]
+        return float(np.mean([len(set(top[u]) & later[u]) > 0 for u in range(full.shape[0])]))
+
+    assert hit_rate(warm) >= hit_rate(scratch) - 0.02
+    assert hit_rate(warm) > 0.6
+
+
 def test_growing_factors_stops_once_more_factors_do_no_better(monkeypatch):
     """Screened smallest first, a larger factor count is fitted only while the count before
     it beat the one before that. Here fits of 16 factors and more are spoiled (random user
@@ -131,7 +176,7 @@ def test_growing_factors_stops_once_more_factors_do_no_better(monkeypatch):
     monkeypatch.setattr(als, "fit", spoiled_fit)
     screening = {"screen_iterations": 2, "finalists": 2}
     grid = als.grid([32, 2, 16, 8], [0.1], [1.0, 10.0], iterations=6)
-    best, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, grow_factors=True, **screening)
+    best, trials, _ = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, grow_factors=True, **screening)
     screen_fits = fits[: 2 * 3]
     assert screen_fits == [2, 2, 8, 8, 16, 16] and 32 not in fits
     assert all(t["params"]["factors"] != 32 for t in trials)
@@ -145,13 +190,13 @@ def test_growing_factors_stops_once_more_factors_do_no_better(monkeypatch):
 
     assert best_at(8) > best_at(2) and best_at(16) <= best_at(8)
     without = [p for p in grid if p.factors != 32]
-    best_without, trials_without = als.tune(train, later, exclude, without, [0.0, 0.5], seed=3, **screening)
+    best_without, trials_without, _ = als.tune(train, later, exclude, without, [0.0, 0.5], seed=3, **screening)
     assert best_without == best and sorted(map(repr, trials_without)) == sorted(map(repr, trials))
 
     # While more factors keep helping, every count is screened.
     fits.clear()
     monkeypatch.setattr(als, "fit", real_fit)
-    _, grown = als.tune(
+    _, grown, _ = als.tune(
         train, later, exclude, als.grid([2, 8], [0.1], [1.0], 6), [0.0], 3, 2, finalists=1, grow_factors=True
     )
     assert sorted({t["params"]["factors"] for t in grown if t["stage"] == "screen"}) == [2, 8]
@@ -172,7 +217,7 @@ def test_a_larger_factor_count_is_screened_with_the_best_settings_of_the_count_b
     monkeypatch.setattr(als, "fit", counted_fit)
     grid = als.grid([2, 8], [0.1], [0.5, 2.0, 10.0, 40.0], iterations=6)
     screening = {"screen_iterations": 2, "finalists": 2}
-    _, trials = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, grow_factors=True, **screening)
+    _, trials, _ = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, grow_factors=True, **screening)
 
     def screened_at(factors: int) -> dict[tuple[float, float], tuple[float, float]]:
         best: dict[tuple[float, float], tuple[float, float]] = {}
@@ -192,7 +237,7 @@ def test_a_larger_factor_count_is_screened_with_the_best_settings_of_the_count_b
     assert [f for f in fits[:6] if f[0] == 8] == [(8, *s) for s in sorted(top, key=order.get)]
     # Without growing, every setting is screened at every count.
     fits.clear()
-    _, whole = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, **screening)
+    _, whole, _ = als.tune(train, later, exclude, grid, [0.0, 0.5], seed=3, **screening)
     assert len({(t["params"]["factors"], t["params"]["alpha"]) for t in whole if t["stage"] == "screen"}) == 8
 
 
