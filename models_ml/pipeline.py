@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy import sparse
 
 from insights.config import Config, cutoff_steps
 from insights.timing import timed, timed_call
@@ -304,6 +305,25 @@ def sample_users(relevant: dict[int, set[int]], limit: int, seed: int) -> dict[i
     return {int(u): relevant[int(u)] for u in sorted(keep)}
 
 
+def _relevant_after(
+    later: pd.DataFrame, user_index: dict[str, int], item_index: dict[str, int], exclude: sparse.csr_matrix
+) -> dict[int, set[int]]:
+    """The items each user of the time split (matrix row) turned to after it (``later``'s
+    user and item ids), less the excluded ones; users left with none are not in it. Looked
+    up in arrays: a dict lookup and a sparse row per pair took 1.2 s at 10M events."""
+    rows = als.positions(user_index, later["user_id"])
+    cols = als.positions(item_index, later["item_id"])
+    known = (rows >= 0) & (cols >= 0)
+    rows, cols = rows[known], cols[known]
+    if len(rows):
+        kept = np.asarray(exclude[rows, cols]).ravel() == 0
+        rows, cols = rows[kept], cols[kept]
+    relevant: dict[int, set[int]] = {}
+    for row, col in zip(rows.tolist(), cols.tolist()):
+        relevant.setdefault(row, set()).add(col)
+    return relevant
+
+
 def _train_als(
     con: duckdb.DuckDBPyConnection,
     config: Config,
@@ -336,14 +356,11 @@ def _train_als(
     exclude = als.interaction_matrix(
         split_index, item_index, bought["user_id"], bought["item_id"], np.ones(len(bought))
     )
-    relevant: dict[int, set[int]] = {}
-    for row in data.relevant_items(con, plan.als_split, plan.anchor).itertuples(index=False):
-        if row.user_id in split_index and row.item_id in item_index:
-            relevant.setdefault(split_index[row.user_id], set()).add(item_index[row.item_id])
-    for user, items in relevant.items():
-        items.difference_update(exclude[user].indices)
-    relevant = {u: items for u, items in relevant.items() if items}
-    relevant = sample_users(relevant, ml.validation_max_users, ml.seed)
+    relevant = sample_users(
+        _relevant_after(data.relevant_items(con, plan.als_split, plan.anchor), split_index, item_index, exclude),
+        ml.validation_max_users,
+        ml.seed,
+    )
     if relevant and train_matrix.nnz:
         with timed(timings, "als_tuning"):
             best, trials, chosen_model = als.tune(

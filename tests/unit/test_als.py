@@ -103,6 +103,35 @@ def test_validation_users_are_a_fixed_sample_when_there_are_too_many():
     assert sample_users(relevant, 5000, seed=3) is relevant
 
 
+def test_the_items_turned_to_after_the_split_are_those_of_a_plain_loop():
+    import pandas as pd
+
+    from models_ml.pipeline import _relevant_after
+
+    rng = np.random.default_rng(4)
+    users = {f"u{i}": i for i in range(300)}
+    items = {f"i{i}": i for i in range(50)}
+    exclude = sparse.random(300, 50, density=0.1, random_state=5, format="csr", dtype=np.float32)
+    exclude.data[:] = 1.0
+    # Pairs after the split: some of unknown users or items, some excluded, some repeated.
+    later = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in rng.integers(0, 330, 4000)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 55, 4000)],
+        }
+    )
+    expected: dict[int, set[int]] = {}
+    for user, item in zip(later["user_id"], later["item_id"]):
+        if user in users and item in items:
+            expected.setdefault(users[user], set()).add(items[item])
+    for user, found in expected.items():
+        found.difference_update(exclude[user].indices)
+    expected = {u: found for u, found in expected.items() if found}
+    assert _relevant_after(later, users, items, exclude) == expected
+    assert len(expected) > 200 and any(exclude[u].nnz for u in expected)
+    assert _relevant_after(later.iloc[0:0], users, items, exclude) == {}
+
+
 def test_a_fit_aside_in_its_own_process_equals_one_here():
     train, _ = _planted(seed=2)
     params = als.ALSParams(8, 0.1, 5.0, 6)
