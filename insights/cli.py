@@ -111,7 +111,8 @@ def _print_train(summary: dict[str, Any]) -> None:
     console.print(
         f"Model [bold]{summary['model_version']}[/bold] ({summary['status']}): {summary['reason']}\n"
         f"  ALS {als['params']} on {summary['users']:,} users x {summary['items']:,} items; "
-        f"time-split HR@10 {als.get('hr_at_10', float('nan')):.3f}, NDCG@10 {als.get('ndcg_at_10', float('nan')):.3f}"
+        f"time-split HR@10 {als.get('hr_at_10', float('nan')):.3f}, NDCG@10 {als.get('ndcg_at_10', float('nan')):.3f}; "
+        f"final fit: {als['final_fit']}"
     )
     for name, target in summary["propensities"].items():
         if name == "churn_inactive":

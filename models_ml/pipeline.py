@@ -557,7 +557,7 @@ def train(config: Config, as_of: datetime, backtest: bool = False) -> dict[str, 
         "status": status,
         "reason": reason,
         "path": str(folder),
-        "als": {"params": best.__dict__, **als_report["validation"]},
+        "als": {"params": best.__dict__, **als_report["validation"], "final_fit": als_report["final_fit"]},
         "propensities": {
             name: {"method": t.method, "reason": t.reason, **_headline(t.metrics)} for name, t in targets.items()
         },
