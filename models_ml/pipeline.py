@@ -310,7 +310,8 @@ def _relevant_after(
 ) -> dict[int, set[int]]:
     """The items each user of the time split (matrix row) turned to after it (``later``'s
     user and item ids), less the excluded ones; users left with none are not in it. Looked
-    up in arrays: a dict lookup and a sparse row per pair took 1.2 s at 10M events."""
+    up in arrays: a dict lookup per pair and a sparse row per user took 1.48 s at 10M events,
+    this 0.17 s."""
     rows = als.positions(user_index, later["user_id"])
     cols = als.positions(item_index, later["item_id"])
     known = (rows >= 0) & (cols >= 0)
