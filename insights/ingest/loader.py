@@ -481,6 +481,9 @@ def _store_validation(
     )
 
 
+# A source line, as the staged rows and the line tables name it.
+LINE_KEY = "base_event_id, source_file, source_line"
+
 EVENT_INSERT_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("source_kind", "load_id", "loaded_at", "event_key")]
 
 
@@ -519,23 +522,27 @@ def _load_events(
         where reason is null and event_id = base_event_id
         """
     )
+    # The good lines that do not load (duplicates, forgotten people, events already stored).
+    con.execute(f"create or replace temp table losers as select {LINE_KEY} from stage_lines limit 0")
     if anyone_forgotten:
         # People removed by insights forget: their lines are counted, never loaded.
         present = {row[0] for row in con.execute("describe stage").fetchall()}
         condition = privacy.row_condition(present & {"user_id", "anonymous_id"}, privacy.FORGOTTEN)
         if condition:
-            result.forgotten += con.execute(
-                f"delete from stage_lines where base_event_id in "
-                f"(select base_event_id from stage where reason is null and ({condition}))"
-            ).fetchall()[0][0]
+            theirs = f"base_event_id in (select base_event_id from stage where reason is null and ({condition}))"
+            con.execute(f"insert into losers select {LINE_KEY} from stage_lines where {theirs}")
+            result.forgotten += con.execute(f"delete from stage_lines where {theirs}").fetchall()[0][0]
     con.execute(
         """
-        create or replace temp table winners as
-        select * from stage_lines
-        qualify row_number() over (
-            partition by base_event_id order by dedup_ts nulls last, source_file, source_line) = 1
+        create or replace temp table ranked as
+        select *, row_number() over (
+            partition by base_event_id order by dedup_ts nulls last, source_file, source_line) as line_rank
+        from stage_lines
         """
     )
+    con.execute("create or replace temp table winners as select * exclude (line_rank) from ranked where line_rank = 1")
+    con.execute(f"insert into losers select {LINE_KEY} from ranked where line_rank > 1")
+    con.execute("drop table ranked")
     # Against the warehouse: an existing copy stays unless the new one was collected earlier.
     # The stored keys find the candidate rows (a scan of 8 bytes a row, not of every stored
     # event_id: 0.39 -> 0.09 s of CPU for 244k ids against 10M events), then their ids are
@@ -572,16 +579,20 @@ def _load_events(
     )
     if superseded:
         log.info("%s: %d events replaced by earlier-collected duplicates", source.name, superseded)
+    stays = "base_event_id in (select base_event_id from existing where not new_is_earlier)"
+    con.execute(f"insert into losers select {LINE_KEY} from winners where {stays}")
+    con.execute(f"delete from winners where {stays}")
     # The winning lines that load; `fresh` is a view over them (copying the staged rows
-    # once more cost as much as the insert).
-    con.execute(
-        "delete from winners where base_event_id in (select base_event_id from existing where not new_is_earlier)"
-    )
+    # once more cost as much as the insert). It is read three times (validation, insert,
+    # rows per file), so it leaves out the few good lines that lose instead of matching
+    # every line with a winner: an anti join with a small table, not a semi join with one
+    # as large as the batch, on three keys (0.12 -> 0.03 CPU-s a read, 0.25 -> 0.09 s for
+    # the validation frame, for 237k enriched lines).
     con.execute(
         """
         create or replace temp view fresh as
         select s.* from stage s
-        semi join winners w using (base_event_id, source_file, source_line)
+        anti join losers l using (base_event_id, source_file, source_line)
         where s.reason is null
         """
     )

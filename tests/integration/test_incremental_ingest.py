@@ -127,6 +127,56 @@ def test_duplicates_are_found_through_event_keys_written_by_any_version(tmp_path
     assert query(tmp_path, "select count(*) from raw.events where event_key is distinct from hash(event_id)") == [(0,)]
 
 
+def test_an_earlier_collected_copy_replaces_the_stored_event_and_a_later_one_is_a_duplicate(
+    tmp_path: Path, site: Path
+) -> None:
+    """Snowplow's rule, across loads and within one: of the copies of an event_id, the
+    earliest collected wins. A new copy collected earlier than the stored event replaces
+    it; one collected later is a duplicate and the stored event stays; of two copies in one
+    batch, the earlier loads."""
+    from datetime import datetime, timedelta
+
+    from insights.ingest.snowplow import ENRICHED_FIELDS
+
+    collected, title, event_id = (ENRICHED_FIELDS.index(f) for f in ("collector_tstamp", "page_title", "event_id"))
+    web = {"name": "web", "kind": "snowplow_enriched", "path": str(tmp_path / "web")}
+    (tmp_path / "web").mkdir()
+    first = sorted((site / "snowplow_enriched").rglob("*.tsv.gz"))[0]
+    views = [
+        line.split("\t")
+        for line in gzip.decompress(first.read_bytes()).decode().splitlines()
+        if line.split("\t")[ENRICHED_FIELDS.index("event")] == "page_view"
+    ]
+    a, b = views[0], views[1]
+    (tmp_path / "web" / "1.tsv").write_text("\t".join(a) + "\n" + "\t".join(b) + "\n")
+    ingest(tmp_path, [web])
+
+    def copy(fields: list[str], hours: int, page_title: str, new_id: str | None = None) -> str:
+        out = list(fields)
+        when = datetime.strptime(out[collected], "%Y-%m-%d %H:%M:%S.%f") + timedelta(hours=hours)
+        out[collected] = when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        out[title] = page_title
+        out[event_id] = new_id or out[event_id]
+        return "\t".join(out)
+
+    c = "00000000-0000-4000-a000-00000000000c"
+    (tmp_path / "web" / "2.tsv").write_text(
+        "\n".join(
+            [
+                copy(a, -1, "a collected earlier"),
+                copy(b, 1, "b collected later"),
+                copy(a, 2, "c second", c),
+                copy(a, 1, "c first", c),
+            ]
+        )
+        + "\n"
+    )
+    [load] = ingest(tmp_path, [web])["loads"]
+    assert (load["lines_read"], load["loaded"], load["duplicates"], load["quarantined"]) == (4, 2, 2, 0)
+    stored = query(tmp_path, "select event_id, page_title from raw.events order by all")
+    assert stored == sorted([(a[event_id], "a collected earlier"), (b[event_id], b[title] or None), (c, "c first")])
+
+
 def test_gzip_members_and_a_corrupt_file(tmp_path: Path, site: Path) -> None:
     """Concatenated gzip members (as the S3 loader writes) load whole; a corrupt file fails
     its batch with the file named while earlier batches stay loaded; fixed, it loads."""
