@@ -80,6 +80,58 @@ def test_features_ignore_events_after_as_of(sample_warehouse: Path) -> None:
         assert without_future[table] == with_future[table], f"{table} differs when later events exist"
 
 
+def test_bot_rate_drops_the_hours_of_a_burst_and_nothing_else(sample_warehouse: Path) -> None:
+    # Probe sessions of a person's browser on a day of the sample: page views (counted) and
+    # page pings (not counted). The rate: more than 20 counted events in the minute up to
+    # some event of the session (insights__bot_max_events_per_minute).
+    probes = {
+        # 21 views in 40 s: their hour goes, with a later view in it; the next hour stays.
+        "burst": [("10:10:00", 2, 21, "page_view"), ("10:55:00", 1, 1, "page_view"), ("11:05:00", 1, 1, "page_view")],
+        # 20 views and 10 pings in the same minute: at the rate, not over it.
+        "at-rate": [("10:10:00", 2, 20, "page_view"), ("10:10:01", 2, 10, "page_ping")],
+        # 40 views a minute apart: more than 20 in all, at most 2 in any minute.
+        "spread": [("10:00:00", 60, 40, "page_view")],
+        # 21 views in the hour's last 30 s, then a ping in the next hour: the minute up to
+        # the ping holds the 21 views, so its hour goes too, a view later in it included.
+        "across": [("10:59:30", 1, 21, "page_view"), ("11:00:10", 1, 1, "page_ping"), ("11:20:00", 1, 1, "page_view")],
+    }
+    rows = [
+        (f"probe-{name}-{run}-{i}", name, kind, f"2026-10-15 {start}", step * i)
+        for name, runs in probes.items()
+        for run, (start, step, count, kind) in enumerate(runs)
+        for i in range(count)
+    ]
+    con = duckdb.connect(str(sample_warehouse / "wh.duckdb"))
+    try:
+        con.execute("create temp table probe (event_id varchar, name varchar, kind varchar, start varchar, secs int)")
+        con.executemany("insert into probe values (?, ?, ?, ?, ?)", rows)
+        con.execute(
+            """
+            insert into raw.events
+            select template.* replace (
+                probe.event_id as event_id, probe.kind as event_type, probe.kind as event_name,
+                probe.at as occurred_at, probe.at as collector_tstamp, probe.at as dvce_created_tstamp,
+                'probe-anon-' || probe.name as anonymous_id, null as user_id, 'probe-' || probe.name as session_id,
+                probe.event_id as page_view_id, false as is_flagged_bot,
+                'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0' as useragent
+            )
+            from (select * from raw.events where event_type = 'page_view' order by event_id limit 1) as template
+            cross join (select *, start::timestamp + to_seconds(secs) as at from probe) as probe
+            """
+        )
+    finally:
+        con.close()
+    transform(sample_warehouse, "2026-11-01")
+    kept = query(
+        sample_warehouse,
+        """
+        select session_id, hour(occurred_at), count(*)
+        from fct_events where session_id like 'probe-%' group by all order by all
+        """,
+    )
+    assert kept == [("probe-at-rate", 10, 30), ("probe-burst", 11, 1), ("probe-spread", 10, 40)]
+
+
 def test_incremental_run_equals_full_refresh(sample_warehouse: Path, tmp_path_factory) -> None:
     # Hold back the last week and a tenth of the earlier events (late arrivals, logins that
     # re-stitch earlier sessions), build, then load them as a new batch and run again.

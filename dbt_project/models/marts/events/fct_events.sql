@@ -24,6 +24,19 @@ with events as not materialized (
 -- The earliest collector time wins, as in Snowplow's models; then the earliest loaded.
 {{ first_row_per_id('deduplicated', 'events_in_scope', 'event_id', 'collector_tstamp nulls last, loaded_at, occurred_at') }},
 
+busy_scopes as materialized (
+
+    -- Only a scope with more counted events in all than the rate allows a minute can reach
+    -- it in some minute: the window below runs over these scopes alone (at 10M events, a
+    -- third of the events; fct_events built alone 29.3 -> 19.9 CPU-s, the same rows).
+    select scope_key
+    from deduplicated
+    where event_type not in ('page_ping', 'custom')
+    group by scope_key
+    having count(*) > {{ var('insights__bot_max_events_per_minute') }}
+
+),
+
 bot_hours as materialized (
 
     -- The clock hours of a scope with a bot's rate: more views and searches in the minute
@@ -41,7 +54,7 @@ bot_hours as materialized (
             ) as events_last_minute
         from (
             select scope_key, occurred_at, event_type not in ('page_ping', 'custom') as counts
-            from deduplicated
+            from deduplicated semi join busy_scopes using (scope_key)
         )
     )
     group by scope_key, hour
