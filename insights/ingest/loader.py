@@ -532,17 +532,23 @@ def _load_events(
             theirs = f"base_event_id in (select base_event_id from stage where reason is null and ({condition}))"
             con.execute(f"insert into losers select {LINE_KEY} from stage_lines where {theirs}")
             result.forgotten += con.execute(f"delete from stage_lines where {theirs}").fetchall()[0][0]
+    # Copies within the batch: the earliest collected line wins. Only the lines of keys seen
+    # more than once are ranked (a key can stand for two ids: the window goes by the id);
+    # ranking every line cost 0.43 of 0.57 CPU-s for 480k enriched lines.
     con.execute(
-        """
-        create or replace temp table ranked as
-        select *, row_number() over (
-            partition by base_event_id order by dedup_ts nulls last, source_file, source_line) as line_rank
-        from stage_lines
+        f"""
+        insert into losers select {LINE_KEY} from (
+            select {LINE_KEY}, row_number() over (
+                partition by base_event_id order by dedup_ts nulls last, source_file, source_line) as line_rank
+            from stage_lines
+            where event_key in (select event_key from stage_lines group by event_key having count(*) > 1)
+        )
+        where line_rank > 1
         """
     )
-    con.execute("create or replace temp table winners as select * exclude (line_rank) from ranked where line_rank = 1")
-    con.execute(f"insert into losers select {LINE_KEY} from ranked where line_rank > 1")
-    con.execute("drop table ranked")
+    con.execute(
+        f"create or replace temp table winners as select * from stage_lines anti join losers using ({LINE_KEY})"
+    )
     # Against the warehouse: an existing copy stays unless the new one was collected earlier.
     # The stored keys find the candidate rows (a scan of 8 bytes a row, not of every stored
     # event_id: 0.39 -> 0.09 s of CPU for 244k ids against 10M events), then their ids are
