@@ -47,6 +47,43 @@ def machine_load(before: dict[str, int] | None, after: dict[str, int] | None, ow
     }
 
 
+# A fixed piece of the work the pipeline does, on one thread: DuckDB hashing, grouping and
+# sorting (memory-bound, as most stages are) and plain Python. Timed around a run, it says
+# how fast the machine was then, so runs of different hours can be told apart by the
+# machine as well as by the code (this shared host's speed changes by up to 1.7x an hour).
+_PROBE_SQL = (
+    "select count(*), sum(n) from (select hash(i) % 200003 as k, count(*) as n from range(8000000) t(i) group by k)",
+    "select sum(h) from (select hash(i) as h from range(3000000) t(i) order by h desc limit 100000)",
+    "select count(distinct md5(i::varchar)) from range(1000000) t(i)",
+)
+
+
+def machine_probe(repeats: int = 3) -> dict[str, float]:
+    """The fastest of ``repeats`` timings (seconds) of a fixed single-threaded workload:
+    ``duckdb_s`` (hash, group, sort) and ``python_s`` (an interpreter loop); lower is a
+    faster machine. About 3.5 s in all (bench/README.md gives the figures of its runs)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("set threads = 1")
+        timings: dict[str, list[float]] = {"duckdb_s": [], "python_s": []}
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for sql in _PROBE_SQL:
+                con.execute(sql).fetchall()
+            timings["duckdb_s"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            counts: dict[str, int] = {}
+            for i in range(800_000):
+                text = str(i * 7919)
+                counts[text[:4]] = counts.get(text[:4], 0) + 1
+            timings["python_s"].append(time.perf_counter() - started)
+    finally:
+        con.close()
+    return {name: round(min(values), 3) for name, values in timings.items()}
+
+
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """The processor's name as the kernel reports it (which machine a figure came from)."""
     try:

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _record import machine_cpu, machine_load, record, run_child  # noqa: E402  (bench/ is the script's folder)
+from _record import machine_cpu, machine_load, machine_probe, record, run_child  # noqa: E402  (bench/ is the script's folder)
 
 EVENTS_PER_USER = 20
 # Visit-rate scale of the generator that gives about EVENTS_PER_USER over 90 days.
@@ -167,11 +167,14 @@ def refresh_again(workdir: Path) -> dict:
     for stage in ("transform", "score"):
         done = _stage(stage, previous_hour, env, workdir)
         print(f"  (the previous hour's {stage}: {done['seconds']}s, not counted)")
+    probe_before = machine_probe()
+    refresh = _refresh(workdir, as_of.isoformat(), env)
     return {
         "benchmark": "pipeline_scale_refresh",
         "workdir": str(workdir),
         "raw_events": events,
-        **_refresh(workdir, as_of.isoformat(), env),
+        **refresh,
+        "machine_probe": {"before": probe_before, "after": machine_probe()},
     }
 
 
@@ -232,10 +235,13 @@ def bench(events: int, days: int, workdir: Path, reuse_site: bool = False) -> di
         f"{events:,} events asked: {summary['web_events']:,} web + {summary['app_events']:,} app events, "
         f"{summary['users']:,} people, {summary['items']:,} items, generated in {generate_seconds:.0f}s; as of {as_of}"
     )
+    # The machine's speed before and after (see _record.machine_probe).
+    probe_before = machine_probe()
     full = [_stage(stage, as_of, env, workdir) for stage in FULL]
     shutil.move(str(later), str(last_hour))
     next_as_of = (hour + timedelta(hours=1)).isoformat()
     refresh = _refresh(workdir, next_as_of, env)
+    probe = {"before": probe_before, "after": machine_probe()}
     import duckdb
 
     con = duckdb.connect(str(workdir / "warehouse" / "insights.duckdb"), read_only=True)
@@ -258,6 +264,7 @@ def bench(events: int, days: int, workdir: Path, reuse_site: bool = False) -> di
         "stages": full,
         "incremental_hour_files": held,
         **refresh,
+        "machine_probe": probe,
         "targets": {"full_seconds": 300, "peak_rss_mb": 6144, "incremental_seconds": 60},
     }
 

@@ -64,3 +64,12 @@ def test_the_processor_is_named(tmp_path: Path) -> None:
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n")
     assert bench_record.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Processor"
     assert bench_record.cpu_model(tmp_path / "missing") is None
+
+
+def test_the_machine_probe_runs_its_fixed_work_and_keeps_each_fastest_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clock readings around each repeat's DuckDB part, then its Python part: the DuckDB part
+    # takes 3, 1 and 2 s, the Python part 0.5, 0.75 and 0.25 s.
+    readings = iter([0, 3, 3, 3.5, 10, 11, 11, 11.75, 20, 22, 22, 22.25])
+    monkeypatch.setattr(bench_record.time, "perf_counter", lambda: next(readings))
+    assert bench_record.machine_probe(repeats=3) == {"duckdb_s": 1.0, "python_s": 0.25}
+    assert next(readings, None) is None, "each part is timed once per repeat"
