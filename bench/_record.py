@@ -47,12 +47,13 @@ def machine_load(before: dict[str, int] | None, after: dict[str, int] | None, ow
     }
 
 
-# A fixed piece of the work the pipeline does, on one thread: DuckDB hashing, grouping and
-# sorting (memory-bound, as most stages are) and plain Python. Timed around a run, it says
+# A fixed piece of the work the pipeline does, on one thread: DuckDB hashing, grouping (a
+# hash table of 4M groups, larger than the caches: memory-bound, as most stages are) and
+# sorting, and plain Python. Timed around a run, it says
 # how fast the machine was then, so runs of different hours can be told apart by the
 # machine as well as by the code (this shared host's speed changes by up to 1.7x an hour).
 _PROBE_SQL = (
-    "select count(*), sum(n) from (select hash(i) % 200003 as k, count(*) as n from range(8000000) t(i) group by k)",
+    "select count(*), sum(n) from (select hash(i) % 4000037 as k, count(*) as n from range(8000000) t(i) group by k)",
     "select sum(h) from (select hash(i) as h from range(3000000) t(i) order by h desc limit 100000)",
     "select count(distinct md5(i::varchar)) from range(1000000) t(i)",
 )
