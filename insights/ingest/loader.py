@@ -534,7 +534,7 @@ def _load_events(
             result.forgotten += con.execute(f"delete from stage_lines where {theirs}").fetchall()[0][0]
     # Copies within the batch: the earliest collected line wins. Only the lines of keys seen
     # more than once are ranked (a key can stand for two ids: the window goes by the id);
-    # ranking every line cost 0.43 of 0.57 CPU-s for 480k enriched lines.
+    # for 480k enriched lines, 0.56 -> 0.24 CPU-s against ranking every line.
     con.execute(
         f"""
         insert into losers select {LINE_KEY} from (
