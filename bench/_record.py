@@ -49,9 +49,9 @@ def machine_load(before: dict[str, int] | None, after: dict[str, int] | None, ow
 
 # A fixed piece of the work the pipeline does, on one thread: DuckDB hashing, grouping (a
 # hash table of 4M groups, larger than the caches: memory-bound, as most stages are) and
-# sorting, and plain Python. Timed around a run, it says
-# how fast the machine was then, so runs of different hours can be told apart by the
-# machine as well as by the code (this shared host's speed changes by up to 1.7x an hour).
+# sorting, and plain Python. Timed around a run, it says how fast the machine was then, so
+# runs of different hours can be told apart by the machine as well as by the code (this
+# shared host's speed changes by up to 1.7x an hour).
 _PROBE_SQL = (
     "select count(*), sum(n) from (select hash(i) % 4000037 as k, count(*) as n from range(8000000) t(i) group by k)",
     "select sum(h) from (select hash(i) as h from range(3000000) t(i) order by h desc limit 100000)",
@@ -62,7 +62,7 @@ _PROBE_SQL = (
 def machine_probe(repeats: int = 3) -> dict[str, float]:
     """The fastest of ``repeats`` timings (seconds) of a fixed single-threaded workload:
     ``duckdb_s`` (hash, group, sort) and ``python_s`` (an interpreter loop); lower is a
-    faster machine. About 3.5 s in all (bench/README.md gives the figures of its runs)."""
+    faster machine. About 5 s in all (bench/README.md gives the figures of its runs)."""
     import duckdb
 
     con = duckdb.connect()

@@ -1,4 +1,6 @@
 {{ config(unique_key='scope_key', uncompressed_columns=['event_id']) }}
+{#- The events a bot's rate counts: views and searches, not page pings or custom events. -#}
+{%- set counted = "event_type not in ('page_ping', 'custom')" %}
 -- Clean events: app filter, bots, late arrivals and runaway sessions removed, duplicates
 -- collapsed, every event in a session. An incremental run recomputes each scope (tracker
 -- session, or visitor history when the source has no sessions) that received an event
@@ -31,7 +33,7 @@ busy_scopes as materialized (
     -- third of the events; fct_events built alone 28.7-29.8 -> 22.9-26.3 CPU-s, same rows).
     select scope_key
     from deduplicated
-    where event_type not in ('page_ping', 'custom')
+    where {{ counted }}
     group by scope_key
     having count(*) > {{ var('insights__bot_max_events_per_minute') }}
 
@@ -53,7 +55,7 @@ bot_hours as materialized (
                 range between interval 60 second preceding and current row
             ) as events_last_minute
         from (
-            select scope_key, occurred_at, event_type not in ('page_ping', 'custom') as counts
+            select scope_key, occurred_at, {{ counted }} as counts
             from deduplicated semi join busy_scopes using (scope_key)
         )
     )
